@@ -1,0 +1,33 @@
+# One entry point for people and CI. `make setup` is idempotent: it reinstalls only when the
+# requirement files change.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: setup test test-fast serve bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements/torch.txt requirements/audiocraft.txt requirements/lock.txt pyproject.toml scripts/install-system-packages.sh
+	bash scripts/install-system-packages.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/torch.txt
+	# audiocraft 1.3.0 declares torch pins that do not match its real needs: install it alone.
+	$(PY) -m pip install --quiet --no-deps -r requirements/audiocraft.txt
+	$(PY) -m pip install --quiet -r requirements/lock.txt -c requirements/torch.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+serve: setup
+	$(PY) -m musicedit.cli serve
+
+clean:
+	rm -rf $(VENV) .pytest_cache
