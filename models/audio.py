@@ -1,0 +1,82 @@
+"""Audio in and out of the model: decode files, resample to the codec's rate, encode/decode codes.
+
+File validation (format, limits, silence) is :func:`musicedit.audio_probe.probe_audio`, shared with
+the gateway; here we turn an accepted file into the codec's input and codes back into audio.
+"""
+from __future__ import annotations
+
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from musicedit.errors import InvalidAudio, UnsupportedAudio
+
+OUTPUT_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16")}
+
+
+def read_audio(source: str | Path | tp.BinaryIO) -> tuple[np.ndarray, int]:
+    """Decode WAV/FLAC/OGG/MP3 (whatever libsndfile reads) to float32 ``[C, N]`` and its rate."""
+    try:
+        data, rate = sf.read(source, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise UnsupportedAudio(f"cannot decode the audio: {exc}. Send WAV, FLAC, OGG or MP3.") from exc
+    return np.ascontiguousarray(data.T), int(rate)
+
+
+def to_codec_input(wav: np.ndarray | torch.Tensor, sample_rate: int, target_rate: int) -> torch.Tensor:
+    """Mix down to mono and resample.
+
+    Args:
+        wav: ``[C, N]`` float samples in [-1, 1].
+        sample_rate: rate of ``wav``.
+        target_rate: the codec's rate (32 kHz for MusicGen).
+    Returns:
+        ``[1, 1, N']`` float32 at ``target_rate``.
+    Raises:
+        InvalidAudio: empty or non-finite samples.
+    """
+    import julius
+    x = torch.as_tensor(wav, dtype=torch.float32)
+    if x.dim() == 1:
+        x = x.unsqueeze(0)
+    if x.numel() == 0 or x.shape[-1] == 0:
+        raise InvalidAudio("the audio has no samples")
+    if not bool(torch.isfinite(x).all()):
+        raise InvalidAudio("the audio contains NaN or infinite samples")
+    x = x.mean(dim=0, keepdim=True)
+    if sample_rate != target_rate:
+        x = julius.resample_frac(x, sample_rate, target_rate)
+    return x.unsqueeze(0)
+
+
+@torch.no_grad()
+def encode(codec: tp.Any, wav: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, N]`` float at the codec rate -> ``[B, K, T]`` long codes, T = ceil(N / hop)."""
+    codes, scale = codec.encode(wav.to(next(codec.parameters()).device))
+    assert scale is None, "MusicGen's EnCodec does not renormalise"
+    return codes
+
+
+@torch.no_grad()
+def decode(codec: tp.Any, codes: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
+    """``[B, K, T]`` codes -> ``[B, 1, N]`` float32 audio, cut to ``num_samples`` if given."""
+    wav = codec.decode(codes, None).float()
+    return wav if num_samples is None else wav[..., :num_samples]
+
+
+def write_audio(path: str | Path | tp.BinaryIO, wav: torch.Tensor, sample_rate: int,
+                output_format: str = "wav", output_rate: int | None = None) -> None:
+    """Write ``[1, N]`` or ``[1, 1, N]`` audio as 16-bit WAV or FLAC, resampled to
+    ``output_rate`` when given (for example the input's own rate)."""
+    import julius
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}")
+    x = wav.detach().float().cpu().reshape(1, -1)
+    if output_rate and output_rate != sample_rate:
+        x = julius.resample_frac(x, sample_rate, output_rate)
+        sample_rate = output_rate
+    fmt, subtype = OUTPUT_FORMATS[output_format]
+    sf.write(path, x.clamp(-1, 1).squeeze(0).numpy(), sample_rate, format=fmt, subtype=subtype)

@@ -1,0 +1,407 @@
+"""Instruct-MusicGen: audiocraft's MusicGen LM plus the audio-fusion adapter and text-fusion LoRA.
+
+The paper (sections 3.2.1, 3.2.2) and ``shared/reference/instruct-musicgen-facts.md`` define the
+model. We wrap an untouched audiocraft :class:`LMModel` and compute its layers with the LM's own
+modules (norms, projections, feed-forward), adding:
+
+- audio fusion: a condition path that runs the condition clip's codes through every layer's
+  frozen norm/self-attention/feed-forward with a per-layer ``merge_linear`` and ``pos_emb``, and a
+  gated attention from the music stream to that path's keys/values inside each self-attention,
+  before the frozen output projection: ``x + g_m * SDPA(q + q', K', V')``;
+- text fusion: LoRA (rank 32, alpha 64 for the release) on the query and value projections of
+  every text cross-attention.
+
+All sizes come from the wrapped LM and :class:`AdapterConfig`: the same code builds a 2-layer
+test model and MusicGen-large. This module only defines math: how self-attention keys and values
+are cached is the caller's business (see :class:`SelfAttentionKV`).
+"""
+from __future__ import annotations
+
+import math
+import typing as tp
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from audiocraft.models.lm import LMModel
+from audiocraft.modules.transformer import StreamingTransformerLayer, create_sin_embedding
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Sizes of the Instruct-MusicGen additions (the release: 500 frames, rank 32, alpha 64)."""
+
+    max_frames: int = 500
+    lora_rank: int = 32
+    lora_alpha: float = 64.0
+
+
+class AudioFusion(nn.Module):
+    """Parameters of the audio-fusion module (paper eqs. 4-8).
+
+    Attributes:
+        pos_emb: ``[L + 1, max_frames + 1, D]``; row 0 is the learned start state z_cond^0,
+            row m >= 1 the position embedding e_m of layer m.
+        merge_linear: L bias-free ``Linear(D, D)`` (Linear_cond of each layer).
+        gates: ``[L]`` zero-initialised scalars, used without tanh.
+    """
+
+    def __init__(self, num_layers: int, dim: int, max_frames: int):
+        super().__init__()
+        self.pos_emb = nn.Parameter(torch.randn(num_layers + 1, max_frames + 1, dim) * 0.02)
+        self.merge_linear = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(num_layers))
+        self.gates = nn.Parameter(torch.zeros(num_layers))
+
+    @property
+    def max_condition_frames(self) -> int:
+        """Longest condition clip in frames (its +1 appended frame must fit ``pos_emb``)."""
+        return self.pos_emb.shape[1] - 1
+
+
+class CrossAttentionLoRA(nn.Module):
+    """LoRA factors on the query and value projections of one text cross-attention (eqs. 10-11).
+
+    ``W' = W + (alpha / rank) * B @ A`` with ``A: [rank, D]`` and ``B: [D, rank]``; B starts at 0.
+    """
+
+    def __init__(self, dim: int, rank: int, alpha: float):
+        super().__init__()
+        self.scale = alpha / rank
+        self.q_A = nn.Parameter(torch.empty(rank, dim))
+        self.q_B = nn.Parameter(torch.zeros(dim, rank))
+        self.v_A = nn.Parameter(torch.empty(rank, dim))
+        self.v_B = nn.Parameter(torch.zeros(dim, rank))
+        nn.init.kaiming_uniform_(self.q_A, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.v_A, a=math.sqrt(5))
+        self.merged = False
+
+    def delta_q(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.q_A), self.q_B) * self.scale
+
+    def delta_v(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.v_A), self.v_B) * self.scale
+
+
+@dataclass
+class TextKV:
+    """Text cross-attention keys/values of a batch, computed once per job.
+
+    Attributes:
+        k, v: per layer, ``[B, H, Lt, Dh]``.
+        mask: ``[B, Lt]`` bool, True where a text position may be attended (padding between
+            jobs of different text lengths is False), or None when every position is real.
+    """
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    mask: torch.Tensor | None = None
+
+
+@dataclass
+class ConditionKV:
+    """Audio-fusion condition path of a batch (q', K', V' of every layer), computed once per job.
+
+    Attributes:
+        q, k, v: per layer, ``[B, H, Tc + 1, Dh]`` for Tc condition frames plus the appended
+            special-token frame.
+        num_frames: ``[B]`` long, Tc of each row (rows may differ when batched).
+        mask: ``[B, Tmax + 1]`` bool over condition positions, or None if all rows are full.
+    """
+
+    q: list[torch.Tensor]
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    num_frames: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+class SelfAttentionKV(tp.Protocol):
+    """How a caller stores self-attention keys/values across decoding steps."""
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store this step's ``k, v`` ``[B, H, S, Dh]`` and return causal attention of ``q``
+        ``[B, H, S, Dh]`` over everything stored for the rows, ``[B, H, S, Dh]``."""
+        ...
+
+
+class NoCache:
+    """Whole-sequence causal self-attention, nothing kept (training-style forward)."""
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)
+
+
+class ConcatKVCache:
+    """Growing cache for one batch decoding in lockstep (the reference path; not for serving)."""
+
+    def __init__(self) -> None:
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if layer in self.k:
+            k = torch.cat([self.k[layer], k], dim=2)
+            v = torch.cat([self.v[layer], v], dim=2)
+        self.k[layer], self.v[layer] = k, v
+        s, total = q.shape[2], k.shape[2]
+        if s == 1:
+            return F.scaled_dot_product_attention(q, k, v)
+        qpos = torch.arange(total - s, total, device=q.device).view(-1, 1)
+        allowed = qpos >= torch.arange(total, device=q.device).view(1, -1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+
+def condition_query_index(positions: torch.Tensor, num_frames: torch.Tensor) -> torch.Tensor:
+    """Which condition frame's query q' serves each LM sequence position.
+
+    Sequence position p (the input that predicts codebook 0 of frame p in the delay pattern) uses
+    condition frame p, clamped to the last real condition frame (facts file: min(t, T-1)).
+
+    Args:
+        positions: ``[B, S]`` long, sequence positions.
+        num_frames: ``[B]`` long, condition frames per row.
+    Returns:
+        ``[B, S]`` long indices into the condition path's ``Tc + 1`` positions.
+    """
+    return torch.minimum(positions, (num_frames - 1).clamp(min=0).view(-1, 1))
+
+
+class InstructMusicGen(nn.Module):
+    """audiocraft ``LMModel`` + audio fusion + text-fusion LoRA.
+
+    Args:
+        lm: an audiocraft LMModel built by audiocraft's builders (any size). Its weights are
+            frozen and used as they are.
+        adapter: sizes of the additions.
+    """
+
+    def __init__(self, lm: LMModel, adapter: AdapterConfig = AdapterConfig()):
+        super().__init__()
+        transformer = lm.transformer
+        if transformer.positional_embedding != "sin":
+            raise ValueError("Instruct-MusicGen is defined on MusicGen's sinusoidal positions, "
+                             f"got positional_embedding={transformer.positional_embedding!r}")
+        first = tp.cast(StreamingTransformerLayer, transformer.layers[0])
+        if not first.norm_first or first.cross_attention is None:
+            raise ValueError("expected a pre-norm MusicGen LM with text cross-attention")
+        if first.self_attn.kv_repeat != 1 or not first.self_attn.custom:
+            raise ValueError("expected audiocraft's custom attention with kv_repeat=1")
+        self.lm = lm
+        self.adapter_config = adapter
+        self.num_layers = len(transformer.layers)
+        self.dim = lm.dim
+        self.num_heads = first.self_attn.num_heads
+        self.head_dim = self.dim // self.num_heads
+        self.audio_fusion = AudioFusion(self.num_layers, self.dim, adapter.max_frames)
+        self.text_lora = nn.ModuleList(
+            CrossAttentionLoRA(self.dim, adapter.lora_rank, adapter.lora_alpha)
+            for _ in range(self.num_layers))
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def layers(self) -> tp.Sequence[StreamingTransformerLayer]:
+        return tp.cast(tp.Sequence[StreamingTransformerLayer], self.lm.transformer.layers)
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.lm.num_codebooks
+
+    @property
+    def card(self) -> int:
+        return self.lm.card
+
+    @property
+    def special_token_id(self) -> int:
+        return self.lm.special_token_id
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, S, D]`` -> ``[B, H, S, Dh]``."""
+        b, s, _ = x.shape
+        return x.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H, S, Dh]`` -> ``[B, S, D]``."""
+        b, _, s, _ = x.shape
+        return x.transpose(1, 2).reshape(b, s, self.dim)
+
+    def _self_qkv(self, layer: StreamingTransformerLayer, h: torch.Tensor):
+        proj = F.linear(h, layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias)
+        q, k, v = proj.chunk(3, dim=-1)
+        return self._heads(q), self._heads(k), self._heads(v)
+
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Sum of the frozen per-codebook embeddings. ``codes [B, K, S]`` long -> ``[B, S, D]``."""
+        return sum(self.lm.emb[k](codes[:, k]) for k in range(codes.shape[1]))  # type: ignore
+
+    # ----------------------------------------------------------- per-job state
+    def encode_condition(self, codes: torch.Tensor, num_frames: torch.Tensor | None = None) -> ConditionKV:
+        """Run the audio-fusion condition path once for a job's condition clip.
+
+        Args:
+            codes: ``[B, K, Tc]`` long EnCodec codes of the condition audio (raw, no delay
+                pattern). Rows shorter than Tc are right-padded (any value) and described by
+                ``num_frames``.
+            num_frames: ``[B]`` long real frames per row (default: all Tc).
+        Returns:
+            q', K', V' for every layer over ``Tc + 1`` positions (the appended special-token
+            frame makes the condition as long as the training pattern sequence).
+        """
+        b, k, tc = codes.shape
+        if tc < 1:
+            raise ValueError("the condition clip has no frames")
+        if tc > self.audio_fusion.max_condition_frames:
+            raise ValueError(f"condition clip of {tc} frames exceeds the adapter's "
+                             f"{self.audio_fusion.max_condition_frames} frames")
+        device = codes.device
+        if num_frames is None:
+            num_frames = torch.full((b,), tc, dtype=torch.long, device=device)
+        positions = torch.arange(tc + 1, device=device)
+        # The appended frame sits right after each row's last real frame.
+        is_special = positions.view(1, -1) >= num_frames.view(-1, 1)
+        padded = torch.cat([codes, codes.new_zeros(b, k, 1)], dim=2)
+        padded = torch.where(is_special.unsqueeze(1), self.special_token_id, padded)
+        valid = positions.view(1, -1) <= num_frames.view(-1, 1)  # real frames + the appended one
+        mask = None if bool(valid.all()) else valid
+
+        dtype = self.lm.emb[0].weight.dtype
+        cond_emb = self.embed_codes(padded)
+        o = self.audio_fusion.pos_emb[0, : tc + 1].to(dtype).unsqueeze(0).expand(b, -1, -1)
+        causal = positions.view(-1, 1) >= positions.view(1, -1)
+        attn_mask = causal if mask is None else causal.unsqueeze(0) & mask.view(b, 1, -1)
+        if attn_mask.dim() == 3:
+            attn_mask = attn_mask.unsqueeze(1)
+        qs, ks, vs = [], [], []
+        for m, layer in enumerate(self.layers):
+            h = (layer.norm1(o) + self.audio_fusion.merge_linear[m](cond_emb)
+                 + self.audio_fusion.pos_emb[m + 1, : tc + 1].to(dtype))
+            q, kk, v = self._self_qkv(layer, h)
+            a = F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask)
+            o = o + layer.layer_scale_1(layer.self_attn.out_proj(self._merge_heads(a)))
+            o = o + layer.layer_scale_2(layer._ff_block(layer.norm2(o)))
+            qs.append(q)
+            ks.append(kk)
+            vs.append(v)
+        return ConditionKV(qs, ks, vs, num_frames, mask)
+
+    def text_embeddings(self, texts: tp.Sequence[str | None]) -> list[torch.Tensor]:
+        """Encode instructions with the LM's text conditioner, one tensor per text.
+
+        Each text is cut to its own tokens, so a job's embedding does not depend on which other
+        texts were encoded with it. ``None`` or ``""`` is the null condition of classifier-free
+        guidance: one all-zero position, as audiocraft produces it.
+
+        Returns:
+            per text, ``[Lt_i, D]`` in the LM's dtype.
+        """
+        from audiocraft.modules.conditioners import ConditioningAttributes
+        attrs = [ConditioningAttributes(text={"description": t or None}) for t in texts]
+        provider = self.lm.condition_provider
+        embeds, mask = provider(provider.tokenize(attrs))["description"]
+        out = []
+        for row, row_mask in zip(embeds, mask):
+            length = int(row_mask.sum())
+            out.append(row[: max(length, 1)].to(self.lm.emb[0].weight.dtype))
+        return out
+
+    def encode_text(self, embeddings: tp.Sequence[torch.Tensor]) -> TextKV:
+        """Project text embeddings to cross-attention keys/values of every layer, once per job.
+
+        Args:
+            embeddings: per row, ``[Lt_i, D]`` (from :meth:`text_embeddings`).
+        Returns:
+            K, V ``[B, H, Lmax, Dh]`` per layer and a padding mask when lengths differ.
+        """
+        lengths = [e.shape[0] for e in embeddings]
+        lmax = max(lengths)
+        src = torch.stack([F.pad(e, (0, 0, 0, lmax - e.shape[0])) for e in embeddings])
+        mask = None
+        if min(lengths) != lmax:
+            mask = torch.arange(lmax, device=src.device).view(1, -1) < torch.tensor(
+                lengths, device=src.device).view(-1, 1)
+        ks, vs = [], []
+        for m, layer in enumerate(self.layers):
+            attn = layer.cross_attention
+            w, bias = attn.in_proj_weight, attn.in_proj_bias
+            d = self.dim
+            k = F.linear(src, w[d: 2 * d], None if bias is None else bias[d: 2 * d])
+            v = F.linear(src, w[2 * d:], None if bias is None else bias[2 * d:])
+            lora = tp.cast(CrossAttentionLoRA, self.text_lora[m])
+            if not lora.merged:
+                v = v + lora.delta_v(src)
+            ks.append(self._heads(k))
+            vs.append(self._heads(v))
+        return TextKV(ks, vs, mask)
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, codes: torch.Tensor, positions: torch.Tensor, text: TextKV,
+                condition: ConditionKV | None, cache: SelfAttentionKV) -> torch.Tensor:
+        """Logits for a chunk of the delay-pattern sequence.
+
+        Args:
+            codes: ``[B, K, S]`` long, sequence tokens (special token where the pattern is empty).
+            positions: ``[B, S]`` long, each token's position in its row's sequence (rows of a
+                batch may be at different positions).
+            text: cross-attention K/V of the rows.
+            condition: audio-fusion state of the rows, or None for plain MusicGen.
+            cache: self-attention K/V storage; receives this chunk's keys/values.
+        Returns:
+            ``[B, K, S, card]`` logits in the LM's dtype.
+        """
+        lm = self.lm
+        x = self.embed_codes(codes)
+        pos = create_sin_embedding(positions.unsqueeze(-1), self.dim,
+                                   max_period=lm.transformer.max_period, dtype=x.dtype)
+        x = x + lm.transformer.positional_scale * pos
+        fusion_index = None
+        if condition is not None:
+            idx = condition_query_index(positions, condition.num_frames)
+            fusion_index = idx.view(idx.shape[0], 1, idx.shape[1], 1).expand(-1, self.num_heads, -1, self.head_dim)
+            cond_mask = None if condition.mask is None else condition.mask.view(x.shape[0], 1, 1, -1)
+        text_mask = None if text.mask is None else text.mask.view(x.shape[0], 1, 1, -1)
+        for m, layer in enumerate(self.layers):
+            # Self-attention with the audio fusion added before the frozen output projection.
+            q, k, v = self._self_qkv(layer, layer.norm1(x))
+            a = cache.attend(m, q, k, v)
+            if condition is not None:
+                q_cond = torch.gather(condition.q[m], 2, fusion_index)
+                fused = F.scaled_dot_product_attention(q + q_cond, condition.k[m], condition.v[m],
+                                                       attn_mask=cond_mask)
+                a = a + self.audio_fusion.gates[m].to(a.dtype) * fused
+            x = x + layer.layer_scale_1(layer.self_attn.out_proj(self._merge_heads(a)))
+            # Text cross-attention with LoRA on the query (value LoRA is inside text.v).
+            attn = layer.cross_attention
+            h = layer.norm_cross(x)
+            bias = attn.in_proj_bias
+            qc = F.linear(h, attn.in_proj_weight[: self.dim], None if bias is None else bias[: self.dim])
+            lora = tp.cast(CrossAttentionLoRA, self.text_lora[m])
+            if not lora.merged:
+                qc = qc + lora.delta_q(h)
+            c = F.scaled_dot_product_attention(self._heads(qc), text.k[m], text.v[m], attn_mask=text_mask)
+            x = x + layer.layer_scale_cross(attn.out_proj(self._merge_heads(c)))
+            x = x + layer.layer_scale_2(layer._ff_block(layer.norm2(x)))
+        if lm.out_norm is not None:
+            x = lm.out_norm(x)
+        return torch.stack([lm.linears[k](x) for k in range(self.num_codebooks)], dim=1)
+
+    # ---------------------------------------------------------------- serving
+    @torch.no_grad()
+    def merge_lora(self) -> None:
+        """Fold the LoRA factors into the cross-attention q/v weights (once, at load time)."""
+        d = self.dim
+        for layer, lora in zip(self.layers, self.text_lora):
+            lora = tp.cast(CrossAttentionLoRA, lora)
+            if lora.merged:
+                continue
+            w = layer.cross_attention.in_proj_weight
+            w[:d] += (lora.q_B.float() @ lora.q_A.float() * lora.scale).to(w.dtype)
+            w[2 * d:] += (lora.v_B.float() @ lora.v_A.float() * lora.scale).to(w.dtype)
+            lora.merged = True
+
+
+def count_adapter_parameters(model: InstructMusicGen) -> dict[str, int]:
+    """New parameters Instruct-MusicGen adds to MusicGen, by part."""
+    fusion = sum(p.numel() for p in model.audio_fusion.parameters())
+    lora = sum(p.numel() for p in model.text_lora.parameters())
+    base = sum(p.numel() for p in model.lm.parameters())
+    return {"audio_fusion": fusion, "text_lora": lora, "base_lm": base}

@@ -1,0 +1,109 @@
+"""The reference single-job edit: one clip, one instruction, decoded step by step.
+
+This is the readable definition of what an edit computes, used by the CLI and as the ground
+truth the batched engine is tested against. It follows audiocraft's ``LMModel.generate``
+(delay pattern, classifier-free guidance as a batch of two) on top of Instruct-MusicGen,
+with per-job seeded sampling from :mod:`models.sampling`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from musicedit.instructions import normalize_instruction
+
+from . import audio
+from .instruct_musicgen import ConcatKVCache, InstructMusicGen
+from .loader import LoadedModel
+from .sampling import SamplingParams, guided_logits, make_generator, sample_tokens
+
+# MusicGen and the adapter were trained on 5 s clips; the reference path edits one window.
+TRAINING_WINDOW_SECONDS = 5.0
+# The stems of the released model (Slakh2100 classes).
+DEFAULT_STEMS = ("Drums", "Bass", "Piano", "Guitar")
+
+
+class InputTooLong(ValueError):
+    """The clip is longer than the reference path's single window."""
+
+
+@dataclass
+class EditResult:
+    audio: torch.Tensor       # [1, N] float32 at the codec's rate
+    codes: torch.Tensor       # [1, K, T]
+    instruction: str          # the canonical template the model saw
+
+
+@torch.no_grad()
+def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instruction: str,
+                   params: SamplingParams) -> torch.Tensor:
+    """Generate the edited clip's codes for one job.
+
+    Args:
+        model: Instruct-MusicGen.
+        condition_codes: ``[1, K, T]`` long codes of the input clip.
+        instruction: canonical instruction text (the template).
+        params: sampling parameters (seed, top_k, top_p, temperature, cfg_coef).
+    Returns:
+        ``[1, K, T]`` long codes, as long as the input.
+    """
+    params.validate(model.card)
+    device = condition_codes.device
+    _, k, frames = condition_codes.shape
+    special = model.special_token_id
+    pattern = model.lm.pattern_provider.get_pattern(frames)
+    unknown = -1
+    sequence, _, valid = pattern.build_pattern_sequence(
+        torch.full((1, k, frames), unknown, dtype=torch.long, device=device), special)
+    # Classifier-free guidance on the text only: both rows see the condition audio.
+    text = model.encode_text(model.text_embeddings([instruction, None]))
+    condition = model.encode_condition(condition_codes.expand(2, -1, -1))
+    cache = ConcatKVCache()
+    generator = make_generator(params.seed, device)
+    row_params = dict(
+        temperature=torch.tensor([params.temperature], device=device),
+        top_k=torch.tensor([params.top_k], device=device),
+        top_p=torch.tensor([params.top_p], device=device))
+    cfg = torch.tensor([params.cfg_coef], device=device)
+    start = pattern.get_first_step_with_timesteps(0)
+    previous = 0
+    for offset in range(start, sequence.shape[-1]):
+        chunk = sequence[..., previous:offset].expand(2, -1, -1)
+        positions = torch.arange(previous, offset, device=device).expand(2, -1)
+        logits = model(chunk, positions, text, condition, cache)[:, :, -1]  # [2, K, card]
+        logits = guided_logits(logits[:1], logits[1:], cfg)
+        tokens = sample_tokens(logits, generators=[generator], **row_params)  # [1, K]
+        tokens = torch.where(valid[:, offset].view(1, -1), tokens, special)
+        sequence[..., offset] = torch.where(sequence[..., offset] == unknown, tokens,
+                                            sequence[..., offset])
+        previous = offset
+    codes, _, _ = pattern.revert_pattern_sequence(sequence, special_token=unknown)
+    return codes[..., :frames]
+
+
+def edit(model: LoadedModel, wav: np.ndarray | torch.Tensor, sample_rate: int, instruction: str,
+         params: SamplingParams = SamplingParams(),
+         stems: tuple[str, ...] = DEFAULT_STEMS) -> EditResult:
+    """Edit one clip: ``edit(audio, instruction, params) -> audio``.
+
+    Args:
+        model: a loaded Instruct-MusicGen with its codec.
+        wav: ``[C, N]`` float samples at ``sample_rate`` (any rate, any channel count).
+        instruction: what the user typed ("add drums", "Music piece. Instruct: No Bass.").
+        params: sampling parameters; the same seed gives the same output.
+        stems: stems the model knows.
+    Returns:
+        The edited audio at the codec's rate (32 kHz mono), as long as the input.
+    """
+    canonical = normalize_instruction(instruction, stems).text
+    x = audio.to_codec_input(wav, sample_rate, model.sample_rate)
+    seconds = x.shape[-1] / model.sample_rate
+    if seconds > TRAINING_WINDOW_SECONDS + 1e-6:
+        raise InputTooLong(f"the clip is {seconds:.2f} s; a single edit takes at most "
+                           f"{TRAINING_WINDOW_SECONDS:g} s (the model's training window)")
+    codes = audio.encode(model.codec, x)
+    out_codes = generate_codes(model.lm, codes.to(model.device), canonical, params)
+    out = audio.decode(model.codec, out_codes, num_samples=x.shape[-1])
+    return EditResult(out[0], out_codes, canonical)
