@@ -1,0 +1,964 @@
+"""The job store: the single source of truth for job state, leases and per-key counters.
+
+Celery messages only wake workers up; whether a worker may run a job is decided here with a
+compare-and-set (`claim`). Every state change is one atomic read-modify-write of one job
+record, and every index (FIFO queue, running leases, finished-at, per-owner lists, dead
+letters) is derived from the new record in the same transaction, so indexes never disagree
+with jobs.
+
+Two backends share the transition rules below:
+- `RedisJobStore` (production): WATCH/MULTI optimistic transactions.
+- `SqliteJobStore` (embedded default): `BEGIN IMMEDIATE` transactions on one file, safe across
+  the gateway and worker processes of one machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import redis
+
+from musicedit.errors import (
+    IdempotencyConflict,
+    JobNotCancelable,
+    JobNotFound,
+    LeaseLost,
+    RateLimited,
+    StoreUnavailable,
+    TooManyQueuedJobs,
+)
+from musicedit.jobs import EditJob, JobState, Lease
+from musicedit.settings import Settings
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+# A transition gets the current record (None if absent) and returns (record to write or None
+# for "no change", value for the caller).
+Transition = Callable[[EditJob | None], tuple[EditJob | None, T]]
+
+RETRY_AFTER_UNAVAILABLE = 5
+RETRY_AFTER_QUEUE_FULL = 10
+RATE_WINDOW_SECONDS = 60
+
+
+class JobStore(Protocol):
+    """What the gateway and the worker may do with jobs."""
+
+    # gateway side
+    def create(self, job: EditJob, *, max_queued_per_owner: int | None = None) -> tuple[EditJob, bool]: ...
+    def find_idempotent(self, owner: str, idempotency_key: str, request_hash: str) -> EditJob | None: ...
+    def get(self, job_id: str, owner: str | None = None) -> EditJob: ...
+    def list_jobs(self, owner: str, limit: int = 20, before: int | None = None) -> list[EditJob]: ...
+    def queue_position(self, job_id: str) -> int | None: ...
+    def count_queued(self, owner: str | None = None) -> int: ...
+    def request_cancel(self, job_id: str, owner: str | None = None) -> EditJob: ...
+    def check_rate_limit(self, owner: str, limit_per_minute: int) -> None: ...
+    def discard(self, job_id: str) -> None: ...
+    def expire_jobs(self) -> list[str]: ...
+    def live_workers(self, ttl_seconds: float) -> list[dict[str, Any]]: ...
+    def ping(self) -> None: ...
+    # worker side
+    def claim(self, job_id: str, worker_id: str, lease_seconds: float) -> EditJob | None: ...
+    def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> EditJob: ...
+    def update_progress(self, job_id: str, worker_id: str, frames_done: int, frames_total: int) -> EditJob: ...
+    def complete(self, job_id: str, worker_id: str, result_key: str) -> EditJob: ...
+    def fail(self, job_id: str, worker_id: str, error: str, dead_letter: bool = False) -> EditJob: ...
+    def release(self, job_id: str, worker_id: str) -> EditJob: ...
+    def acknowledge_cancel(self, job_id: str, worker_id: str) -> EditJob: ...
+    def expired_leases(self) -> list[str]: ...
+    def dead_letters(self, limit: int = 100) -> list[EditJob]: ...
+    def register_worker_heartbeat(self, worker_id: str, info: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class BaseJobStore(ABC):
+    """Transition rules shared by both backends; subclasses provide atomic primitives."""
+
+    def __init__(self, *, retention_seconds: float, max_attempts: int, clock: Clock = time.time):
+        self.retention_seconds = retention_seconds
+        self.max_attempts = max_attempts
+        self.clock = clock
+
+    # --- backend primitives --------------------------------------------------------------
+    @abstractmethod
+    def _mutate(self, job_id: str, transition: Transition[T]) -> T:
+        """Atomically read job `job_id`, apply `transition`, write the new record + indexes."""
+
+    @abstractmethod
+    def _insert(self, job: EditJob, max_queued_per_owner: int | None) -> tuple[EditJob, bool]:
+        """Atomically: resolve idempotency, check the owner's queued cap, assign seq, write."""
+
+    @abstractmethod
+    def _idempotency_record(self, owner: str, idempotency_key: str) -> tuple[str, str] | None:
+        """(request_hash, job_id) stored for this owner's key, if any."""
+
+    @abstractmethod
+    def _load(self, job_id: str) -> EditJob | None: ...
+
+    # --- gateway side ----------------------------------------------------------------
+    def create(
+        self, job: EditJob, *, max_queued_per_owner: int | None = None
+    ) -> tuple[EditJob, bool]:
+        """Store a new queued job. Returns (job, created).
+
+        With `job.idempotency_key`: the same key and `request_hash` return the existing job
+        (created=False); the same key with another hash raises `IdempotencyConflict`.
+        Raises `TooManyQueuedJobs` when the owner already has `max_queued_per_owner` queued.
+        """
+        job = job.model_copy(update={"state": JobState.queued, "attempts": 0, "lease": None})
+        return self._insert(job, max_queued_per_owner)
+
+    def find_idempotent(
+        self, owner: str, idempotency_key: str, request_hash: str
+    ) -> EditJob | None:
+        """The job made earlier with this key and body, None if the key is unused.
+
+        Raises `IdempotencyConflict` if the key was used with a different body.
+        """
+        record = self._idempotency_record(owner, idempotency_key)
+        if record is None:
+            return None
+        stored_hash, job_id = record
+        _check_idempotency(stored_hash, request_hash, idempotency_key)
+        return self._load(job_id)
+
+    def get(self, job_id: str, owner: str | None = None) -> EditJob:
+        """The job, if it exists and (when `owner` is given) belongs to `owner`."""
+        job = self._load(job_id)
+        if job is None or (owner is not None and job.owner != owner):
+            raise JobNotFound(f"No edit job {job_id!r} for this API key; check the id.")
+        return job
+
+    def request_cancel(self, job_id: str, owner: str | None = None) -> EditJob:
+        """Cancel a queued job now, or flag a running one for its worker to stop."""
+
+        def transition(job: EditJob | None) -> tuple[EditJob | None, EditJob]:
+            job = self._owned(job, job_id, owner)
+            if job.state is JobState.queued:
+                canceled = self._finish(job, JobState.canceled)
+                return canceled, canceled
+            if job.state is JobState.running:
+                if job.cancel_requested:
+                    return None, job
+                new = job.model_copy(update={"cancel_requested": True})
+                return new, new
+            raise JobNotCancelable(
+                f"Job {job_id} already {job.state.value}; only queued or running jobs can be "
+                "canceled."
+            )
+
+        return self._mutate(job_id, transition)
+
+    # --- worker side ----------------------------------------------------------------
+    def claim(self, job_id: str, worker_id: str, lease_seconds: float) -> EditJob | None:
+        """Take the job for `worker_id` (compare-and-set); None means "do not run it".
+
+        queued -> running (attempts 1); running with an expired lease -> running for this
+        worker (attempts + 1), or failed and dead-lettered once `max_attempts` is used up, or
+        canceled if a cancel was requested. Terminal, missing or live-leased jobs: None.
+        """
+        now = self.clock()
+
+        def transition(job: EditJob | None) -> tuple[EditJob | None, EditJob | None]:
+            if job is None or job.state.terminal:
+                return None, None
+            if job.state is JobState.running:
+                assert job.lease is not None
+                if job.lease.expires_at > now:
+                    return None, None
+                if job.cancel_requested:
+                    return self._finish(job, JobState.canceled), None
+                if job.attempts >= self.max_attempts:
+                    failed = self._finish(
+                        job,
+                        JobState.failed,
+                        error=f"The job was abandoned by {job.attempts} workers (crash or "
+                        "kill) and was not retried again; resubmit it or contact the operator.",
+                        dead_lettered=True,
+                    )
+                    return failed, None
+            started = job.timings.started_at or now
+            running = job.model_copy(
+                update={
+                    "state": JobState.running,
+                    "attempts": job.attempts + 1,
+                    "lease": Lease(worker_id=worker_id, expires_at=now + lease_seconds),
+                    "timings": job.timings.model_copy(update={"started_at": started}),
+                }
+            )
+            return running, running
+
+        return self._mutate(job_id, transition)
+
+    def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> EditJob:
+        """Extend the lease; the returned job tells the worker if a cancel was requested."""
+        now = self.clock()
+        return self._holder_update(
+            job_id,
+            worker_id,
+            lambda job: {"lease": Lease(worker_id=worker_id, expires_at=now + lease_seconds)},
+        )
+
+    def update_progress(
+        self, job_id: str, worker_id: str, frames_done: int, frames_total: int
+    ) -> EditJob:
+        return self._holder_update(
+            job_id,
+            worker_id,
+            lambda job: {
+                "progress": job.progress.model_copy(
+                    update={"frames_done": frames_done, "frames_total": frames_total}
+                )
+            },
+        )
+
+    def complete(self, job_id: str, worker_id: str, result_key: str) -> EditJob:
+        """Record the one result of the job. Only the lease holder may do this, once.
+
+        If a cancel was requested meanwhile the job becomes `canceled` and `result_key` is not
+        recorded (check `.state`; the worker should delete the object). Raises `LeaseLost`
+        when `worker_id` does not hold the job.
+        """
+
+        def transition(job: EditJob | None) -> tuple[EditJob | None, EditJob]:
+            job = self._held(job, job_id, worker_id)
+            if job.cancel_requested:
+                canceled = self._finish(job, JobState.canceled)
+                return canceled, canceled
+            progress = job.progress.model_copy(update={"frames_done": job.progress.frames_total})
+            done = self._finish(job, JobState.succeeded, result_key=result_key, progress=progress)
+            return done, done
+
+        return self._mutate(job_id, transition)
+
+    def fail(
+        self, job_id: str, worker_id: str, error: str, dead_letter: bool = False
+    ) -> EditJob:
+        """Fail the job (only the lease holder); `dead_letter` keeps it in the dead-letter list."""
+
+        def transition(job: EditJob | None) -> tuple[EditJob | None, EditJob]:
+            job = self._held(job, job_id, worker_id)
+            failed = self._finish(job, JobState.failed, error=error, dead_lettered=dead_letter)
+            return failed, failed
+
+        return self._mutate(job_id, transition)
+
+    def release(self, job_id: str, worker_id: str) -> EditJob:
+        """Hand a running job back to the queue (graceful shutdown); the attempt is not counted.
+
+        The job keeps its place at the head of the FIFO; the caller re-enqueues a message.
+        """
+
+        def transition(job: EditJob | None) -> tuple[EditJob | None, EditJob]:
+            job = self._held(job, job_id, worker_id)
+            if job.cancel_requested:
+                canceled = self._finish(job, JobState.canceled)
+                return canceled, canceled
+            queued = job.model_copy(
+                update={
+                    "state": JobState.queued,
+                    "lease": None,
+                    "attempts": max(0, job.attempts - 1),
+                }
+            )
+            return queued, queued
+
+        return self._mutate(job_id, transition)
+
+    def acknowledge_cancel(self, job_id: str, worker_id: str) -> EditJob:
+        """The worker stopped a job whose cancel was requested: mark it canceled."""
+
+        def transition(job: EditJob | None) -> tuple[EditJob | None, EditJob]:
+            job = self._held(job, job_id, worker_id)
+            canceled = self._finish(job, JobState.canceled)
+            return canceled, canceled
+
+        return self._mutate(job_id, transition)
+
+    # --- helpers ----------------------------------------------------------------------
+    def _holder_update(
+        self, job_id: str, worker_id: str, changes: Callable[[EditJob], dict[str, Any]]
+    ) -> EditJob:
+        def transition(job: EditJob | None) -> tuple[EditJob | None, EditJob]:
+            job = self._held(job, job_id, worker_id)
+            new = job.model_copy(update=changes(job))
+            return new, new
+
+        return self._mutate(job_id, transition)
+
+    @staticmethod
+    def _owned(job: EditJob | None, job_id: str, owner: str | None) -> EditJob:
+        if job is None or (owner is not None and job.owner != owner):
+            raise JobNotFound(f"No edit job {job_id!r} for this API key; check the id.")
+        return job
+
+    @staticmethod
+    def _held(job: EditJob | None, job_id: str, worker_id: str) -> EditJob:
+        if (
+            job is None
+            or job.state is not JobState.running
+            or job.lease is None
+            or job.lease.worker_id != worker_id
+        ):
+            state = "missing" if job is None else job.state.value
+            raise LeaseLost(f"Worker {worker_id} does not hold job {job_id} (job is {state}).")
+        return job
+
+    def _finish(self, job: EditJob, state: JobState, **changes: Any) -> EditJob:
+        timings = job.timings.model_copy(update={"finished_at": self.clock()})
+        return job.model_copy(update={"state": state, "lease": None, "timings": timings, **changes})
+
+    def _retry_after_window(self) -> int:
+        now = self.clock()
+        return max(1, math.ceil(RATE_WINDOW_SECONDS - now % RATE_WINDOW_SECONDS))
+
+
+def _check_idempotency(stored_hash: str, request_hash: str | None, key: str) -> None:
+    if stored_hash != request_hash:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {key!r} was already used with a different request; use a new "
+            "key for a different request, or resend the identical request."
+        )
+
+
+def _object_keys(job: EditJob) -> list[str]:
+    return [key for key in (job.input_key, job.result_key) if key]
+
+
+# =========================================================================================
+# Redis
+# =========================================================================================
+
+
+def _redis_errors(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(
+                "The job store (Redis) is unreachable; retry after the indicated delay.",
+                RETRY_AFTER_UNAVAILABLE,
+            ) from exc
+
+    return wrapper
+
+
+class RedisJobStore(BaseJobStore):
+    """Jobs as JSON strings; indexes as sorted sets, all under `prefix`."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        retention_seconds: float,
+        max_attempts: int,
+        clock: Clock = time.time,
+        prefix: str = "musicedit:",
+    ) -> None:
+        super().__init__(retention_seconds=retention_seconds, max_attempts=max_attempts, clock=clock)
+        self.redis = client
+        self.p = prefix
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings, clock: Clock = time.time) -> "RedisJobStore":
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=settings.redis_socket_timeout_seconds,
+            socket_connect_timeout=settings.redis_socket_timeout_seconds,
+            health_check_interval=30,
+        )
+        return cls(
+            client,
+            retention_seconds=settings.job_retention_seconds,
+            max_attempts=settings.max_attempts,
+            clock=clock,
+        )
+
+    # keys
+    def _job(self, job_id: str) -> str:
+        return f"{self.p}job:{job_id}"
+
+    def _owner_jobs(self, owner: str) -> str:
+        return f"{self.p}owner:{owner}:jobs"
+
+    def _owner_queued(self, owner: str) -> str:
+        return f"{self.p}owner:{owner}:queued"
+
+    def _idem(self, owner: str, key: str) -> str:
+        return f"{self.p}idem:{owner}:{key}"
+
+    @property
+    def _queued(self) -> str:
+        return f"{self.p}queued"
+
+    @property
+    def _running(self) -> str:
+        return f"{self.p}running"
+
+    @property
+    def _finished(self) -> str:
+        return f"{self.p}finished"
+
+    @property
+    def _dead(self) -> str:
+        return f"{self.p}deadletter"
+
+    @property
+    def _workers(self) -> str:
+        return f"{self.p}workers"
+
+    def _write(self, pipe: Any, job: EditJob) -> None:
+        """Write the record and derive every index from it (inside MULTI)."""
+        pipe.set(self._job(job.id), job.model_dump_json())
+        pipe.zadd(self._owner_jobs(job.owner), {job.id: job.seq})
+        if job.state is JobState.queued:
+            pipe.zadd(self._queued, {job.id: job.seq})
+            pipe.sadd(self._owner_queued(job.owner), job.id)
+        else:
+            pipe.zrem(self._queued, job.id)
+            pipe.srem(self._owner_queued(job.owner), job.id)
+        if job.state is JobState.running and job.lease is not None:
+            pipe.zadd(self._running, {job.id: job.lease.expires_at})
+        else:
+            pipe.zrem(self._running, job.id)
+        if job.state.terminal:
+            pipe.zadd(self._finished, {job.id: job.timings.finished_at or self.clock()})
+        if job.dead_lettered:
+            pipe.zadd(self._dead, {job.id: job.timings.finished_at or self.clock()})
+
+    @_redis_errors
+    def _mutate(self, job_id: str, transition: Transition[T]) -> T:
+        key = self._job(job_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    job = EditJob.model_validate_json(raw) if raw else None
+                    new, result = transition(job)
+                    if new is None:
+                        pipe.unwatch()
+                        return result
+                    pipe.multi()
+                    self._write(pipe, new)
+                    pipe.execute()
+                    return result
+                except redis.WatchError:
+                    continue
+
+    @_redis_errors
+    def _insert(self, job: EditJob, max_queued_per_owner: int | None) -> tuple[EditJob, bool]:
+        idem_key = self._idem(job.owner, job.idempotency_key) if job.idempotency_key else None
+        owner_queued = self._owner_queued(job.owner)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(owner_queued, *([idem_key] if idem_key else []))
+                    if idem_key:
+                        record = pipe.get(idem_key)
+                        if record:
+                            stored_hash, job_id = json.loads(record)
+                            _check_idempotency(stored_hash, job.request_hash, job.idempotency_key)
+                            existing = self._load(job_id)
+                            if existing is not None:
+                                pipe.unwatch()
+                                return existing, False
+                    if max_queued_per_owner is not None:
+                        queued = pipe.scard(owner_queued)
+                        if queued >= max_queued_per_owner:
+                            raise TooManyQueuedJobs(
+                                f"This API key already has {queued} queued jobs (limit "
+                                f"{max_queued_per_owner}); wait for some to start or cancel "
+                                "some.",
+                                RETRY_AFTER_QUEUE_FULL,
+                            )
+                    seq = int(self.redis.incr(f"{self.p}seq"))
+                    new = job.model_copy(update={"seq": seq})
+                    pipe.multi()
+                    if idem_key:
+                        pipe.set(
+                            idem_key,
+                            json.dumps([job.request_hash, job.id]),
+                            ex=int(self.retention_seconds),
+                        )
+                    self._write(pipe, new)
+                    pipe.execute()
+                    return new, True
+                except redis.WatchError:
+                    continue
+
+    @_redis_errors
+    def discard(self, job_id: str) -> None:
+        """Delete a job that was never announced to workers (its enqueue failed)."""
+        job = self._load(job_id)
+        if job is None:
+            return
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self._job(job_id))
+            pipe.zrem(self._queued, job_id)
+            pipe.srem(self._owner_queued(job.owner), job_id)
+            pipe.zrem(self._owner_jobs(job.owner), job_id)
+            if job.idempotency_key:
+                pipe.delete(self._idem(job.owner, job.idempotency_key))
+            pipe.execute()
+
+    @_redis_errors
+    def _idempotency_record(self, owner: str, idempotency_key: str) -> tuple[str, str] | None:
+        raw = self.redis.get(self._idem(owner, idempotency_key))
+        if not raw:
+            return None
+        stored_hash, job_id = json.loads(raw)
+        return stored_hash, job_id
+
+    @_redis_errors
+    def _load(self, job_id: str) -> EditJob | None:
+        raw = self.redis.get(self._job(job_id))
+        return EditJob.model_validate_json(raw) if raw else None
+
+    def _load_many(self, job_ids: list[bytes | str]) -> list[EditJob]:
+        if not job_ids:
+            return []
+        ids = [j.decode() if isinstance(j, bytes) else j for j in job_ids]
+        raws = self.redis.mget([self._job(j) for j in ids])
+        return [EditJob.model_validate_json(raw) for raw in raws if raw]
+
+    @_redis_errors
+    def list_jobs(self, owner: str, limit: int = 20, before: int | None = None) -> list[EditJob]:
+        """The owner's jobs, newest first; pass the last job's `seq` as `before` for more."""
+        high = f"({before}" if before is not None else "+inf"
+        ids = self.redis.zrevrangebyscore(self._owner_jobs(owner), high, "-inf", start=0, num=limit)
+        return self._load_many(ids)
+
+    @_redis_errors
+    def queue_position(self, job_id: str) -> int | None:
+        """How many queued jobs are ahead of this one (0 = next); None if not queued."""
+        rank = self.redis.zrank(self._queued, job_id)
+        return None if rank is None else int(rank)
+
+    @_redis_errors
+    def count_queued(self, owner: str | None = None) -> int:
+        if owner is None:
+            return int(self.redis.zcard(self._queued))
+        return int(self.redis.scard(self._owner_queued(owner)))
+
+    @_redis_errors
+    def check_rate_limit(self, owner: str, limit_per_minute: int) -> None:
+        """Count one submission in the current one-minute window; raise `RateLimited` if over."""
+        window = int(self.clock() // RATE_WINDOW_SECONDS)
+        key = f"{self.p}rate:{owner}:{window}"
+        with self.redis.pipeline() as pipe:
+            pipe.incr(key)
+            pipe.expire(key, RATE_WINDOW_SECONDS * 2)
+            count, _ = pipe.execute()
+        if int(count) > limit_per_minute:
+            raise RateLimited(
+                f"This API key sent more than {limit_per_minute} submissions this minute; "
+                "wait for the indicated delay.",
+                self._retry_after_window(),
+            )
+
+    @_redis_errors
+    def expired_leases(self) -> list[str]:
+        ids = self.redis.zrangebyscore(self._running, "-inf", self.clock())
+        return [j.decode() for j in ids]
+
+    @_redis_errors
+    def dead_letters(self, limit: int = 100) -> list[EditJob]:
+        return self._load_many(self.redis.zrevrange(self._dead, 0, limit - 1))
+
+    @_redis_errors
+    def expire_jobs(self) -> list[str]:
+        """Delete jobs finished more than `retention_seconds` ago; return their object keys."""
+        cutoff = self.clock() - self.retention_seconds
+        keys: list[str] = []
+        for raw_id in self.redis.zrangebyscore(self._finished, "-inf", cutoff):
+            job_id = raw_id.decode()
+            job = self._load(job_id)
+            with self.redis.pipeline() as pipe:
+                pipe.delete(self._job(job_id))
+                pipe.zrem(self._finished, job_id)
+                pipe.zrem(self._dead, job_id)
+                if job is not None:
+                    pipe.zrem(self._owner_jobs(job.owner), job_id)
+                pipe.execute()
+            if job is not None:
+                keys.extend(_object_keys(job))
+        return keys
+
+    @_redis_errors
+    def register_worker_heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
+        now = self.clock()
+        record = json.dumps({**info, "worker_id": worker_id, "seen_at": now})
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self._workers, worker_id, record)
+            pipe.zadd(f"{self._workers}:seen", {worker_id: now})
+            pipe.execute()
+
+    @_redis_errors
+    def live_workers(self, ttl_seconds: float) -> list[dict[str, Any]]:
+        cutoff = self.clock() - ttl_seconds
+        seen = f"{self._workers}:seen"
+        stale = self.redis.zrangebyscore(seen, "-inf", f"({cutoff}")
+        if stale:
+            self.redis.zrem(seen, *stale)
+            self.redis.hdel(self._workers, *stale)
+        ids = self.redis.zrangebyscore(seen, cutoff, "+inf")
+        raws = self.redis.hmget(self._workers, ids) if ids else []
+        return [json.loads(raw) for raw in raws if raw]
+
+    @_redis_errors
+    def ping(self) -> None:
+        self.redis.ping()
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+# =========================================================================================
+# SQLite
+# =========================================================================================
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    lease_expires_at REAL,
+    finished_at REAL,
+    dead_lettered INTEGER NOT NULL DEFAULT 0,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS idempotency (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (owner, key)
+);
+CREATE TABLE IF NOT EXISTS rate_windows (
+    owner TEXT NOT NULL,
+    window INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (owner, window)
+);
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY,
+    info TEXT NOT NULL,
+    seen_at REAL NOT NULL
+);
+"""
+
+
+def _sqlite_errors(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(
+                f"The job store (SQLite) is unavailable ({exc}); retry after the indicated delay.",
+                RETRY_AFTER_UNAVAILABLE,
+            ) from exc
+
+    return wrapper
+
+
+class SqliteJobStore(BaseJobStore):
+    """One SQLite file in WAL mode; each operation is one short transaction."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        retention_seconds: float,
+        max_attempts: int,
+        clock: Clock = time.time,
+    ) -> None:
+        super().__init__(retention_seconds=retention_seconds, max_attempts=max_attempts, clock=clock)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings, clock: Clock = time.time) -> "SqliteJobStore":
+        return cls(
+            url.removeprefix("sqlite:///"),
+            retention_seconds=settings.job_retention_seconds,
+            max_attempts=settings.max_attempts,
+            clock=clock,
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _write_tx(self) -> "_Transaction":
+        return _Transaction(self._connect())
+
+    @staticmethod
+    def _row_values(job: EditJob) -> dict[str, Any]:
+        return {
+            "id": job.id,
+            "owner": job.owner,
+            "state": job.state.value,
+            "lease_expires_at": job.lease.expires_at if job.lease else None,
+            "finished_at": job.timings.finished_at if job.state.terminal else None,
+            "dead_lettered": int(job.dead_lettered),
+            "data": job.model_dump_json(),
+        }
+
+    @_sqlite_errors
+    def _mutate(self, job_id: str, transition: Transition[T]) -> T:
+        with self._write_tx() as conn:
+            row = conn.execute("SELECT seq, data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            job = _row_job(row) if row else None
+            new, result = transition(job)
+            if new is not None:
+                conn.execute(
+                    "UPDATE jobs SET state=:state, lease_expires_at=:lease_expires_at, "
+                    "finished_at=:finished_at, dead_lettered=:dead_lettered, data=:data "
+                    "WHERE id=:id",
+                    self._row_values(new),
+                )
+            return result
+
+    @_sqlite_errors
+    def _insert(self, job: EditJob, max_queued_per_owner: int | None) -> tuple[EditJob, bool]:
+        now = self.clock()
+        with self._write_tx() as conn:
+            if job.idempotency_key:
+                conn.execute("DELETE FROM idempotency WHERE expires_at < ?", (now,))
+                row = conn.execute(
+                    "SELECT request_hash, job_id FROM idempotency WHERE owner=? AND key=?",
+                    (job.owner, job.idempotency_key),
+                ).fetchone()
+                if row:
+                    _check_idempotency(row["request_hash"], job.request_hash, job.idempotency_key)
+                    existing = conn.execute(
+                        "SELECT seq, data FROM jobs WHERE id=?", (row["job_id"],)
+                    ).fetchone()
+                    if existing:
+                        return _row_job(existing), False
+                    conn.execute(
+                        "DELETE FROM idempotency WHERE owner=? AND key=?",
+                        (job.owner, job.idempotency_key),
+                    )
+            if max_queued_per_owner is not None:
+                (queued,) = conn.execute(
+                    "SELECT count(*) FROM jobs WHERE owner=? AND state='queued'", (job.owner,)
+                ).fetchone()
+                if queued >= max_queued_per_owner:
+                    raise TooManyQueuedJobs(
+                        f"This API key already has {queued} queued jobs (limit "
+                        f"{max_queued_per_owner}); wait for some to start or cancel some.",
+                        RETRY_AFTER_QUEUE_FULL,
+                    )
+            cursor = conn.execute(
+                "INSERT INTO jobs (id, owner, state, lease_expires_at, finished_at, "
+                "dead_lettered, data) VALUES (:id, :owner, :state, :lease_expires_at, "
+                ":finished_at, :dead_lettered, :data)",
+                self._row_values(job),
+            )
+            new = job.model_copy(update={"seq": int(cursor.lastrowid)})
+            conn.execute("UPDATE jobs SET data=? WHERE id=?", (new.model_dump_json(), job.id))
+            if job.idempotency_key:
+                conn.execute(
+                    "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)",
+                    (
+                        job.owner,
+                        job.idempotency_key,
+                        job.request_hash,
+                        job.id,
+                        now + self.retention_seconds,
+                    ),
+                )
+            return new, True
+
+    @_sqlite_errors
+    def discard(self, job_id: str) -> None:
+        """Delete a job that was never announced to workers (its enqueue failed)."""
+        with self._write_tx() as conn:
+            conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+            conn.execute("DELETE FROM idempotency WHERE job_id=?", (job_id,))
+
+    @_sqlite_errors
+    def _idempotency_record(self, owner: str, idempotency_key: str) -> tuple[str, str] | None:
+        rows = self._select(
+            "SELECT request_hash, job_id FROM idempotency "
+            "WHERE owner=? AND key=? AND expires_at >= ?",
+            (owner, idempotency_key, self.clock()),
+        )
+        return (rows[0]["request_hash"], rows[0]["job_id"]) if rows else None
+
+    @_sqlite_errors
+    def _load(self, job_id: str) -> EditJob | None:
+        rows = self._select("SELECT seq, data FROM jobs WHERE id=?", (job_id,))
+        return _row_job(rows[0]) if rows else None
+
+    def _select(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        conn = self._connect()
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    @_sqlite_errors
+    def list_jobs(self, owner: str, limit: int = 20, before: int | None = None) -> list[EditJob]:
+        """The owner's jobs, newest first; pass the last job's `seq` as `before` for more."""
+        rows = self._select(
+            "SELECT seq, data FROM jobs WHERE owner=? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            (owner, before if before is not None else 2**62, limit),
+        )
+        return [_row_job(row) for row in rows]
+
+    @_sqlite_errors
+    def queue_position(self, job_id: str) -> int | None:
+        """How many queued jobs are ahead of this one (0 = next); None if not queued."""
+        rows = self._select(
+            "SELECT (SELECT count(*) FROM jobs q WHERE q.state='queued' AND q.seq < j.seq) "
+            "FROM jobs j WHERE j.id=? AND j.state='queued'",
+            (job_id,),
+        )
+        return int(rows[0][0]) if rows else None
+
+    @_sqlite_errors
+    def count_queued(self, owner: str | None = None) -> int:
+        if owner is None:
+            rows = self._select("SELECT count(*) FROM jobs WHERE state='queued'", ())
+        else:
+            rows = self._select(
+                "SELECT count(*) FROM jobs WHERE state='queued' AND owner=?", (owner,)
+            )
+        return int(rows[0][0])
+
+    @_sqlite_errors
+    def check_rate_limit(self, owner: str, limit_per_minute: int) -> None:
+        """Count one submission in the current one-minute window; raise `RateLimited` if over."""
+        window = int(self.clock() // RATE_WINDOW_SECONDS)
+        with self._write_tx() as conn:
+            conn.execute("DELETE FROM rate_windows WHERE window < ?", (window - 1,))
+            conn.execute(
+                "INSERT INTO rate_windows VALUES (?, ?, 1) ON CONFLICT (owner, window) "
+                "DO UPDATE SET count = count + 1",
+                (owner, window),
+            )
+            (count,) = conn.execute(
+                "SELECT count FROM rate_windows WHERE owner=? AND window=?", (owner, window)
+            ).fetchone()
+        if count > limit_per_minute:
+            raise RateLimited(
+                f"This API key sent more than {limit_per_minute} submissions this minute; "
+                "wait for the indicated delay.",
+                self._retry_after_window(),
+            )
+
+    @_sqlite_errors
+    def expired_leases(self) -> list[str]:
+        rows = self._select(
+            "SELECT id FROM jobs WHERE state='running' AND lease_expires_at <= ? ORDER BY seq",
+            (self.clock(),),
+        )
+        return [row["id"] for row in rows]
+
+    @_sqlite_errors
+    def dead_letters(self, limit: int = 100) -> list[EditJob]:
+        rows = self._select(
+            "SELECT seq, data FROM jobs WHERE dead_lettered=1 ORDER BY finished_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [_row_job(row) for row in rows]
+
+    @_sqlite_errors
+    def expire_jobs(self) -> list[str]:
+        """Delete jobs finished more than `retention_seconds` ago; return their object keys."""
+        cutoff = self.clock() - self.retention_seconds
+        with self._write_tx() as conn:
+            rows = conn.execute(
+                "SELECT seq, data FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?",
+                (cutoff,),
+            ).fetchall()
+            conn.execute(
+                "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,)
+            )
+        keys: list[str] = []
+        for row in rows:
+            keys.extend(_object_keys(_row_job(row)))
+        return keys
+
+    @_sqlite_errors
+    def register_worker_heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
+        now = self.clock()
+        record = json.dumps({**info, "worker_id": worker_id, "seen_at": now})
+        with self._write_tx() as conn:
+            conn.execute(
+                "INSERT INTO workers VALUES (?, ?, ?) ON CONFLICT (worker_id) "
+                "DO UPDATE SET info=excluded.info, seen_at=excluded.seen_at",
+                (worker_id, record, now),
+            )
+
+    @_sqlite_errors
+    def live_workers(self, ttl_seconds: float) -> list[dict[str, Any]]:
+        cutoff = self.clock() - ttl_seconds
+        rows = self._select("SELECT info FROM workers WHERE seen_at >= ?", (cutoff,))
+        return [json.loads(row["info"]) for row in rows]
+
+    @_sqlite_errors
+    def ping(self) -> None:
+        self._select("SELECT 1", ())
+
+    def close(self) -> None:
+        """Connections are per operation; nothing to release."""
+
+
+class _Transaction:
+    """`BEGIN IMMEDIATE` ... COMMIT/ROLLBACK on a fresh connection, closed afterwards."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self.conn.close()
+
+
+def _row_job(row: sqlite3.Row) -> EditJob:
+    job = EditJob.model_validate_json(row["data"])
+    return job if job.seq == row["seq"] else job.model_copy(update={"seq": row["seq"]})
+
+
+def make_job_store(settings: Settings, clock: Clock = time.time) -> BaseJobStore:
+    """The job store named by `settings.effective_job_store_url` (redis:// or sqlite:///)."""
+    url = settings.effective_job_store_url
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisJobStore.from_url(url, settings, clock=clock)
+    if url.startswith("sqlite:///"):
+        return SqliteJobStore.from_url(url, settings, clock=clock)
+    raise ValueError(
+        f"MUSICEDIT_JOB_STORE_URL must start with redis://, rediss:// or sqlite:///, got "
+        f"{url.split('://', 1)[0]}://..."
+    )

@@ -1,0 +1,164 @@
+"""The job schema shared by gateway, job store and worker."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from musicedit.instructions import Instruction
+
+
+class JobState(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.succeeded, JobState.failed, JobState.canceled)
+
+
+OutputFormat = Literal["wav", "flac"]
+
+
+class SamplingParams(BaseModel):
+    """Decoding parameters; the defaults are the Instruct-MusicGen paper's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed; None = random.")
+    top_k: int = Field(100, ge=0, le=2048, description="Top-k sampling; 0 disables it.")
+    top_p: float = Field(0.0, ge=0.0, le=1.0, description="Nucleus sampling; 0 disables it.")
+    temperature: float = Field(1.0, gt=0.0, le=10.0, description="Softmax temperature.")
+    cfg_coef: float = Field(3.0, ge=0.0, le=20.0, description="Classifier-free guidance scale.")
+
+
+class NormalizedInstruction(BaseModel):
+    """`Instruction` as stored: `text` is the exact template the model sees."""
+
+    model_config = ConfigDict(frozen=True)
+
+    operation: Literal["add", "remove", "extract"]
+    stem: str
+    text: str
+
+    @classmethod
+    def from_instruction(cls, instruction: Instruction) -> "NormalizedInstruction":
+        return cls(operation=instruction.operation, stem=instruction.stem, text=instruction.text)
+
+
+class Progress(BaseModel):
+    frames_done: int = 0
+    frames_total: int = 0
+
+
+class Timings(BaseModel):
+    """Unix timestamps (seconds)."""
+
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class InputAudio(BaseModel):
+    """What the gateway's probe found in the upload."""
+
+    format: str
+    sample_rate: int
+    channels: int
+    duration_seconds: float
+    size_bytes: int
+
+
+class Lease(BaseModel):
+    worker_id: str
+    expires_at: float
+
+
+class EditJob(BaseModel):
+    """One edit request and everything the system knows about it."""
+
+    id: str
+    owner: str = Field(description="Name of the API key that submitted the job.")
+    state: JobState = JobState.queued
+    instruction: NormalizedInstruction
+    params: SamplingParams = Field(default_factory=SamplingParams)
+    output_format: OutputFormat = "wav"
+    webhook_url: str | None = None
+    input_key: str
+    input: InputAudio
+    result_key: str | None = None
+    progress: Progress = Field(default_factory=Progress)
+    timings: Timings = Field(default_factory=Timings)
+    attempts: int = 0
+    error: str | None = None
+    cancel_requested: bool = False
+    dead_lettered: bool = Field(False, description="Failed for good; kept for inspection.")
+    lease: Lease | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    seq: int = Field(0, description="FIFO order among all jobs, assigned by the job store.")
+
+
+class EditJobView(BaseModel):
+    """What the API returns for a job (no storage keys, leases or owner internals)."""
+
+    id: str
+    status: JobState
+    instruction: NormalizedInstruction
+    params: SamplingParams
+    output_format: OutputFormat
+    input: InputAudio
+    progress: Progress
+    queue_position: int | None = Field(
+        None, description="Queued jobs ahead of this one (0 = next); null unless queued."
+    )
+    timings: Timings
+    attempts: int
+    error: str | None = None
+    cancel_requested: bool = False
+    webhook_url: str | None = None
+    status_url: str
+    audio_url: str | None = Field(None, description="Where to fetch the result once succeeded.")
+
+    @classmethod
+    def from_job(cls, job: EditJob, base_url: str, queue_position: int | None = None) -> "EditJobView":
+        status_url = f"{base_url.rstrip('/')}/v1/edits/{job.id}"
+        return cls(
+            id=job.id,
+            status=job.state,
+            instruction=job.instruction,
+            params=job.params,
+            output_format=job.output_format,
+            input=job.input,
+            progress=job.progress,
+            queue_position=queue_position,
+            timings=job.timings,
+            attempts=job.attempts,
+            error=job.error,
+            cancel_requested=job.cancel_requested,
+            webhook_url=job.webhook_url,
+            status_url=status_url,
+            audio_url=f"{status_url}/audio" if job.state is JobState.succeeded else None,
+        )
+
+
+class EditJobList(BaseModel):
+    items: list[EditJobView]
+    next_cursor: int | None = Field(None, description="Pass as `before` for the next page.")
+
+
+class WebhookEvent(BaseModel):
+    """Body of the webhook POST sent when a job reaches a terminal state."""
+
+    event: Literal["edit.succeeded", "edit.failed", "edit.canceled"]
+    job: EditJobView
+
+    @classmethod
+    def for_job(cls, job: EditJob, base_url: str) -> "WebhookEvent":
+        return cls(event=f"edit.{job.state.value}", job=EditJobView.from_job(job, base_url))

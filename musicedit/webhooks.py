@@ -1,0 +1,157 @@
+"""Signed webhook delivery: URL policy, signing, verification and a retrying sender.
+
+Signature header: `X-Musicedit-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` over
+`f"{t}.{body}"`, keyed with the API key's webhook secret
+(`musicedit.settings.webhook_secret_from_api_key(api_key)`, which the key's owner can compute).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import httpx
+
+from musicedit.errors import WebhookUrlRejected
+from musicedit.logs import log_event
+from musicedit.settings import Settings
+
+SIGNATURE_HEADER = "X-Musicedit-Signature"
+DEFAULT_TOLERANCE_SECONDS = 300
+log = logging.getLogger("musicedit.webhooks")
+
+
+def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
+    """The `X-Musicedit-Signature` header value for `body`."""
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def verify(
+    body: bytes,
+    header: str,
+    secret: str,
+    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
+    now: float | None = None,
+) -> bool:
+    """True if `header` is a valid signature of `body` made within `tolerance_seconds`."""
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        t = int(fields["t"])
+        given = fields["v1"]
+    except (ValueError, KeyError):
+        return False
+    current = time.time() if now is None else now
+    if abs(current - t) > tolerance_seconds:
+        return False
+    expected = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, given)
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def check_webhook_url(url: str, allow_private: bool) -> str:
+    """Validate `url` and return it; refuse non-http(s) and, unless `allow_private`, any host
+    that resolves to a loopback, private, link-local or otherwise non-public address."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookUrlRejected(
+            f"webhook_url must be an absolute http:// or https:// URL, got {url[:100]!r}."
+        )
+    if len(url) > 2048:
+        raise WebhookUrlRejected("webhook_url is longer than 2048 characters; shorten it.")
+    if parts.username or parts.password:
+        raise WebhookUrlRejected("webhook_url must not contain credentials (user:pass@).")
+    if allow_private:
+        return url
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise WebhookUrlRejected(
+            f"webhook_url host {parts.hostname!r} does not resolve; use a reachable host."
+        ) from exc
+    addresses = {info[4][0] for info in infos}
+    blocked = sorted(a for a in addresses if not _is_public(a))
+    if blocked:
+        raise WebhookUrlRejected(
+            f"webhook_url host {parts.hostname!r} resolves to non-public address(es) "
+            f"{', '.join(blocked)}; webhooks go only to public addresses (operators can allow "
+            "private ones with MUSICEDIT_WEBHOOK_ALLOW_PRIVATE=true)."
+        )
+    return url
+
+
+class WebhookSender:
+    """POSTs signed JSON, retrying network errors, 429 and 5xx with exponential backoff."""
+
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float,
+        retries: int,
+        backoff_seconds: float,
+        allow_private: bool,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.retries = retries
+        self.backoff_seconds = backoff_seconds
+        self.allow_private = allow_private
+        self.sleep = sleep
+        self.client = httpx.Client(
+            timeout=timeout_seconds, follow_redirects=False, transport=transport
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "WebhookSender":
+        return cls(
+            timeout_seconds=settings.webhook_timeout_seconds,
+            retries=settings.webhook_retries,
+            backoff_seconds=settings.webhook_backoff_seconds,
+            allow_private=settings.webhook_allow_private,
+        )
+
+    def send(self, url: str, body: bytes, secret: str, job_id: str) -> bool:
+        """Deliver `body`; True once the receiver answers 2xx, False after the last retry."""
+        for attempt in range(1, self.retries + 2):
+            if attempt > 1:
+                self.sleep(self.backoff_seconds * 2 ** (attempt - 2))
+            try:
+                # re-checked on every attempt: DNS may have changed since submission
+                check_webhook_url(url, self.allow_private)
+                headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, secret)}
+                response = self.client.post(url, content=body, headers=headers)
+            except WebhookUrlRejected as exc:
+                log_event(log, "webhook_refused", logging.WARNING, job_id=job_id, reason=exc.message)
+                return False
+            except httpx.HTTPError as exc:
+                log_event(log, "webhook_retry", job_id=job_id, attempt=attempt,
+                          error=type(exc).__name__)
+                continue
+            status = response.status_code
+            if 200 <= status < 300:
+                log_event(log, "webhook_delivered", job_id=job_id, attempt=attempt)
+                return True
+            if status != 429 and status < 500:
+                log_event(log, "webhook_rejected", logging.WARNING, job_id=job_id, status=status)
+                return False
+            log_event(log, "webhook_retry", job_id=job_id, attempt=attempt, status=status)
+        log_event(log, "webhook_gave_up", logging.WARNING, job_id=job_id,
+                  attempts=self.retries + 1)
+        return False
+
+    def close(self) -> None:
+        self.client.close()

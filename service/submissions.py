@@ -1,0 +1,229 @@
+"""The submit workflow behind `POST /v1/edits`.
+
+Order matters: everything that can reject the request (caps, multipart, fields, instruction,
+webhook URL, audio probe, idempotency) runs before anything is written, so a rejected request
+leaves nothing in storage and nothing in the queue. Only then: store the input, create the
+job, enqueue the wake-up message; a failure in those steps undoes the earlier ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from musicedit.audio_probe import AudioLimits, probe_audio
+from musicedit.errors import InvalidRequest, MusiceditError, TooManyQueuedJobs
+from musicedit.instructions import normalize_instruction
+from musicedit.job_store import RETRY_AFTER_QUEUE_FULL
+from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction, SamplingParams
+from musicedit.logs import log_event
+from musicedit.queue import enqueue_edit
+from musicedit.settings import ApiKey
+from musicedit.storage import input_key
+from musicedit.webhooks import check_webhook_url
+from service.dependencies import ServiceContext
+from service.uploads import FILE_FIELD, MultipartUpload, check_content_length, receive_multipart
+
+log = logging.getLogger("musicedit.service")
+
+PARAM_FIELDS = ("seed", "top_k", "top_p", "temperature", "cfg_coef")
+FORM_FIELDS = (FILE_FIELD, "instruction", *PARAM_FIELDS, "output_format", "webhook_url")
+OUTPUT_FORMATS = ("wav", "flac")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+@dataclass
+class Submission:
+    job: EditJob
+    created: bool
+
+
+def _check_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(value):
+        raise InvalidRequest(
+            "Idempotency-Key must be 1-255 printable ASCII characters without spaces "
+            "(a UUID is a good choice)."
+        )
+    return value
+
+
+def _validate_fields(
+    upload: MultipartUpload, context: ServiceContext
+) -> tuple[NormalizedInstruction, SamplingParams, str, str | None]:
+    fields = {name: value.strip() for name, value in upload.fields.items()}
+    if upload.file_path is None:
+        raise InvalidRequest(
+            "The form has no `file` part; attach the audio as multipart field `file`.",
+            [{"loc": ["body", "file"], "msg": "field required"}],
+        )
+    if "instruction" not in fields:
+        raise InvalidRequest(
+            "The form has no `instruction` field; send e.g. instruction=Add drums.",
+            [{"loc": ["body", "instruction"], "msg": "field required"}],
+        )
+    instruction = normalize_instruction(upload.fields["instruction"], context.settings.stems)
+    raw_params = {name: fields[name] for name in PARAM_FIELDS if fields.get(name, "") != ""}
+    try:
+        params = SamplingParams.model_validate(raw_params)
+    except ValidationError as exc:
+        details = [
+            {"loc": ["body", *map(str, err["loc"])], "msg": err["msg"]} for err in exc.errors()
+        ]
+        summary = "; ".join(f"{d['loc'][-1]}: {d['msg']}" for d in details)
+        raise InvalidRequest(
+            f"Out-of-range or malformed sampling parameters: {summary}. Allowed: seed >= 0, "
+            "top_k 0..2048, top_p 0..1, temperature (0, 10], cfg_coef 0..20.",
+            details,
+        ) from exc
+    output_format = fields.get("output_format") or "wav"
+    if output_format not in OUTPUT_FORMATS:
+        raise InvalidRequest(
+            f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format[:20]!r}.",
+            [{"loc": ["body", "output_format"], "msg": "unsupported value"}],
+        )
+    webhook_url = fields.get("webhook_url") or None
+    return NormalizedInstruction.from_instruction(instruction), params, output_format, webhook_url
+
+
+def _request_hash(
+    upload: MultipartUpload,
+    instruction: NormalizedInstruction,
+    params: SamplingParams,
+    output_format: str,
+    webhook_url: str | None,
+) -> str:
+    canonical = json.dumps(
+        {
+            "file_sha256": upload.file_sha256,
+            "instruction": instruction.text,
+            "params": params.model_dump(),
+            "output_format": output_format,
+            "webhook_url": webhook_url,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def submit_edit(
+    request: Request, context: ServiceContext, key: ApiKey, idempotency_key: str | None
+) -> Submission:
+    settings, store, storage = context.settings, context.store, context.storage
+    idempotency_key = _check_idempotency_key(idempotency_key)
+    check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
+    await run_in_threadpool(store.check_rate_limit, key.name, settings.rate_limit_per_minute)
+    queued = await run_in_threadpool(store.count_queued, key.name)
+    if queued >= settings.max_queued_jobs_per_key:
+        raise TooManyQueuedJobs(
+            f"This API key already has {queued} queued jobs (limit "
+            f"{settings.max_queued_jobs_per_key}); wait for some to start or cancel some.",
+            RETRY_AFTER_QUEUE_FULL,
+        )
+
+    upload = await receive_multipart(
+        request.headers.get("content-type"),
+        request.stream(),
+        allowed_fields=FORM_FIELDS,
+        max_file_bytes=settings.max_upload_bytes,
+        tmp_dir=settings.data_dir / "tmp",
+    )
+    try:
+        instruction, params, output_format, webhook_url = _validate_fields(upload, context)
+        if webhook_url:
+            await run_in_threadpool(check_webhook_url, webhook_url, settings.webhook_allow_private)
+        assert upload.file_path is not None
+        info = await run_in_threadpool(
+            probe_audio, upload.file_path, AudioLimits.from_settings(settings)
+        )
+        request_hash = _request_hash(upload, instruction, params, output_format, webhook_url)
+        if idempotency_key:
+            existing = await run_in_threadpool(
+                store.find_idempotent, key.name, idempotency_key, request_hash
+            )
+            if existing is not None:
+                return Submission(existing, created=False)
+
+        job_id = uuid.uuid4().hex
+        request.scope["musicedit.job_id"] = job_id
+        job = EditJob(
+            id=job_id,
+            owner=key.name,
+            instruction=instruction,
+            params=params,
+            output_format=output_format,  # type: ignore[arg-type]
+            webhook_url=webhook_url,
+            input_key=input_key(job_id),
+            input=InputAudio(
+                format=info.format,
+                sample_rate=info.sample_rate,
+                channels=info.channels,
+                duration_seconds=info.duration_seconds,
+                size_bytes=upload.file_size,
+            ),
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+        )
+        await run_in_threadpool(_store_input, context, job, upload)
+    finally:
+        upload.cleanup()
+
+    try:
+        stored, created = await run_in_threadpool(
+            store.create, job, max_queued_per_owner=settings.max_queued_jobs_per_key
+        )
+    except BaseException:
+        await run_in_threadpool(_delete_quietly, context, job.input_key)
+        raise
+    if not created:  # lost an idempotency race: the other request's job stands
+        await run_in_threadpool(_delete_quietly, context, job.input_key)
+        return Submission(stored, created=False)
+    try:
+        await run_in_threadpool(enqueue_edit, context.celery, stored.id)
+    except MusiceditError:
+        await run_in_threadpool(_withdraw, context, stored)
+        raise
+    context.metrics.jobs.labels(JobState.queued.value).inc()
+    context.metrics.upload_bytes.observe(upload.file_size)
+    log_event(log, "job_submitted", job_id=stored.id, key_name=key.name,
+              instruction=instruction.text, input_seconds=round(info.duration_seconds, 3),
+              input_format=info.format, file_name=upload.file_name)
+    return Submission(stored, created=True)
+
+
+def _store_input(context: ServiceContext, job: EditJob, upload: MultipartUpload) -> None:
+    assert upload.file_path is not None
+    with upload.file_path.open("rb") as source:
+        context.storage.put_file(
+            job.input_key,
+            source,
+            max_bytes=context.settings.max_upload_bytes,
+            content_type="application/octet-stream",
+            metadata={"job-id": job.id, "format": job.input.format.lower()},
+        )
+
+
+def _delete_quietly(context: ServiceContext, key: str) -> None:
+    try:
+        context.storage.delete(key)
+    except MusiceditError as exc:
+        log_event(log, "input_delete_failed", logging.WARNING, object_key=key,
+                  error=type(exc).__name__)
+
+
+def _withdraw(context: ServiceContext, job: EditJob) -> None:
+    """The message could not be sent: delete the job and its input (nothing queued)."""
+    try:
+        context.store.discard(job.id)
+    except MusiceditError as exc:
+        log_event(log, "withdraw_failed", logging.WARNING, job_id=job.id, error=type(exc).__name__)
+    _delete_quietly(context, job.input_key)
