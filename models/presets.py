@@ -107,8 +107,9 @@ def write_tiny_t5(directory: Path, d_model: int = 32) -> None:
 
 
 def write_random_model(directory: Path, lm_size: configs.LMSize, codec_size: configs.CodecSize,
-                       seed: int = 0, include_frozen_copies: bool = True) -> None:
-    """Write a random-weight Instruct-MusicGen in the real file layout."""
+                       seed: int = 0, include_frozen_copies: bool = True) -> InstructMusicGen:
+    """Write a random-weight Instruct-MusicGen in the real file layout; returns the model as
+    written (float32, LoRA unmerged), so tests can compare it with what the loader reads."""
     from audiocraft.models import builders
     from omegaconf import OmegaConf
     torch.manual_seed(seed)
@@ -131,3 +132,4 @@ def write_random_model(directory: Path, lm_size: configs.LMSize, codec_size: con
             lora.v_B.normal_(0.0, 0.02)
     save_release_checkpoint(model, directory / ADAPTER_FILE,
                             include_frozen_copies=include_frozen_copies)
+    return model.eval()

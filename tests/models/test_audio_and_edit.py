@@ -1,0 +1,111 @@
+"""Audio in any common format and rate goes in; the edit is deterministic; the CLI works offline."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from models import audio
+from models.reference import InputTooLong, edit
+from models.sampling import SamplingParams
+from musicedit.errors import InstructionError, InvalidAudio, UnsupportedAudio
+
+
+def _tone(seconds, rate, channels=1, freq=440.0):
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.3 * np.sin(2 * np.pi * freq * t).astype(np.float32)
+    return np.stack([x * (0.5 + 0.5 * c / max(channels, 1)) for c in range(channels)])
+
+
+@pytest.mark.parametrize("fmt, ext, rate, channels", [
+    ("WAV", "wav", 44100, 2), ("FLAC", "flac", 48000, 1), ("OGG", "ogg", 22050, 2),
+    ("MP3", "mp3", 32000, 1), ("WAV", "wav", 8000, 6),
+])
+def test_any_format_rate_and_channels_become_32k_mono(tmp_path, fmt, ext, rate, channels):
+    path = tmp_path / f"in.{ext}"
+    sf.write(path, _tone(1.0, rate, channels).T, rate, format=fmt)
+    wav, got_rate = audio.read_audio(path)
+    assert got_rate == rate and wav.shape[0] == channels
+    x = audio.to_codec_input(wav, rate, 32000)
+    assert x.shape[:2] == (1, 1)
+    assert abs(x.shape[-1] - 32000) <= 1200  # MP3 frames pad a little
+    assert torch.isfinite(x).all() and x.abs().max() > 0.05
+
+
+def test_bad_audio_gives_clear_errors(tmp_path):
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not audio at all" * 10)
+    with pytest.raises(UnsupportedAudio, match="WAV, FLAC, OGG or MP3"):
+        audio.read_audio(junk)
+    with pytest.raises(InvalidAudio, match="no samples"):
+        audio.to_codec_input(np.zeros((1, 0), np.float32), 32000, 32000)
+    bad = _tone(0.5, 32000)
+    bad[0, 10] = np.nan
+    with pytest.raises(InvalidAudio, match="NaN or infinite"):
+        audio.to_codec_input(bad, 32000, 32000)
+
+
+def test_codes_round_trip_shapes(tiny):
+    x = audio.to_codec_input(_tone(1.0, 32000), 32000, 32000)
+    codes = audio.encode(tiny.codec, x)
+    assert codes.shape == (1, tiny.lm.num_codebooks, 50)  # 50 frames/s, as MusicGen
+    out = audio.decode(tiny.codec, codes, num_samples=x.shape[-1])
+    assert out.shape == x.shape
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_write_at_model_rate_or_input_rate(tmp_path, fmt):
+    wav = torch.from_numpy(_tone(1.0, 32000))
+    audio.write_audio(tmp_path / f"a.{fmt}", wav, 32000, fmt)
+    audio.write_audio(tmp_path / f"b.{fmt}", wav, 32000, fmt, output_rate=44100)
+    assert sf.info(tmp_path / f"a.{fmt}").samplerate == 32000
+    info = sf.info(tmp_path / f"b.{fmt}")
+    assert info.samplerate == 44100 and abs(info.frames - 44100) <= 2
+
+
+def test_edit_is_deterministic_per_seed_and_keeps_duration(tiny):
+    wav = _tone(2.0, 44100, channels=2)
+    a = edit(tiny, wav, 44100, "add drums", SamplingParams(seed=11))
+    b = edit(tiny, wav, 44100, "Music piece. Instruct: Add Drums.", SamplingParams(seed=11))
+    c = edit(tiny, wav, 44100, "add drums", SamplingParams(seed=12))
+    assert a.instruction == "Music piece. Instruct: Add Drums."
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.audio, b.audio)
+    assert not torch.equal(a.codes, c.codes)
+    assert a.audio.shape == (1, 64000)
+    assert torch.isfinite(a.audio).all()
+
+
+def test_greedy_edit_is_seed_independent(tiny):
+    wav = _tone(1.0, 32000)
+    a = edit(tiny, wav, 32000, "only bass", SamplingParams(seed=1, top_k=1))
+    b = edit(tiny, wav, 32000, "only bass", SamplingParams(seed=2, top_k=1))
+    assert torch.equal(a.codes, b.codes)
+
+
+def test_edit_rejects_unknown_instruction_and_long_input(tiny):
+    with pytest.raises(InstructionError, match="Drums, Bass, Piano, Guitar"):
+        edit(tiny, _tone(1.0, 32000), 32000, "make it jazzier")
+    with pytest.raises(InputTooLong, match="at most 5 s"):
+        edit(tiny, _tone(6.0, 32000), 32000, "add drums")
+
+
+def test_cli_edits_a_file_offline(tmp_path, model_cache, tiny_files):
+    src = tmp_path / "in.wav"
+    sf.write(src, _tone(1.5, 48000, 2).T, 48000)
+    out = tmp_path / "out.flac"
+    cmd = [sys.executable, "-m", "musicedit.cli", "edit", str(src), "Add drums", "-o", str(out),
+           "--model", "tiny", "--cache-dir", str(model_cache), "--seed", "3", "--top-k", "20",
+           "--cfg", "2.5", "--keep-rate"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    info = sf.info(out)
+    assert info.samplerate == 48000 and info.format == "FLAC"
+    assert abs(info.duration - 1.5) < 0.01
+    bad = subprocess.run(cmd[:5] + ["make it louder"] + cmd[6:], capture_output=True, text=True,
+                         timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert bad.returncode == 2 and "Supported instructions" in bad.stderr

@@ -1,0 +1,149 @@
+"""The model is Instruct-MusicGen as the paper and the facts file define it."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from audiocraft.modules.conditioners import ConditioningAttributes
+from omegaconf import OmegaConf
+
+from models import configs
+from models.instruct_musicgen import (AdapterConfig, ConcatKVCache, InstructMusicGen, NoCache,
+                                      condition_query_index, count_adapter_parameters)
+from models.loader import build_lm
+
+TEXTS = ["Music piece. Instruct: Add Drums.", "Music piece. Instruct: Only Bass."]
+
+
+def _random_codes(model, batch, frames, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.card, (batch, model.num_codebooks, frames), generator=g)
+
+
+def _pattern_sequence(model, codes):
+    pattern = model.lm.pattern_provider.get_pattern(codes.shape[-1])
+    seq, _, _ = pattern.build_pattern_sequence(codes, model.special_token_id, keep_only_valid_steps=True)
+    return seq
+
+
+def _neutral_copy(model: InstructMusicGen) -> InstructMusicGen:
+    """The same weights with the adapter switched off: gates = 0 and LoRA B = 0."""
+    neutral = copy.deepcopy(model)
+    with torch.no_grad():
+        neutral.audio_fusion.gates.zero_()
+        for lora in neutral.text_lora:
+            lora.q_B.zero_()
+            lora.v_B.zero_()
+    return neutral
+
+
+def test_neutral_adapter_gives_audiocraft_logits(tiny_unmerged):
+    model = _neutral_copy(tiny_unmerged.lm)
+    lm = model.lm
+    codes = _random_codes(model, 2, 12)
+    seq = _pattern_sequence(model, codes)
+    attrs = [ConditioningAttributes(text={"description": t}) for t in TEXTS]
+    tensors = lm.condition_provider(lm.condition_provider.tokenize(attrs))
+    with torch.no_grad():
+        expected = lm(seq, conditions=[], condition_tensors=tensors)
+        # Same cross-attention source as audiocraft (padded rows, nothing masked).
+        embeds = tensors["description"][0]
+        text = model.encode_text(list(embeds))
+        cond = model.encode_condition(_random_codes(model, 2, 12, seed=1))
+        positions = torch.arange(seq.shape[-1]).expand(2, -1)
+        got = model(seq, positions, text, cond, NoCache())
+    assert got.shape == expected.shape == (2, model.num_codebooks, seq.shape[-1], model.card)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_every_condition_frame_reaches_every_position(tiny_unmerged):
+    """With gates != 0 the output at a position depends on the whole condition clip,
+    frames after it included (no mask over the condition)."""
+    model = tiny_unmerged.lm
+    assert model.audio_fusion.gates.abs().min() > 0
+    frames = 10
+    codes = _random_codes(model, 1, frames)
+    seq = _pattern_sequence(model, codes)
+    cond_codes = _random_codes(model, 1, frames, seed=3)
+    text = model.encode_text(model.text_embeddings([TEXTS[0]]))
+    positions = torch.arange(seq.shape[-1]).view(1, -1)
+    probe = 2  # an early position: most condition frames lie in its future
+    with torch.no_grad():
+        base = model(seq, positions, text, model.encode_condition(cond_codes), NoCache())
+        for frame in range(frames):
+            changed = cond_codes.clone()
+            changed[0, :, frame] = (changed[0, :, frame] + 1) % model.card
+            out = model(seq, positions, text, model.encode_condition(changed), NoCache())
+            diff = (out[:, :, probe] - base[:, :, probe]).abs().max()
+            assert diff > 1e-4, f"condition frame {frame} does not reach position {probe}"
+
+
+def test_condition_query_alignment():
+    """Sequence position p uses condition frame p, clamped to the last real frame."""
+    positions = torch.arange(8).view(1, -1).expand(2, -1)
+    idx = condition_query_index(positions, torch.tensor([5, 3]))
+    assert idx[0].tolist() == [0, 1, 2, 3, 4, 4, 4, 4]
+    assert idx[1].tolist() == [0, 1, 2, 2, 2, 2, 2, 2]
+
+
+def test_step_by_step_decoding_equals_full_sequence(tiny_unmerged):
+    """Incremental decoding with a KV cache (generation) sees the same condition frames at the
+    same positions as the whole-sequence forward (training)."""
+    model = tiny_unmerged.lm
+    frames = 8
+    seq = _pattern_sequence(model, _random_codes(model, 1, frames))
+    cond = model.encode_condition(_random_codes(model, 1, frames, seed=5))
+    text = model.encode_text(model.text_embeddings([TEXTS[1]]))
+    s = seq.shape[-1]
+    with torch.no_grad():
+        full = model(seq, torch.arange(s).view(1, -1), text, cond, NoCache())
+        cache = ConcatKVCache()
+        steps = [model(seq[..., :3], torch.arange(3).view(1, -1), text, cond, cache)]
+        for p in range(3, s):
+            steps.append(model(seq[..., p:p + 1], torch.tensor([[p]]), text, cond, cache))
+    torch.testing.assert_close(torch.cat(steps, dim=2), full, rtol=1e-5, atol=1e-5)
+
+
+def test_merged_lora_gives_unmerged_logits(tiny_unmerged):
+    model = tiny_unmerged.lm
+    assert any(lora.q_B.abs().sum() > 0 for lora in model.text_lora)
+    merged = copy.deepcopy(model)
+    merged.merge_lora()
+    seq = _pattern_sequence(model, _random_codes(model, 1, 6))
+    cond_codes = _random_codes(model, 1, 6, seed=2)
+    positions = torch.arange(seq.shape[-1]).view(1, -1)
+    with torch.no_grad():
+        outs = []
+        for m in (model, merged):
+            text = m.encode_text(m.text_embeddings([TEXTS[0]]))
+            outs.append(m(seq, positions, text, m.encode_condition(cond_codes), NoCache()))
+    assert (outs[0] - _neutral_logits(model, seq, cond_codes, positions)).abs().max() > 1e-4
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+
+
+def _neutral_logits(model, seq, cond_codes, positions):
+    neutral = copy.deepcopy(model)
+    with torch.no_grad():
+        for lora in neutral.text_lora:
+            lora.q_B.zero_()
+            lora.v_B.zero_()
+        text = neutral.encode_text(neutral.text_embeddings([TEXTS[0]]))
+        return neutral(seq, positions, text, neutral.encode_condition(cond_codes), NoCache())
+
+
+def test_large_adapter_size_matches_paper():
+    """MusicGen-large built on the meta device: the additions are ~8% of the 3.3B model."""
+    cfg = OmegaConf.create(configs.lm_xp_cfg(configs.MUSICGEN_LARGE))
+    with torch.device("meta"):
+        lm = build_lm(cfg, device="meta")
+        model = InstructMusicGen(lm, AdapterConfig())
+    counts = count_adapter_parameters(model)
+    assert model.audio_fusion.pos_emb.shape == (49, 501, 2048)
+    assert len(model.audio_fusion.merge_linear) == 48
+    assert counts["audio_fusion"] == 49 * 501 * 2048 + 48 * 2048 * 2048 + 48 == 251_602_992
+    assert counts["text_lora"] == 48 * 2 * 32 * (2048 + 2048) == 12_582_912
+    # The LM without its T5 output projection (768 x 2048, counted with the conditioner).
+    assert counts["base_lm"] == 3_255_382_016
+    share = (counts["audio_fusion"] + counts["text_lora"]) / (counts["base_lm"] + 768 * 2048)
+    assert 0.075 < share < 0.085
