@@ -1,0 +1,271 @@
+"""Job store semantics, identical on the Redis (real server) and SQLite backends."""
+
+import threading
+import uuid
+
+import pytest
+
+from musicedit.errors import (
+    IdempotencyConflict,
+    JobNotCancelable,
+    JobNotFound,
+    LeaseLost,
+    RateLimited,
+    TooManyQueuedJobs,
+)
+from musicedit.job_store import BaseJobStore, RedisJobStore, SqliteJobStore
+from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def store(request, clock, tmp_path) -> BaseJobStore:
+    if request.param == "redis":
+        import redis
+
+        url = request.getfixturevalue("redis_url")
+        s = RedisJobStore(redis.Redis.from_url(url), retention_seconds=3600, max_attempts=3,
+                          clock=clock)
+    else:
+        s = SqliteJobStore(tmp_path / "jobs.sqlite", retention_seconds=3600, max_attempts=3,
+                           clock=clock)
+    yield s
+    s.close()
+
+
+def new_job(owner: str = "alice", idempotency_key: str | None = None,
+            request_hash: str | None = None) -> EditJob:
+    job_id = uuid.uuid4().hex
+    return EditJob(
+        id=job_id,
+        owner=owner,
+        instruction=NormalizedInstruction(operation="add", stem="Drums",
+                                          text="Music piece. Instruct: Add Drums."),
+        input_key=f"inputs/{job_id}",
+        input=InputAudio(format="WAV", sample_rate=32000, channels=1, duration_seconds=1.0,
+                         size_bytes=64000),
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+
+
+def test_create_get_and_owner_scoping(store):
+    job, created = store.create(new_job("alice"))
+    assert created and job.state is JobState.queued and job.seq > 0
+    assert store.get(job.id, "alice").id == job.id
+    with pytest.raises(JobNotFound):
+        store.get(job.id, "bob")
+    with pytest.raises(JobNotFound):
+        store.get("missing", "alice")
+
+
+def test_idempotency_same_body_same_job_other_body_conflict(store):
+    first, created = store.create(new_job(idempotency_key="k1", request_hash="h1"))
+    again, created_again = store.create(new_job(idempotency_key="k1", request_hash="h1"))
+    assert created and not created_again and again.id == first.id
+    assert store.find_idempotent("alice", "k1", "h1").id == first.id
+    with pytest.raises(IdempotencyConflict):
+        store.create(new_job(idempotency_key="k1", request_hash="h2"))
+    with pytest.raises(IdempotencyConflict):
+        store.find_idempotent("alice", "k1", "h2")
+    # keys are per owner
+    other, created_other = store.create(new_job("bob", idempotency_key="k1", request_hash="h2"))
+    assert created_other and other.id != first.id
+    assert store.count_queued() == 2
+
+
+def test_fifo_queue_position_and_per_owner_counts(store):
+    jobs = [store.create(new_job("alice" if i % 2 else "bob"))[0] for i in range(4)]
+    assert [store.queue_position(j.id) for j in jobs] == [0, 1, 2, 3]
+    assert store.count_queued("alice") == 2 and store.count_queued("bob") == 2
+    assert store.claim(jobs[0].id, "w1", 30) is not None
+    assert [store.queue_position(j.id) for j in jobs] == [None, 0, 1, 2]
+    assert store.count_queued() == 3
+
+
+def test_queued_cap_per_owner(store):
+    store.create(new_job("alice"), max_queued_per_owner=2)
+    store.create(new_job("alice"), max_queued_per_owner=2)
+    with pytest.raises(TooManyQueuedJobs) as info:
+        store.create(new_job("alice"), max_queued_per_owner=2)
+    assert info.value.retry_after >= 1
+    store.create(new_job("bob"), max_queued_per_owner=2)
+
+
+def test_list_is_newest_first_and_paginated(store):
+    ids = [store.create(new_job("alice"))[0].id for _ in range(5)]
+    store.create(new_job("bob"))
+    page1 = store.list_jobs("alice", limit=2)
+    assert [j.id for j in page1] == ids[::-1][:2]
+    page2 = store.list_jobs("alice", limit=2, before=page1[-1].seq)
+    assert [j.id for j in page2] == ids[::-1][2:4]
+    page3 = store.list_jobs("alice", limit=2, before=page2[-1].seq)
+    assert [j.id for j in page3] == ids[:1]
+
+
+def test_claim_lease_complete_exactly_once(store):
+    job, _ = store.create(new_job())
+    claimed = store.claim(job.id, "w1", 30)
+    assert claimed.state is JobState.running and claimed.attempts == 1
+    assert claimed.lease.worker_id == "w1"
+    # a redelivered message while the lease is live: nobody else may run it
+    assert store.claim(job.id, "w2", 30) is None
+    assert store.claim(job.id, "w1", 30) is None
+    store.update_progress(job.id, "w1", 10, 100)
+    assert store.get(job.id).progress.frames_done == 10
+    with pytest.raises(LeaseLost):
+        store.complete(job.id, "w2", "results/x.wav")
+    done = store.complete(job.id, "w1", f"results/{job.id}.wav")
+    assert done.state is JobState.succeeded and done.result_key == f"results/{job.id}.wav"
+    assert done.timings.finished_at is not None and done.lease is None
+    with pytest.raises(LeaseLost):
+        store.complete(job.id, "w1", "results/other.wav")
+    assert store.claim(job.id, "w3", 30) is None  # terminal
+    assert store.get(job.id).result_key == f"results/{job.id}.wav"
+
+
+def test_expired_lease_is_reclaimed_and_old_holder_is_fenced(store, clock):
+    job, _ = store.create(new_job())
+    store.claim(job.id, "w1", 30)
+    clock.advance(10)
+    store.renew_lease(job.id, "w1", 30)
+    clock.advance(29)
+    assert store.expired_leases() == []
+    clock.advance(2)
+    assert store.expired_leases() == [job.id]
+    again = store.claim(job.id, "w2", 30)
+    assert again.attempts == 2 and again.lease.worker_id == "w2"
+    assert store.expired_leases() == []
+    with pytest.raises(LeaseLost):  # the presumed-dead worker comes back: fenced off
+        store.complete(job.id, "w1", "results/late.wav")
+    with pytest.raises(LeaseLost):
+        store.renew_lease(job.id, "w1", 30)
+    assert store.complete(job.id, "w2", "results/ok.wav").result_key == "results/ok.wav"
+
+
+def test_crash_looping_job_is_dead_lettered_after_max_attempts(store, clock):
+    job, _ = store.create(new_job())
+    for worker in ("w1", "w2", "w3"):
+        assert store.claim(job.id, worker, 30) is not None
+        clock.advance(31)
+    assert store.claim(job.id, "w4", 30) is None
+    failed = store.get(job.id)
+    assert failed.state is JobState.failed and failed.dead_lettered
+    assert "abandoned by 3 workers" in failed.error
+    assert [j.id for j in store.dead_letters()] == [job.id]
+
+
+def test_fail_with_dead_letter_and_release(store):
+    a, _ = store.create(new_job())
+    b, _ = store.create(new_job())
+    store.claim(a.id, "w1", 30)
+    failed = store.fail(a.id, "w1", "model raised: non-finite logits", dead_letter=True)
+    assert failed.state is JobState.failed and failed.error.startswith("model raised")
+    assert [j.id for j in store.dead_letters()] == [a.id]
+    store.claim(b.id, "w1", 30)
+    released = store.release(b.id, "w1")
+    assert released.state is JobState.queued and released.attempts == 0
+    assert store.queue_position(b.id) == 0
+    assert store.claim(b.id, "w2", 30).attempts == 1
+
+
+def test_cancel_queued_running_and_terminal(store):
+    queued, _ = store.create(new_job("alice"))
+    running, _ = store.create(new_job("alice"))
+    store.claim(running.id, "w1", 30)
+    with pytest.raises(JobNotFound):
+        store.request_cancel(queued.id, "bob")
+    canceled = store.request_cancel(queued.id, "alice")
+    assert canceled.state is JobState.canceled and store.count_queued() == 0
+    assert store.claim(queued.id, "w1", 30) is None
+    flagged = store.request_cancel(running.id, "alice")
+    assert flagged.state is JobState.running and flagged.cancel_requested
+    assert store.renew_lease(running.id, "w1", 30).cancel_requested
+    assert store.acknowledge_cancel(running.id, "w1").state is JobState.canceled
+    with pytest.raises(JobNotCancelable):
+        store.request_cancel(running.id, "alice")
+
+
+def test_complete_after_cancel_request_records_no_result(store):
+    job, _ = store.create(new_job())
+    store.claim(job.id, "w1", 30)
+    store.request_cancel(job.id)
+    finished = store.complete(job.id, "w1", "results/x.wav")
+    assert finished.state is JobState.canceled and finished.result_key is None
+
+
+def test_retention_expires_finished_jobs_and_returns_object_keys(store, clock):
+    done, _ = store.create(new_job(idempotency_key="k", request_hash="h"))
+    store.claim(done.id, "w1", 30)
+    store.complete(done.id, "w1", f"results/{done.id}.wav")
+    pending, _ = store.create(new_job())
+    clock.advance(3599)
+    assert store.expire_jobs() == []
+    clock.advance(2)
+    assert sorted(store.expire_jobs()) == sorted([f"inputs/{done.id}", f"results/{done.id}.wav"])
+    with pytest.raises(JobNotFound):
+        store.get(done.id)
+    assert [j.id for j in store.list_jobs("alice")] == [pending.id]
+    assert store.get(pending.id).state is JobState.queued  # unfinished jobs are kept
+
+
+def test_rate_limit_fixed_window(store, clock):
+    clock.now = 1_800_000_000.0 - (1_800_000_000.0 % 60) + 10  # 10 s into a window
+    for _ in range(3):
+        store.check_rate_limit("alice", 3)
+    with pytest.raises(RateLimited) as info:
+        store.check_rate_limit("alice", 3)
+    assert info.value.retry_after == 50
+    store.check_rate_limit("bob", 3)  # per key
+    clock.advance(50)
+    store.check_rate_limit("alice", 3)
+
+
+def test_worker_heartbeats(store, clock):
+    store.register_worker_heartbeat("w1", {"host": "gpu-1", "max_batch_size": 8})
+    assert [w["worker_id"] for w in store.live_workers(30)] == ["w1"]
+    clock.advance(31)
+    assert store.live_workers(30) == []
+
+
+def test_discard_removes_job_and_idempotency_record(store):
+    job, _ = store.create(new_job(idempotency_key="k", request_hash="h"))
+    store.discard(job.id)
+    with pytest.raises(JobNotFound):
+        store.get(job.id)
+    assert store.count_queued() == 0
+    assert store.find_idempotent("alice", "k", "other") is None
+
+
+def test_concurrent_claims_have_one_winner(store):
+    jobs = [store.create(new_job())[0] for _ in range(20)]
+    winners: dict[str, list[str]] = {j.id: [] for j in jobs}
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        for job in jobs:
+            if store.claim(job.id, name, 30) is not None:
+                with lock:
+                    winners[job.id].append(name)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(len(names) == 1 for names in winners.values())
