@@ -295,3 +295,50 @@ def audio_factory(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@dataclass
+class RunningGateway:
+    """A gateway served by uvicorn in a thread; `url` is its base URL."""
+
+    app: object
+    url: str
+    server: object
+    thread: object
+
+    @property
+    def context(self):  # the ServiceContext: store, storage, celery, metrics, settings
+        return self.app.state.context
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def run_gateway() -> Iterator[Callable[..., RunningGateway]]:
+    """`run_gateway(settings)` serves `service.app.create_app(settings)` over real HTTP."""
+    import threading
+
+    import uvicorn
+
+    from service.app import create_app
+
+    running: list[RunningGateway] = []
+
+    def start(settings, **components) -> RunningGateway:
+        app = create_app(settings, **components)
+        port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                lifespan="on", access_log=False)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_until(lambda: server.started, 20, "uvicorn gateway")
+        gateway = RunningGateway(app, f"http://127.0.0.1:{port}", server, thread)
+        running.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in running:
+        gateway.stop()

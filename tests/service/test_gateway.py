@@ -1,0 +1,422 @@
+"""The gateway over HTTP (uvicorn) against real Redis (job store + broker) and SeaweedFS S3."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+
+import httpx
+import pytest
+
+from musicedit.jobs import JobState
+from musicedit.queue import queue_depth
+from musicedit.storage import result_key
+
+ALICE = {"Authorization": "Bearer alice-secret-key"}
+BOB = {"Authorization": "Bearer bob-secret-key"}
+
+
+@pytest.fixture
+def gateway(make_settings, run_gateway, redis_url, s3_server, s3_bucket):
+    """Start a gateway; `gateway(**setting_overrides)` for other limits."""
+
+    def start(**overrides):
+        return run_gateway(make_settings(redis_url=redis_url, s3=(s3_server, s3_bucket),
+                                         **overrides))
+
+    return start
+
+
+@pytest.fixture
+def gw(gateway):
+    return gateway()
+
+
+def submit(gw, path_or_bytes, instruction="Add drums", headers=ALICE, filename="clip.wav",
+           content_type="audio/wav", **fields):
+    content = path_or_bytes if isinstance(path_or_bytes, bytes) else path_or_bytes.read_bytes()
+    data = {"instruction": instruction, **{k: str(v) for k, v in fields.items()}}
+    if instruction is None:
+        del data["instruction"]
+    return httpx.post(f"{gw.url}/v1/edits", headers=headers, data=data,
+                      files={"file": (filename, content, content_type)}, timeout=30)
+
+
+def assert_nothing_queued_or_stored(gw):
+    ctx = gw.context
+    assert ctx.store.count_queued() == 0
+    assert queue_depth(ctx.celery) == 0
+    assert ctx.storage.list_keys() == []
+    assert list((ctx.settings.data_dir / "tmp").glob("*")) == []
+
+
+def assert_problem(response, status, fragment=None):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    if fragment:
+        assert fragment in body["detail"], body["detail"]
+    return body
+
+
+def finish_job(gw, job_id, payload=b"RIFF-result", worker="w1"):
+    """Play the worker's part: claim, store a result, complete."""
+    ctx = gw.context
+    job = ctx.store.claim(job_id, worker, 30)
+    key = result_key(job_id, job.output_format)
+    ctx.storage.put_file(key, io.BytesIO(payload))
+    return ctx.store.complete(job_id, worker, key)
+
+
+def test_submit_queues_one_job_and_stores_its_input(gw, audio_factory):
+    response = submit(gw, audio_factory(seconds=1.0), "add the drums", seed=7, top_k=50,
+                      output_format="flac")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued" and body["queue_position"] == 0
+    assert body["instruction"]["text"] == "Music piece. Instruct: Add Drums."
+    assert body["params"]["seed"] == 7 and body["params"]["top_k"] == 50
+    assert body["input"]["format"] == "WAV" and body["input"]["duration_seconds"] == 1.0
+    assert response.headers["location"] == body["status_url"] == f"{gw.url}/v1/edits/{body['id']}"
+    ctx = gw.context
+    assert ctx.storage.list_keys() == [f"inputs/{body['id']}"]
+    assert queue_depth(ctx.celery) == 1
+    status = httpx.get(body["status_url"], headers=ALICE).json()
+    assert status["id"] == body["id"] and status["status"] == "queued"
+
+
+def test_mp3_sent_as_wav_is_probed_by_its_bytes(gw, audio_factory):
+    response = submit(gw, audio_factory(format="MP3"), filename="song.wav",
+                      content_type="audio/wav")
+    assert response.status_code == 202, response.text
+    assert response.json()["input"]["format"] == "MP3"
+
+
+def test_file_name_never_becomes_a_key(gw, audio_factory):
+    response = submit(gw, audio_factory(), filename="../../../etc/passwd\x00.wav")
+    assert response.status_code == 202, response.text
+    assert gw.context.storage.list_keys() == [f"inputs/{response.json()['id']}"]
+
+
+BAD_AUDIO = {
+    "empty file": (lambda f, tmp: b"", 415, "empty"),
+    "random bytes named .wav": (lambda f, tmp: os.urandom(20000), 415, "not audio"),
+    "truncated wav": (lambda f, tmp: f(seconds=2.0).read_bytes()[:30000], 415, "truncated"),
+    "zero-length audio": (lambda f, tmp: f(seconds=0.0).read_bytes(), 422, "minimum is 0.5 s"),
+    "over the length limit": (
+        lambda f, tmp: f(seconds=31.0, sample_rate=8000, channels=1).read_bytes(), 422,
+        "maximum is 30.0 s"),
+    "384 kHz": (lambda f, tmp: f(seconds=1.0, sample_rate=384000, channels=1).read_bytes(), 422,
+                "384000 Hz"),
+    "9 channels": (lambda f, tmp: f(seconds=1.0, sample_rate=8000, channels=9).read_bytes(), 422,
+                   "at most 8"),
+    "NaN samples": (lambda f, tmp: f(content="nan").read_bytes(), 422, "NaN"),
+    "inf samples": (lambda f, tmp: f(content="inf").read_bytes(), 422, "NaN or infinite"),
+    "silence": (lambda f, tmp: f(content="silence").read_bytes(), 422, "silent"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_AUDIO))
+def test_bad_audio_gets_its_status_and_leaves_nothing(gw, audio_factory, tmp_path, case):
+    make, status, fragment = BAD_AUDIO[case]
+    assert_problem(submit(gw, make(audio_factory, tmp_path)), status, fragment)
+    assert_nothing_queued_or_stored(gw)
+
+
+BAD_FIELDS = {
+    "empty instruction": ({"instruction": ""}, "instruction"),
+    "10 kB instruction": ({"instruction": "add drums " * 1000}, "limit is 200"),
+    "control characters": ({"instruction": "add\x07drums"}, "control characters"),
+    "unknown instruction": ({"instruction": "make it sound like jazz"}, "Supported instructions"),
+    "top_k too big": ({"top_k": 5000}, "top_k"),
+    "top_p over 1": ({"top_p": 1.5}, "top_p"),
+    "zero temperature": ({"temperature": 0}, "temperature"),
+    "negative cfg": ({"cfg_coef": -1}, "cfg_coef"),
+    "seed not a number": ({"seed": "abc"}, "seed"),
+    "output format": ({"output_format": "mp3"}, "output_format"),
+    "unknown field": ({"model": "large"}, "Unknown form field 'model'"),
+    "loopback webhook": ({"webhook_url": "http://127.0.0.1:8080/hook"}, "non-public"),
+    "private webhook": ({"webhook_url": "http://10.1.2.3/hook"}, "non-public"),
+    "metadata webhook": ({"webhook_url": "http://169.254.169.254/latest"}, "non-public"),
+    "ftp webhook": ({"webhook_url": "ftp://example.com/x"}, "http"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FIELDS))
+def test_bad_fields_are_422_and_leave_nothing(gw, audio_factory, case):
+    fields, fragment = BAD_FIELDS[case]
+    instruction = fields.pop("instruction", "Add drums")
+    body = assert_problem(submit(gw, audio_factory(), instruction, **fields), 422, fragment)
+    assert body["type"].startswith("urn:musicedit:problem:")
+    assert_nothing_queued_or_stored(gw)
+
+
+def test_missing_parts_are_422(gw, audio_factory):
+    assert_problem(submit(gw, audio_factory(), None), 422, "instruction")
+    response = httpx.post(f"{gw.url}/v1/edits", headers=ALICE, data={"instruction": "Add drums"},
+                          files={"other": ("x", b"x")})
+    assert_problem(response, 422, "Unknown form field 'other'")
+    assert_nothing_queued_or_stored(gw)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data; boundary=XYZ", b"--XYZ\r\nContent-Disposition: form-da"),
+        ("multipart/form-data; boundary=XYZ", b"this is not multipart at all"),
+        ("multipart/form-data", b"--XYZ--\r\n"),
+        ("application/json", b'{"instruction": "Add drums"}'),
+    ],
+)
+def test_malformed_bodies_are_400(gw, content_type, body):
+    response = httpx.post(f"{gw.url}/v1/edits", content=body,
+                          headers={**ALICE, "Content-Type": content_type})
+    assert_problem(response, 400)
+    assert_nothing_queued_or_stored(gw)
+
+
+def test_declared_oversize_body_is_413_before_reading(gw):
+    # Content-Length says 1 GB: refused from the headers, only a few bytes are ever sent
+    # (raw socket: httpx would compute the real Content-Length).
+    import socket
+
+    host, port = gw.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/edits HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice-secret-key\r\n"
+            b"Content-Type: multipart/form-data; boundary=XYZ\r\nContent-Length: 1000000000\r\n"
+            b"\r\n--XYZ\r\n"
+        )
+        reply = sock.recv(65536).decode()
+    assert reply.startswith("HTTP/1.1 413"), reply
+    assert "application/problem+json" in reply and "limit of 2097152 bytes" in reply
+    assert_nothing_queued_or_stored(gw)
+
+
+def test_streamed_1gb_upload_is_cut_off_at_the_cap(gw):
+    """A chunked 1 GB upload is refused while streaming; the server stops reading early."""
+    import select
+    import socket
+
+    host, port = gw.url.removeprefix("http://").split(":")
+    chunk = b"\0" * (256 * 1024)
+    sent = 0
+    reply = b""
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/edits HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice-secret-key\r\n"
+            b"Content-Type: multipart/form-data; boundary=XYZ\r\nTransfer-Encoding: chunked\r\n"
+            b"\r\n"
+        )
+        head = (b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+                b"\r\n")
+        sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
+        try:
+            while sent < 10**9:
+                readable, _, _ = select.select([sock], [], [], 0)
+                if readable:
+                    break
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            reply = sock.recv(65536)
+        except ConnectionResetError:
+            pass
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    # cap is 2 MiB; allow the socket buffers in flight, but nowhere near 1 GB
+    assert sent < 64 * 1024 * 1024, sent
+    assert_nothing_queued_or_stored(gw)
+
+
+def test_idempotency_same_body_same_job_other_body_409(gw, audio_factory):
+    clip = audio_factory().read_bytes()
+    headers = {**ALICE, "Idempotency-Key": "order-42"}
+    first = submit(gw, clip, headers=headers, seed=1)
+    again = submit(gw, clip, headers=headers, seed=1)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert queue_depth(gw.context.celery) == 1
+    assert len(gw.context.storage.list_keys()) == 1
+    assert_problem(submit(gw, clip, headers=headers, seed=2), 409, "different request")
+    # another key's Idempotency-Key space is separate
+    other = submit(gw, clip, headers={**BOB, "Idempotency-Key": "order-42"}, seed=2)
+    assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
+    assert_problem(submit(gw, clip, headers={**ALICE, "Idempotency-Key": "has space"}), 422)
+
+
+def test_every_route_hides_other_keys_jobs(gw, audio_factory):
+    job = submit(gw, audio_factory()).json()
+    job_url = f"{gw.url}/v1/edits/{job['id']}"
+    for method, url in [("GET", job_url), ("GET", f"{job_url}/audio"), ("DELETE", job_url)]:
+        assert_problem(httpx.request(method, url, headers=BOB), 404)
+    assert httpx.get(f"{gw.url}/v1/edits", headers=BOB).json()["items"] == []
+    assert [j["id"] for j in httpx.get(f"{gw.url}/v1/edits", headers=ALICE).json()["items"]] == [
+        job["id"]]
+    finish_job(gw, job["id"])
+    assert_problem(httpx.get(f"{job_url}/audio", headers=BOB), 404)
+    assert httpx.get(job_url, headers=ALICE).json()["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
+                                     {"Authorization": "Basic YWxpY2U6eA=="}])
+def test_missing_or_unknown_key_is_401(gw, headers):
+    for method, path in [("GET", "/v1/edits"), ("GET", "/v1/edits/x"), ("POST", "/v1/edits"),
+                         ("DELETE", "/v1/edits/x"), ("GET", "/v1/edits/x/audio")]:
+        response = httpx.request(method, f"{gw.url}{path}", headers=headers)
+        assert_problem(response, 401)
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_list_is_paginated_newest_first(gw, audio_factory):
+    clip = audio_factory().read_bytes()
+    ids = [submit(gw, clip).json()["id"] for _ in range(3)]
+    page = httpx.get(f"{gw.url}/v1/edits", params={"limit": 2}, headers=ALICE).json()
+    assert [j["id"] for j in page["items"]] == ids[::-1][:2] and page["next_cursor"]
+    rest = httpx.get(f"{gw.url}/v1/edits", params={"limit": 2, "before": page["next_cursor"]},
+                     headers=ALICE).json()
+    assert [j["id"] for j in rest["items"]] == ids[:1] and rest["next_cursor"] is None
+    assert_problem(httpx.get(f"{gw.url}/v1/edits", params={"limit": 0}, headers=ALICE), 422)
+
+
+def test_rate_limit_answers_429_with_retry_after(gateway, audio_factory):
+    gw = gateway(rate_limit_per_minute=2)
+    clip = audio_factory().read_bytes()
+    assert [submit(gw, clip).status_code for _ in range(2)] == [202, 202]
+    response = submit(gw, clip)
+    assert_problem(response, 429, "more than 2 submissions")
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert submit(gw, clip, headers=BOB).status_code == 202  # limits are per key
+    assert gw.context.store.count_queued() == 3
+
+
+def test_queued_job_cap_answers_429(gateway, audio_factory):
+    gw = gateway(max_queued_jobs_per_key=1)
+    clip = audio_factory().read_bytes()
+    first = submit(gw, clip)
+    assert first.status_code == 202
+    response = submit(gw, clip)
+    assert_problem(response, 429, "queued jobs (limit 1)")
+    assert int(response.headers["retry-after"]) >= 1
+    httpx.delete(first.json()["status_url"], headers=ALICE)
+    assert submit(gw, clip).status_code == 202
+
+
+def test_audio_redirects_to_a_short_lived_presigned_url(gateway, audio_factory):
+    gw = gateway(presign_expiry_seconds=60)
+    job = submit(gw, audio_factory()).json()
+    assert_problem(httpx.get(f"{job['status_url']}/audio", headers=ALICE), 409, "queued")
+    finish_job(gw, job["id"], payload=b"edited audio bytes")
+    status = httpx.get(job["status_url"], headers=ALICE).json()
+    assert status["status"] == "succeeded" and status["audio_url"] == f"{job['status_url']}/audio"
+    response = httpx.get(status["audio_url"], headers=ALICE)
+    assert response.status_code == 302 and response.headers["cache-control"] == "no-store"
+    location = response.headers["location"]
+    assert "X-Amz-Expires=60" in location and "X-Amz-Signature" in location
+    assert httpx.get(location).content == b"edited audio bytes"
+
+
+def test_cancel_queued_job_deletes_its_input(gw, audio_factory):
+    job = submit(gw, audio_factory()).json()
+    response = httpx.delete(job["status_url"], headers=ALICE)
+    assert response.status_code == 202 and response.json()["status"] == "canceled"
+    assert gw.context.store.count_queued() == 0
+    assert gw.context.storage.list_keys() == []
+    assert_problem(httpx.delete(job["status_url"], headers=ALICE), 409, "already canceled")
+
+
+def test_cancel_running_job_flags_it_for_the_worker(gw, audio_factory):
+    job = submit(gw, audio_factory()).json()
+    gw.context.store.claim(job["id"], "w1", 30)
+    response = httpx.delete(job["status_url"], headers=ALICE)
+    assert response.json()["status"] == "running" and response.json()["cancel_requested"]
+    assert gw.context.store.renew_lease(job["id"], "w1", 30).cancel_requested
+
+
+def test_redis_down_answers_503_with_retry_after_and_recovers(make_settings, run_gateway,
+                                                             s3_server, s3_bucket, tmp_path,
+                                                             audio_factory):
+    from conftest import RedisServer
+
+    server = RedisServer(tmp_path / "redis-outage").start()
+    try:
+        gw = run_gateway(make_settings(redis_url=server.url, s3=(s3_server, s3_bucket),
+                                       redis_socket_timeout_seconds=0.5))
+        clip = audio_factory().read_bytes()
+        job = submit(gw, clip).json()
+        server.stop()
+        for response in (submit(gw, clip), httpx.get(job["status_url"], headers=ALICE),
+                         httpx.get(f"{gw.url}/v1/edits", headers=ALICE)):
+            assert_problem(response, 503, "unreachable")
+            assert int(response.headers["retry-after"]) >= 1
+        assert httpx.get(f"{gw.url}/readyz").status_code == 503
+        assert gw.context.storage.list_keys() == [f"inputs/{job['id']}"]  # nothing new stored
+        server.start()  # same port; no persistence in this test, so check recovery only
+        assert submit(gw, clip).status_code == 202
+    finally:
+        server.stop()
+
+
+def test_readyz_needs_a_live_worker(gw):
+    response = httpx.get(f"{gw.url}/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"]["job_store"] == body["checks"]["storage"] == "ok"
+    assert body["checks"]["broker"] == "ok" and body["checks"]["workers"].startswith("unavailable")
+    gw.context.store.register_worker_heartbeat("w1", {"model": "tiny"})
+    ready = httpx.get(f"{gw.url}/readyz")
+    assert ready.status_code == 200 and ready.json()["live_workers"] == 1
+    assert httpx.get(f"{gw.url}/healthz").json() == {"status": "ok"}
+
+
+def test_metrics_by_route_and_status(gw, audio_factory):
+    submit(gw, audio_factory())
+    httpx.get(f"{gw.url}/v1/edits/nope", headers=ALICE)
+    text = httpx.get(f"{gw.url}/metrics").text
+    assert ('musicedit_requests_total{method="POST",route="/v1/edits",status="202"} 1.0' in text)
+    assert ('musicedit_requests_total{method="GET",route="/v1/edits/{job_id}",status="404"} 1.0'
+            in text)
+    assert "musicedit_request_duration_seconds_bucket" in text
+    assert 'musicedit_jobs_total{state="queued"} 1.0' in text
+    assert "musicedit_queue_size 1.0" in text
+    assert "musicedit_upload_bytes_count 1.0" in text
+
+
+def test_logs_name_the_job_but_never_keys_or_presigned_urls(gw, audio_factory, caplog):
+    caplog.set_level(logging.INFO)
+    job = submit(gw, audio_factory()).json()
+    finish_job(gw, job["id"])
+    location = httpx.get(f"{job['status_url']}/audio", headers=ALICE).headers["location"]
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    events = [json.loads(r.getMessage()) for r in caplog.records
+              if r.name == "musicedit.service" and r.getMessage().startswith("{")]
+    assert any(e["event"] == "job_submitted" and e["job_id"] == job["id"] for e in events)
+    assert any(e["event"] == "request" and e.get("job_id") == job["id"] for e in events)
+    assert "alice-secret-key" not in text
+    assert location not in text and "X-Amz-Signature" not in text
+
+
+def test_cors_preflight_uses_configured_origins(gateway):
+    gw = gateway(cors_origins="https://app.example.com")
+    allowed = httpx.options(f"{gw.url}/v1/edits", headers={
+        "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"})
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+    other = httpx.options(f"{gw.url}/v1/edits", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_openapi_documents_the_api(gw):
+    schema = httpx.get(f"{gw.url}/openapi.json").json()
+    post = schema["paths"]["/v1/edits"]["post"]
+    form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert {"file", "instruction", "seed", "top_k", "top_p", "temperature", "cfg_coef",
+            "output_format", "webhook_url"} == set(form["properties"])
+    assert {"202", "413", "415", "422", "429", "503"} <= set(post["responses"])
+    assert "example" in post["responses"]["202"]["content"]["application/json"]
+    assert JobState.queued.value in json.dumps(schema)
