@@ -227,37 +227,43 @@ def s3_bucket(s3_server: S3Server) -> str:
 API_KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key"}
 
 
+def build_settings(data_dir: Path, *, redis_url: str | None = None,
+                   s3: tuple[S3Server, str] | None = None, **overrides: object):
+    """`Settings` for tests: small limits, two API keys (`API_KEYS`), optional real services."""
+    from musicedit.settings import Settings
+
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "api_keys": ",".join(f"{name}:{secret}" for name, secret in API_KEYS.items()),
+        "max_upload_bytes": 2 * 1024 * 1024,
+        "max_input_seconds": 30.0,
+        "rate_limit_per_minute": 1000,
+        "max_queued_jobs_per_key": 100,
+    }
+    if redis_url is not None:
+        values["job_store_url"] = redis_url
+        values["broker_url"] = redis_url
+    if s3 is not None:
+        server, bucket = s3
+        values.update(
+            storage_backend="s3",
+            s3_endpoint_url=server.endpoint_url,
+            s3_bucket=bucket,
+            s3_access_key_id=S3_ACCESS_KEY,
+            s3_secret_access_key=S3_SECRET_KEY,
+            s3_path_style=True,
+            s3_region="us-east-1",
+        )
+    values.update(overrides)
+    return Settings(**values)
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path, _no_musicedit_env: None) -> Callable[..., "Settings"]:  # noqa: F821
     """Build `Settings` for the test; pass `redis_url=`/`s3=` to use the real services."""
-    from musicedit.settings import Settings
 
-    def build(*, redis_url: str | None = None, s3: tuple[S3Server, str] | None = None,
-              **overrides: object) -> Settings:
-        values: dict[str, object] = {
-            "data_dir": tmp_path / "var",
-            "api_keys": ",".join(f"{name}:{secret}" for name, secret in API_KEYS.items()),
-            "max_upload_bytes": 2 * 1024 * 1024,
-            "max_input_seconds": 30.0,
-            "rate_limit_per_minute": 1000,
-            "max_queued_jobs_per_key": 100,
-        }
-        if redis_url is not None:
-            values["job_store_url"] = redis_url
-            values["broker_url"] = redis_url
-        if s3 is not None:
-            server, bucket = s3
-            values.update(
-                storage_backend="s3",
-                s3_endpoint_url=server.endpoint_url,
-                s3_bucket=bucket,
-                s3_access_key_id=S3_ACCESS_KEY,
-                s3_secret_access_key=S3_SECRET_KEY,
-                s3_path_style=True,
-                s3_region="us-east-1",
-            )
-        values.update(overrides)
-        return Settings(**values)
+    def build(**kwargs: object):
+        return build_settings(tmp_path / "var", **kwargs)
 
     return build
 
@@ -315,27 +321,32 @@ class RunningGateway:
         self.thread.join(timeout=10)
 
 
-@pytest.fixture
-def run_gateway() -> Iterator[Callable[..., RunningGateway]]:
-    """`run_gateway(settings)` serves `service.app.create_app(settings)` over real HTTP."""
+def start_gateway(settings, **components) -> RunningGateway:
+    """Serve `service.app.create_app(settings)` with uvicorn in a thread on a free port."""
     import threading
 
     import uvicorn
 
     from service.app import create_app
 
+    app = create_app(settings, **components)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, 20, "uvicorn gateway")
+    return RunningGateway(app, f"http://127.0.0.1:{port}", server, thread)
+
+
+@pytest.fixture
+def run_gateway() -> Iterator[Callable[..., RunningGateway]]:
+    """`run_gateway(settings)` serves a gateway over real HTTP until the test ends."""
     running: list[RunningGateway] = []
 
     def start(settings, **components) -> RunningGateway:
-        app = create_app(settings, **components)
-        port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="on", access_log=False)
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        wait_until(lambda: server.started, 20, "uvicorn gateway")
-        gateway = RunningGateway(app, f"http://127.0.0.1:{port}", server, thread)
+        gateway = start_gateway(settings, **components)
         running.append(gateway)
         return gateway
 

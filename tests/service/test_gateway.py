@@ -29,9 +29,24 @@ def gateway(make_settings, run_gateway, redis_url, s3_server, s3_bucket):
     return start
 
 
+@pytest.fixture(scope="module")
+def shared_gateway(tmp_path_factory, redis_server, s3_server):
+    from conftest import build_settings, start_gateway
+
+    bucket = s3_server.create_bucket()
+    gateway = start_gateway(build_settings(tmp_path_factory.mktemp("gw") / "var",
+                                           redis_url=redis_server.url, s3=(s3_server, bucket)))
+    yield gateway
+    gateway.stop()
+
+
 @pytest.fixture
-def gw(gateway):
-    return gateway()
+def gw(shared_gateway, redis_url):
+    """A gateway with default test settings, its Redis and bucket emptied for this test."""
+    storage = shared_gateway.context.storage
+    for key in storage.list_keys():
+        storage.delete(key)
+    return shared_gateway
 
 
 def submit(gw, path_or_bytes, instruction="Add drums", headers=ALICE, filename="clip.wav",
@@ -374,7 +389,8 @@ def test_readyz_needs_a_live_worker(gw):
     assert httpx.get(f"{gw.url}/healthz").json() == {"status": "ok"}
 
 
-def test_metrics_by_route_and_status(gw, audio_factory):
+def test_metrics_by_route_and_status(gateway, audio_factory):
+    gw = gateway()  # fresh registry: exact counts
     submit(gw, audio_factory())
     httpx.get(f"{gw.url}/v1/edits/nope", headers=ALICE)
     text = httpx.get(f"{gw.url}/metrics").text
