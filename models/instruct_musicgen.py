@@ -103,10 +103,13 @@ class ConditionKV:
     """Audio-fusion condition path of a batch (q', K', V' of every layer), computed once per job.
 
     Attributes:
-        q, k, v: per layer, ``[B, H, Tc + 1, Dh]`` for Tc condition frames plus the appended
+        q, k, v: per layer, ``[N, H, Tc + 1, Dh]`` for Tc condition frames plus the appended
             special-token frame.
-        num_frames: ``[B]`` long, Tc of each row (rows may differ when batched).
-        mask: ``[B, Tmax + 1]`` bool over condition positions, or None if all rows are full.
+        num_frames: ``[N]`` long, Tc of each condition (they may differ when batched).
+        mask: ``[N, Tmax + 1]`` bool over condition positions, or None if all are full.
+        rows_per_condition: how many consecutive LM rows share one condition (2 under
+            classifier-free guidance: the conditional and unconditional rows of a job see the
+            same audio), so the batch has ``N * rows_per_condition`` rows.
     """
 
     q: list[torch.Tensor]
@@ -114,6 +117,7 @@ class ConditionKV:
     v: list[torch.Tensor]
     num_frames: torch.Tensor
     mask: torch.Tensor | None = None
+    rows_per_condition: int = 1
 
 
 class SelfAttentionKV(tp.Protocol):
@@ -353,21 +357,27 @@ class InstructMusicGen(nn.Module):
         pos = create_sin_embedding(positions.unsqueeze(-1), self.dim,
                                    max_period=lm.transformer.max_period, dtype=x.dtype)
         x = x + lm.transformer.positional_scale * pos
-        fusion_index = None
+        b, s = positions.shape
         if condition is not None:
-            idx = condition_query_index(positions, condition.num_frames)
-            fusion_index = idx.view(idx.shape[0], 1, idx.shape[1], 1).expand(-1, self.num_heads, -1, self.head_dim)
-            cond_mask = None if condition.mask is None else condition.mask.view(x.shape[0], 1, 1, -1)
-        text_mask = None if text.mask is None else text.mask.view(x.shape[0], 1, 1, -1)
+            # Rows sharing a condition are attended together: [N, H, g * S, Dh] queries.
+            g = condition.rows_per_condition
+            n = b // g
+            idx = condition_query_index(positions, condition.num_frames.repeat_interleave(g))
+            fusion_index = idx.reshape(n, 1, g * s, 1).expand(-1, self.num_heads, -1, self.head_dim)
+            cond_mask = None if condition.mask is None else condition.mask.view(n, 1, 1, -1)
+        text_mask = None if text.mask is None else text.mask.view(b, 1, 1, -1)
         for m, layer in enumerate(self.layers):
             # Self-attention with the audio fusion added before the frozen output projection.
             q, k, v = self._self_qkv(layer, layer.norm1(x))
             a = cache.attend(m, q, k, v)
             if condition is not None:
+                q_rows = q.reshape(n, g, self.num_heads, s, self.head_dim).transpose(1, 2)
+                q_rows = q_rows.reshape(n, self.num_heads, g * s, self.head_dim)
                 q_cond = torch.gather(condition.q[m], 2, fusion_index)
-                fused = F.scaled_dot_product_attention(q + q_cond, condition.k[m], condition.v[m],
-                                                       attn_mask=cond_mask)
-                a = a + self.audio_fusion.gates[m].to(a.dtype) * fused
+                fused = F.scaled_dot_product_attention(q_rows + q_cond, condition.k[m],
+                                                       condition.v[m], attn_mask=cond_mask)
+                fused = fused.reshape(n, self.num_heads, g, s, self.head_dim).transpose(1, 2)
+                a = a + self.audio_fusion.gates[m].to(a.dtype) * fused.reshape(b, self.num_heads, s, self.head_dim)
             x = x + layer.layer_scale_1(layer.self_attn.out_proj(self._merge_heads(a)))
             # Text cross-attention with LoRA on the query (value LoRA is inside text.v).
             attn = layer.cross_attention

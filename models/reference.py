@@ -38,14 +38,16 @@ class EditResult:
 
 @torch.no_grad()
 def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instruction: str,
-                   params: SamplingParams) -> torch.Tensor:
-    """Generate the edited clip's codes for one job.
+                   params: SamplingParams, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    """Generate the edited clip's codes for one job (or one window of a long job).
 
     Args:
         model: Instruct-MusicGen.
         condition_codes: ``[1, K, T]`` long codes of the input clip.
         instruction: canonical instruction text (the template).
         params: sampling parameters (seed, top_k, top_p, temperature, cfg_coef).
+        prompt: ``[1, K, P]`` codes the output must start with (P < T), as audiocraft's
+            prompted generation: the previous window's tail when editing a long input.
     Returns:
         ``[1, K, T]`` long codes, as long as the input.
     """
@@ -55,11 +57,15 @@ def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instr
     special = model.special_token_id
     pattern = model.lm.pattern_provider.get_pattern(frames)
     unknown = -1
-    sequence, _, valid = pattern.build_pattern_sequence(
-        torch.full((1, k, frames), unknown, dtype=torch.long, device=device), special)
+    codes = torch.full((1, k, frames), unknown, dtype=torch.long, device=device)
+    prompt_frames = 0 if prompt is None else prompt.shape[-1]
+    if prompt is not None:
+        codes[..., :prompt_frames] = prompt
+    sequence, _, valid = pattern.build_pattern_sequence(codes, special)
     # Classifier-free guidance on the text only: both rows see the condition audio.
     text = model.encode_text(model.text_embeddings([instruction, None]))
-    condition = model.encode_condition(condition_codes.expand(2, -1, -1))
+    condition = model.encode_condition(condition_codes)
+    condition.rows_per_condition = 2
     cache = ConcatKVCache()
     generator = make_generator(params.seed, device)
     row_params = dict(
@@ -67,7 +73,7 @@ def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instr
         top_k=torch.tensor([params.top_k], device=device),
         top_p=torch.tensor([params.top_p], device=device))
     cfg = torch.tensor([params.cfg_coef], device=device)
-    start = pattern.get_first_step_with_timesteps(0)
+    start = pattern.get_first_step_with_timesteps(prompt_frames)
     previous = 0
     for offset in range(start, sequence.shape[-1]):
         chunk = sequence[..., previous:offset].expand(2, -1, -1)

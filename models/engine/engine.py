@@ -1,0 +1,468 @@
+"""The decoding engine: many users' edits share one batched decoding pass.
+
+Layers, as in vLLM: :class:`~models.engine.scheduler.Scheduler` decides which job windows hold
+slots; :class:`~models.engine.runner.DecodeRunner` runs one step for the batch; the model
+(:class:`~models.instruct_musicgen.InstructMusicGen`) only defines math. This module ties them:
+per-job work done once (EnCodec encoding, text K/V, the condition path per window), the
+per-row delay pattern, per-row seeded sampling with per-row parameters, windows of long inputs,
+cancellation, progress, and a background loop with futures for callers in other threads.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import typing as tp
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .. import audio
+from ..instruct_musicgen import TextKV
+from ..loader import LoadedModel
+from ..sampling import SamplingParams, guided_logits, make_generator, sample_tokens
+from .kv_cache import ROWS_PER_SLOT, PrefillKVCache, SlotBuffers, SlotGeometry
+from .runner import DecodeRunner
+from .scheduler import Scheduler, slots_for_budget
+from .windows import Window, plan_windows
+
+log = logging.getLogger(__name__)
+UNKNOWN = -1
+# Window w of a job samples from seed + w * this, so windows never reuse a random stream.
+WINDOW_SEED_STRIDE = 1_000_003
+
+
+class JobCanceled(Exception):
+    """The job was canceled before it finished."""
+
+
+class InputTooLong(ValueError):
+    """The input is longer than the engine's configured maximum."""
+
+
+class NonFiniteLogits(RuntimeError):
+    """The model produced NaN/inf for this job (its input or weights are broken)."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What one decode step did (for metrics)."""
+
+    batch_size: int      # jobs decoded in this step
+    bucket: int          # slots the runner computed (padded batch)
+    seconds: float
+    frames: int          # codebook-0 frames produced (one per job)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    active_jobs: int
+    waiting_jobs: int
+    slots_in_use: int
+    max_slots: int
+    steps_total: int
+    frames_total: int
+
+
+@dataclass
+class EngineConfig:
+    """Engine settings.
+
+    Attributes:
+        max_batch_size: most jobs decoded together (each is 2 rows under CFG).
+        kv_cache_budget_bytes: memory for per-slot caches; None = enough for max_batch_size
+            on the CPU, 80% of free GPU memory on CUDA.
+        max_input_seconds: longest accepted input (default 5 minutes).
+        window_seconds: window length (the model's 5 s training clips).
+        prompt_seconds: overlap carried from one window's output into the next.
+        max_text_tokens: longest instruction in tokens.
+        batch_buckets: padded batch sizes (slots) the CUDA graphs are captured for.
+        use_cuda_graphs: capture/replay the decode step on CUDA.
+        compile: ``torch.compile`` the decode step.
+        progress_every_steps: how often ``on_progress`` callbacks run.
+        on_step: called after every decode step with a :class:`StepInfo`.
+    """
+
+    max_batch_size: int = 8
+    kv_cache_budget_bytes: int | None = None
+    max_input_seconds: float = 300.0
+    window_seconds: float = 5.0
+    prompt_seconds: float = 2.0
+    max_text_tokens: int = 64
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    use_cuda_graphs: bool = True
+    compile: bool = False
+    progress_every_steps: int = 10
+    on_step: tp.Callable[[StepInfo], None] | None = None
+
+
+@dataclass
+class EditRequest:
+    """One user's edit.
+
+    Attributes:
+        wav: ``[C, N]`` float32 samples at ``sample_rate``.
+        instruction: the canonical template (``Music piece. Instruct: Add Drums.``).
+    """
+
+    job_id: str
+    wav: np.ndarray | torch.Tensor
+    sample_rate: int
+    instruction: str
+    params: SamplingParams = SamplingParams()
+    on_progress: tp.Callable[[int, int], None] | None = None
+
+
+@dataclass
+class EditOutput:
+    audio: torch.Tensor   # [1, N] float32 at sample_rate
+    sample_rate: int
+    frames: int
+    codes: torch.Tensor   # [K, T]
+
+
+@dataclass
+class _Job:
+    request: EditRequest
+    codes: torch.Tensor             # [K, T] input codes
+    num_samples: int
+    text: TextKV                    # rows: conditional, null
+    windows: list[Window]
+    output: torch.Tensor            # [K, T] generated codes, UNKNOWN until written
+    future: Future
+    canceled: bool = False
+    steps: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _WindowWork:
+    job: _Job
+    window: Window
+
+
+@dataclass
+class _SlotState:
+    work: _WindowWork
+    generator: torch.Generator
+    last_step: int        # sequence index of the window's final step
+
+
+class EditHandle:
+    """A submitted edit: wait for it, or cancel it."""
+
+    def __init__(self, engine: "EditEngine", job: _Job):
+        self._engine = engine
+        self._job = job
+
+    @property
+    def job_id(self) -> str:
+        return self._job.request.job_id
+
+    def cancel(self) -> None:
+        """Cancel; a job holding a slot frees it at the next step boundary."""
+        self._engine.cancel(self._job)
+
+    def done(self) -> bool:
+        return self._job.future.done()
+
+    def result(self, timeout: float | None = None) -> EditOutput:
+        """Wait for the codes, then decode them to audio (in the caller's thread).
+
+        Raises:
+            JobCanceled: the job was canceled.
+            Exception: what failed this job (other jobs of its batch are not affected).
+        """
+        codes = self._job.future.result(timeout)
+        return self._engine.decode(self._job, codes)
+
+
+class EditEngine:
+    """Batched Instruct-MusicGen decoding for many concurrent edits.
+
+    ``submit`` may be called from any thread; the decode loop runs in one background thread
+    (``start``) or is driven by hand with :meth:`step` (tests, benchmarks).
+    """
+
+    def __init__(self, model: LoadedModel, config: EngineConfig = EngineConfig()):
+        self.model = model
+        self.lm = model.lm
+        self.config = config
+        self.device = model.device
+        self.window_frames = int(round(config.window_seconds * model.frame_rate))
+        self.prompt_frames = int(round(config.prompt_seconds * model.frame_rate))
+        if self.window_frames > self.lm.audio_fusion.max_condition_frames:
+            raise ValueError(f"window of {self.window_frames} frames exceeds the adapter's "
+                             f"{self.lm.audio_fusion.max_condition_frames}")
+        plan_windows(self.window_frames, self.window_frames, self.prompt_frames)  # validates
+        self.geometry = SlotGeometry.for_model(self.lm, self.window_frames, config.max_text_tokens)
+        budget = config.kv_cache_budget_bytes
+        if budget is None and self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = int(free * 0.8)
+        num_slots = slots_for_budget(self.geometry, model.dtype, config.max_batch_size, budget)
+        self.buffers = SlotBuffers(self.geometry, num_slots, self.device, model.dtype)
+        self.runner = DecodeRunner(self.lm, self.buffers, config.batch_buckets,
+                                   config.use_cuda_graphs, config.compile)
+        self.scheduler = Scheduler(num_slots)
+        self.delays = torch.tensor(self.lm.lm.pattern_provider.delays, device=self.device)
+        self.max_delay = int(self.delays.max())
+        k = self.lm.num_codebooks
+        self.sequences = torch.full((num_slots, k, self.geometry.max_sequence), UNKNOWN,
+                                    dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(num_slots, dtype=torch.long, device=self.device)
+        self.temperature = torch.ones(num_slots, device=self.device)
+        self.top_k = torch.zeros(num_slots, dtype=torch.long, device=self.device)
+        self.top_p = torch.zeros(num_slots, device=self.device)
+        self.cfg_coef = torch.ones(num_slots, device=self.device)
+        self.slot_states: list[_SlotState | None] = [None] * num_slots
+        self._cancel_lock = threading.Lock()
+        self._cancel_requests: list[_Job] = []
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.steps_total = 0
+        self.frames_total = 0
+
+    # ----------------------------------------------------------- submission
+    def submit(self, request: EditRequest) -> EditHandle:
+        """Prepare a job (EnCodec codes, text K/V: once per job) and queue its first window.
+
+        Raises:
+            InputTooLong, musicedit.errors.InvalidAudio, ValueError: the request cannot run.
+        """
+        request.params.validate(self.lm.card)
+        x = audio.to_codec_input(request.wav, request.sample_rate, self.model.sample_rate)
+        seconds = x.shape[-1] / self.model.sample_rate
+        if seconds > self.config.max_input_seconds:
+            raise InputTooLong(f"the input is {seconds:.1f} s; the engine accepts at most "
+                               f"{self.config.max_input_seconds:g} s")
+        with torch.no_grad():
+            codes = audio.encode(self.model.codec, x)[0].to(self.device)
+            text = self.lm.encode_text(self.lm.text_embeddings([request.instruction, None]))
+        if text.k[0].shape[2] > self.geometry.max_text_tokens:
+            raise ValueError(f"the instruction is {text.k[0].shape[2]} tokens; at most "
+                             f"{self.geometry.max_text_tokens} are accepted")
+        windows = plan_windows(codes.shape[-1], self.window_frames, self.prompt_frames)
+        job = _Job(request, codes, x.shape[-1], text, windows,
+                   torch.full_like(codes, UNKNOWN), Future())
+        job.future.set_running_or_notify_cancel()
+        self.scheduler.submit(_WindowWork(job, windows[0]))
+        return EditHandle(self, job)
+
+    def cancel(self, job: _Job) -> None:
+        with self._cancel_lock:
+            self._cancel_requests.append(job)
+        self.scheduler.wakeup.set()
+
+    def decode(self, job: _Job, codes: torch.Tensor) -> EditOutput:
+        """Codes of a whole job -> audio, decoded in one pass (continuous across windows)."""
+        wav = audio.decode(self.model.codec, codes.unsqueeze(0), num_samples=job.num_samples)
+        return EditOutput(wav[0], self.model.sample_rate, codes.shape[-1], codes)
+
+    def stats(self) -> EngineStats:
+        active = self.scheduler.active()
+        jobs = {id(self.slot_states[i].work.job) for i in active if self.slot_states[i]}
+        return EngineStats(len(jobs), self.scheduler.waiting(), len(active),
+                           self.scheduler.num_slots, self.steps_total, self.frames_total)
+
+    # ----------------------------------------------------------- background loop
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="edit-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.scheduler.wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.step()
+            except Exception:  # keep serving other jobs; step() already failed the batch
+                log.exception("decode step failed")
+                worked = True
+            if not worked:
+                self.scheduler.wakeup.wait(0.05)
+                self.scheduler.wakeup.clear()
+
+    # ----------------------------------------------------------- one step
+    def step(self) -> bool:
+        """Apply cancellations, admit waiting windows, decode one step. False if idle."""
+        self._apply_cancellations()
+        for admission in self.scheduler.admit():
+            self._start_window(admission.slot, admission.item)
+        active = [i for i in self.scheduler.active() if self.slot_states[i] is not None]
+        if not active:
+            return False
+        started = time.perf_counter()
+        try:
+            finished = self._decode_step(active)
+        except Exception as exc:
+            for slot in active:
+                self._fail(slot, exc)
+            raise
+        for slot in finished:
+            self._finish_window(slot)
+        seconds = time.perf_counter() - started
+        self.steps_total += 1
+        self.frames_total += len(active)
+        if self.config.on_step is not None:
+            self.config.on_step(StepInfo(len(active), self.runner.bucket_for(max(active) + 1),
+                                         seconds, len(active)))
+        return True
+
+    @torch.no_grad()
+    def _decode_step(self, active: list[int]) -> list[int]:
+        n = max(active) + 1
+        k = self.lm.num_codebooks
+        pos = self.positions[:n]
+        tokens = self.sequences[:n].gather(2, pos.view(n, 1, 1).expand(n, k, 1))
+        tokens = tokens.clamp(min=0)  # free slots below the highest hold UNKNOWN; never read
+        logits = self.runner.step(tokens.repeat_interleave(ROWS_PER_SLOT, dim=0),
+                                  pos.repeat_interleave(ROWS_PER_SLOT))
+        idx = torch.tensor(active, device=self.device)
+        cond = logits[0::ROWS_PER_SLOT][idx]
+        uncond = logits[1::ROWS_PER_SLOT][idx]
+        guided = guided_logits(cond, uncond, self.cfg_coef[idx])
+        bad = (~torch.isfinite(guided)).flatten(1).any(1)
+        generators = [self.slot_states[i].generator for i in active]
+        sampled = sample_tokens(guided, self.temperature[idx], self.top_k[idx], self.top_p[idx],
+                                generators)
+        # Write step pos+1 of each active row: the delay pattern decides which codebooks are
+        # real there; prompt tokens already in place are kept.
+        nxt = pos[idx] + 1
+        frame = nxt.view(-1, 1) - 1 - self.delays.view(1, -1)
+        frames = torch.tensor([self.slot_states[i].work.window.frames for i in active],
+                              device=self.device)
+        valid = (frame >= 0) & (frame < frames.view(-1, 1))
+        new = torch.where(valid, sampled, torch.full_like(sampled, self.lm.special_token_id))
+        current = self.sequences[idx, :, nxt]
+        self.sequences[idx, :, nxt] = torch.where(current == UNKNOWN, new, current)
+        self.positions[idx] += 1
+        finished = []
+        bad_rows = bad.tolist()
+        for row, slot in enumerate(active):
+            state = self.slot_states[slot]
+            job = state.work.job
+            if bad_rows[row]:
+                self._fail(slot, NonFiniteLogits(
+                    f"the model produced non-finite logits for job {job.request.job_id}"))
+                continue
+            job.steps += 1
+            if int(self.positions[slot]) >= state.last_step:
+                finished.append(slot)
+            elif job.request.on_progress and job.steps % self.config.progress_every_steps == 0:
+                self._report_progress(slot)
+        return finished
+
+    # ----------------------------------------------------------- slot lifecycle
+    @torch.no_grad()
+    def _start_window(self, slot: int, work: _WindowWork) -> None:
+        job, window = work.job, work.window
+        try:
+            if job.canceled:
+                raise JobCanceled(job.request.job_id)
+            cond_codes = job.codes[:, window.start:window.end].unsqueeze(0)
+            self.buffers.load_condition(slot, self.lm.encode_condition(cond_codes))
+            self.buffers.load_text(slot, job.text)
+            self.sequences[slot] = self._initial_sequence(job, window)
+            params = job.request.params
+            self.temperature[slot] = params.temperature
+            self.top_k[slot] = params.top_k
+            self.top_p[slot] = params.top_p
+            self.cfg_coef[slot] = params.cfg_coef
+            generator = make_generator(params.seed + WINDOW_SEED_STRIDE * window.index, self.device)
+            # The first decode input is the step before the first unknown token; everything
+            # before it (the prompt) is prefilled in one chunk.
+            first = window.prompt + int(self.delays.min())
+            self.positions[slot] = first
+            if first > 0:
+                self._prefill(slot, first)
+            self.slot_states[slot] = _SlotState(work, generator, window.frames + self.max_delay)
+        except Exception as exc:
+            self.slot_states[slot] = _SlotState(work, None, 0)  # type: ignore[arg-type]
+            self._fail(slot, exc)
+
+    def _initial_sequence(self, job: _Job, window: Window) -> torch.Tensor:
+        """``[K, max_sequence]``: special where the pattern is empty, the prompt where given,
+        UNKNOWN where the model must generate."""
+        steps = torch.arange(self.geometry.max_sequence, device=self.device)
+        frame = steps.view(1, -1) - 1 - self.delays.view(-1, 1)
+        valid = (frame >= 0) & (frame < window.frames)
+        seq = torch.where(valid, UNKNOWN, self.lm.special_token_id)
+        if window.prompt:
+            given = valid & (frame < window.prompt)
+            source = job.output[:, window.start:window.start + window.prompt]
+            prompt = source.gather(1, frame.clamp(0, window.prompt - 1))
+            seq = torch.where(given, prompt, seq)
+        return seq
+
+    def _prefill(self, slot: int, length: int) -> None:
+        rows = slice(slot * ROWS_PER_SLOT, (slot + 1) * ROWS_PER_SLOT)
+        tokens = self.sequences[slot, :, :length].unsqueeze(0).expand(ROWS_PER_SLOT, -1, -1)
+        positions = torch.arange(length, device=self.device).expand(ROWS_PER_SLOT, -1)
+        self.lm(tokens, positions, self.buffers.text_view(rows),
+                self.buffers.condition_view(slice(slot, slot + 1)),
+                PrefillKVCache(self.buffers, slot))
+
+    def _finish_window(self, slot: int) -> None:
+        state = self.slot_states[slot]
+        job, window = state.work.job, state.work.window
+        t = torch.arange(window.frames, device=self.device)
+        index = (t.view(1, -1) + 1 + self.delays.view(-1, 1))
+        codes = self.sequences[slot].gather(1, index)  # revert the delay pattern
+        job.output[:, window.start:window.end] = codes
+        self._free(slot)
+        if window.index + 1 < len(job.windows):
+            self.scheduler.submit(_WindowWork(job, job.windows[window.index + 1]), front=True)
+            return
+        if job.request.on_progress:
+            total = job.codes.shape[-1]
+            job.request.on_progress(total, total)
+        job.future.set_result(job.output)
+
+    def _report_progress(self, slot: int) -> None:
+        state = self.slot_states[slot]
+        window = state.work.window
+        done = window.start + min(int(self.positions[slot]), window.frames)
+        job = state.work.job
+        try:
+            job.request.on_progress(done, job.codes.shape[-1])
+        except Exception:
+            log.exception("progress callback failed", extra={"job_id": job.request.job_id})
+
+    def _free(self, slot: int) -> None:
+        self.slot_states[slot] = None
+        self.sequences[slot].fill_(UNKNOWN)
+        self.positions[slot] = 0
+        self.buffers.reset(slot)
+        self.scheduler.release(slot)
+
+    def _fail(self, slot: int, exc: BaseException) -> None:
+        state = self.slot_states[slot]
+        if state is None:
+            return
+        job = state.work.job
+        self._free(slot)
+        if not job.future.done():
+            job.future.set_exception(exc)
+
+    def _apply_cancellations(self) -> None:
+        with self._cancel_lock:
+            requests, self._cancel_requests = self._cancel_requests, []
+        for job in requests:
+            job.canceled = True
+            self.scheduler.remove_waiting(lambda work, job=job: work.job is job)
+            for slot, state in enumerate(self.slot_states):
+                if state is not None and state.work.job is job:
+                    self._free(slot)
+            if not job.future.done():
+                job.future.set_exception(JobCanceled(f"job {job.request.job_id} was canceled"))

@@ -1,0 +1,203 @@
+"""The engine batches many jobs and still gives each job exactly what it would get alone."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models import audio
+from models.engine import (CacheBudgetTooSmall, EditEngine, EditRequest, EngineConfig,
+                           InputTooLong, JobCanceled)
+from models.engine.kv_cache import SlotGeometry
+from models.engine.runner import batch_buckets
+from models.engine.windows import plan_windows
+from models.loader import load_model
+from models.reference import generate_codes
+from models.sampling import SamplingParams
+
+ADD = "Music piece. Instruct: Add Drums."
+ONLY = "Music piece. Instruct: Only Bass."
+NO = "Music piece. Instruct: No Guitar."
+# Short windows keep the tests fast; the logic is the same at 5 s.
+SMALL = dict(window_seconds=1.0, prompt_seconds=0.4)
+
+
+def _clip(seconds, seed):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(32000 * seconds)) / 32000
+    tone = 0.2 * np.sin(2 * np.pi * (200 + 50 * seed) * t)
+    return (tone + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)[None]
+
+
+def _codes(model, wav):
+    return audio.encode(model.codec, audio.to_codec_input(wav, 32000, model.sample_rate))
+
+
+def _run(engine):
+    while engine.step():
+        pass
+
+
+def _reference(model, wav, instruction, params):
+    return generate_codes(model.lm, _codes(model, wav), instruction, params)[0]
+
+
+def test_mixed_greedy_batch_equals_reference(tiny):
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=4, **SMALL))
+    jobs = [(_clip(1.0, 1), ADD, SamplingParams(top_k=1, cfg_coef=3.0)),
+            (_clip(0.6, 2), ONLY, SamplingParams(top_k=1, cfg_coef=1.5)),
+            (_clip(0.9, 3), NO, SamplingParams(temperature=0.0, cfg_coef=5.0))]
+    handles = [engine.submit(EditRequest(f"j{i}", w, 32000, text, p))
+               for i, (w, text, p) in enumerate(jobs)]
+    _run(engine)
+    for handle, (wav, text, params) in zip(handles, jobs):
+        out = handle.result()
+        assert torch.equal(out.codes, _reference(tiny, wav, text, params))
+        assert out.audio.shape == (1, wav.shape[-1])
+
+
+def test_job_joining_mid_way_equals_reference(tiny):
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=4, **SMALL))
+    first = engine.submit(EditRequest("a", _clip(1.0, 4), 32000, ADD, SamplingParams(top_k=1)))
+    for _ in range(17):
+        engine.step()
+    late_wav = _clip(0.8, 5)
+    late = engine.submit(EditRequest("b", late_wav, 32000, ONLY, SamplingParams(top_k=1)))
+    engine.step()
+    assert engine.stats().active_jobs == 2
+    _run(engine)
+    assert torch.equal(late.result().codes, _reference(tiny, late_wav, ONLY, SamplingParams(top_k=1)))
+    assert torch.equal(first.result().codes,
+                       _reference(tiny, _clip(1.0, 4), ADD, SamplingParams(top_k=1)))
+
+
+def test_same_seed_alone_or_in_a_batch_of_eight(tiny):
+    """Sampling is per row: a job's codes do not depend on its neighbours."""
+    params = SamplingParams(seed=1234, top_k=20, temperature=1.0, cfg_coef=3.0)
+    wav = _clip(0.8, 6)
+    alone = EditEngine(tiny, EngineConfig(max_batch_size=1, **SMALL))
+    handle = alone.submit(EditRequest("alone", wav, 32000, ADD, params))
+    _run(alone)
+    expected = handle.result().codes
+    batch = EditEngine(tiny, EngineConfig(max_batch_size=8, **SMALL))
+    others = [batch.submit(EditRequest(f"o{i}", _clip(0.5 + 0.1 * i, 10 + i), 32000,
+                                       (ADD, ONLY, NO)[i % 3],
+                                       SamplingParams(seed=i, top_k=5 + i, top_p=0.9 if i % 2 else 0.0,
+                                                      temperature=0.7 + 0.1 * i, cfg_coef=1.0 + i)))
+              for i in range(4)]
+    mine = batch.submit(EditRequest("mine", wav, 32000, ADD, params))
+    others += [batch.submit(EditRequest(f"p{i}", _clip(0.7, 20 + i), 32000, NO,
+                                        SamplingParams(seed=100 + i)))
+               for i in range(3)]
+    steps = []
+    batch.config.on_step = lambda info: steps.append(info.batch_size)
+    _run(batch)
+    assert max(steps) == 8
+    assert torch.equal(mine.result().codes, expected)
+    # and the reference path samples the same tokens for the same seed
+    assert torch.equal(expected, _reference(tiny, wav, ADD, params))
+    assert all(h.result().codes.shape[0] == 4 for h in others)
+
+
+def test_long_input_windows_continue_each_other(tiny):
+    """Each window equals the reference edit of its slice of the input, prompted with the
+    previous window's generated tail; the whole output is as long as the input."""
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=3, **SMALL))
+    wav = _clip(3.3, 7)
+    params = SamplingParams(top_k=1)
+    handle = engine.submit(EditRequest("long", wav, 32000, ADD, params))
+    other = engine.submit(EditRequest("short", _clip(0.7, 8), 32000, NO, params))
+    progress = []
+    handle._job.request.on_progress = lambda done, total: progress.append((done, total))
+    _run(engine)
+    out = handle.result()
+    assert out.audio.shape == (1, wav.shape[-1])
+    codes_in = _codes(tiny, wav)
+    windows = plan_windows(codes_in.shape[-1], engine.window_frames, engine.prompt_frames)
+    assert len(windows) == 5
+    for w in windows:
+        prompt = out.codes[:, w.start:w.start + w.prompt].unsqueeze(0) if w.prompt else None
+        ref = generate_codes(tiny.lm, codes_in[..., w.start:w.end], ADD, params, prompt=prompt)[0]
+        assert torch.equal(out.codes[:, w.start:w.end], ref), f"window {w.index}"
+    assert progress[-1] == (codes_in.shape[-1], codes_in.shape[-1])
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+    assert other.result().codes.shape[-1] == 35
+
+
+def test_plan_windows_covers_every_frame_once():
+    windows = plan_windows(9000, 250, 100)
+    assert windows[0].start == 0 and windows[-1].end == 9000
+    new = sum(w.new_frames for w in windows)
+    assert new == 9000
+    for a, b in zip(windows, windows[1:]):
+        assert b.start == a.end - 100 and b.prompt == 100
+    assert plan_windows(100, 250, 100) == [plan_windows(100, 250, 100)[0]]
+    with pytest.raises(ValueError):
+        plan_windows(10, 50, 50)
+
+
+def test_cancel_frees_the_slot_at_the_next_step(tiny):
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=1, **SMALL))
+    running = engine.submit(EditRequest("r", _clip(1.0, 9), 32000, ADD, SamplingParams()))
+    queued = engine.submit(EditRequest("q", _clip(0.5, 10), 32000, ADD, SamplingParams()))
+    engine.step()
+    assert engine.stats().slots_in_use == 1 and engine.stats().waiting_jobs == 1
+    running.cancel()
+    engine.step()  # the canceled job's slot goes to the queued one at this boundary
+    assert engine.slot_states[0].work.job.request.job_id == "q"
+    with pytest.raises(JobCanceled):
+        running.result()
+    _run(engine)
+    assert queued.result().codes.shape[-1] == 25
+
+
+def test_background_loop_and_input_limits(tiny):
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=2, max_input_seconds=2.0, **SMALL))
+    with pytest.raises(InputTooLong, match="at most 2 s"):
+        engine.submit(EditRequest("x", _clip(2.5, 1), 32000, ADD))
+    engine.start()
+    try:
+        handles = [engine.submit(EditRequest(f"bg{i}", _clip(0.6, i), 44100, ADD,
+                                             SamplingParams(seed=i))) for i in range(3)]
+        outs = [h.result(timeout=120) for h in handles]
+    finally:
+        engine.stop()
+    assert all(o.sample_rate == 32000 and torch.isfinite(o.audio).all() for o in outs)
+
+
+def test_budget_and_buckets(tiny):
+    geometry = SlotGeometry.for_model(tiny.lm, 250, 64)
+    per_slot = geometry.bytes_per_slot(torch.float32)
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=16, kv_cache_budget_bytes=3 * per_slot + 1))
+    assert engine.scheduler.num_slots == 3
+    assert engine.runner.buckets == [1, 2, 3]
+    assert [engine.runner.bucket_for(n) for n in (1, 2, 3)] == [1, 2, 3]
+    assert batch_buckets(12, (1, 2, 4, 8, 16)) == [1, 2, 4, 8, 12]
+    with pytest.raises(CacheBudgetTooSmall, match="one slot needs"):
+        EditEngine(tiny, EngineConfig(kv_cache_budget_bytes=per_slot - 1))
+
+
+def test_padded_bucket_rows_do_not_change_results(tiny):
+    """Jobs in slots 0 and 2 with slot 1 free: the runner computes a padded batch of 3 (the
+    free slot's rows are padding) and both jobs still match the reference."""
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=4, batch_buckets=(1, 2, 4), **SMALL))
+    params = SamplingParams(top_k=1)
+    a = engine.submit(EditRequest("a", _clip(0.5, 11), 32000, ADD, params))
+    b = engine.submit(EditRequest("b", _clip(0.3, 12), 32000, NO, params))
+    c = engine.submit(EditRequest("c", _clip(0.8, 13), 32000, ONLY, params))
+    buckets = []
+    engine.config.on_step = lambda info: buckets.append((info.batch_size, info.bucket))
+    _run(engine)
+    assert (2, 4) in buckets  # b finished first: slots 0 and 2 run in the 4-slot bucket
+    for handle, wav, text in ((a, _clip(0.5, 11), ADD), (c, _clip(0.8, 13), ONLY)):
+        assert torch.equal(handle.result().codes, _reference(tiny, wav, text, params))
+
+
+def test_bfloat16_engine_runs_on_cpu(tiny_files):
+    model = load_model(tiny_files, device="cpu", dtype=torch.bfloat16)
+    engine = EditEngine(model, EngineConfig(max_batch_size=2, **SMALL))
+    assert engine.buffers.self_k.dtype == torch.bfloat16
+    handle = engine.submit(EditRequest("bf16", _clip(0.5, 3), 32000, ADD, SamplingParams(seed=1)))
+    _run(engine)
+    out = handle.result()
+    assert out.codes.shape == (4, 25) and torch.isfinite(out.audio).all()
