@@ -53,7 +53,7 @@ _VERBS: dict[str, Operation] = {
 }
 _ARTICLES = ("the", "a", "an", "some", "only", "just")
 _PREFIX = re.compile(r"^(music piece\.?\s*)?(instruct\s*:\s*)?", re.IGNORECASE)
-_CONTROL_CATEGORIES = {"Cc", "Cf"}
+_CONTROL_CATEGORIES = {"Cc", "Cf"}  # control and format (zero-width, bidi) characters
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ def normalize_instruction(text: str, stems: Sequence[str]) -> Instruction:
             f"The instruction has {len(text)} characters; the limit is {MAX_INSTRUCTION_CHARS}. "
             + _help(stems)
         )
+    # tabs and newlines count as whitespace; every other control/format character is refused
     if any(unicodedata.category(ch) in _CONTROL_CATEGORIES and ch not in "\t\n\r" for ch in text):
         raise InstructionError(
             "The instruction contains control characters; send plain text. " + _help(stems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -10,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from musicedit.errors import JobNotFinished, MusiceditError
-from musicedit.jobs import EditJobList, EditJobView, JobState
+from musicedit.jobs import EditJob, EditJobList, EditJobView, JobState
 from musicedit.queue import queue_depth
 from service.dependencies import CallerKey, Context, base_url
 from service.problems import problem_responses
@@ -68,7 +69,9 @@ _SUBMIT_BODY = {
 }
 
 
-def _view(request: Request, context: Context, job, position: int | None = None) -> EditJobView:
+def _view(
+    request: Request, context: Context, job: EditJob, position: int | None = None
+) -> EditJobView:
     return EditJobView.from_job(job, base_url(request, context.settings), position)
 
 
@@ -213,7 +216,7 @@ async def readyz(context: Context) -> JSONResponse:
     settings = context.settings
     checks: dict[str, str] = {}
 
-    def probe(name: str, fn) -> None:
+    def probe(name: str, fn: Callable[[], object]) -> None:
         try:
             fn()
             checks[name] = "ok"
@@ -223,7 +226,7 @@ async def readyz(context: Context) -> JSONResponse:
     await run_in_threadpool(probe, "job_store", context.store.ping)
     await run_in_threadpool(probe, "storage", context.storage.check)
     await run_in_threadpool(probe, "broker", lambda: queue_depth(context.celery))
-    workers: list = []
+    workers: list[dict] = []
 
     def count_workers() -> None:
         workers.extend(context.store.live_workers(settings.worker_heartbeat_ttl_seconds))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from musicedit.errors import InvalidRequest, MalformedRequest, PayloadTooLarge
 
@@ -223,7 +223,7 @@ async def receive_multipart(
                 raise _too_large(max_file_bytes)
             parser.write(chunk)
         parser.finalize()
-        ended = parser.state.name == "END" if hasattr(parser.state, "name") else True
+        ended = parser.state == MultipartState.END
     except MultipartParseError as exc:
         collector.close()
         upload.cleanup()
