@@ -60,6 +60,121 @@ def _edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from musicedit.logs import configure_logging
+    from musicedit.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    from worker.app import app, worker_argv  # loads torch; the gateway never imports this
+
+    app.worker_main(worker_argv(settings))
+    return 0
+
+
+def _dev_api_key(data_dir: Path) -> str:
+    """A random key kept in `<data_dir>/dev-api-key`, so it survives restarts of `serve`."""
+    import secrets
+
+    path = data_dir / "dev-api-key"
+    if path.is_file():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(24)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
+def _usage_banner(base_url: str, api_key: str | None) -> str:
+    key = api_key or "<one of your MUSICEDIT_API_KEYS secrets>"
+    auth = f'-H "Authorization: Bearer {key}"'
+    return "\n".join([
+        f"musicedit is ready on {base_url} (API docs: {base_url}/docs)",
+        *([f"dev API key (saved in the data dir): {api_key}"] if api_key else []),
+        "submit an edit:",
+        f'  curl -s {auth} -F file=@song.wav -F instruction="Add drums" {base_url}/v1/edits',
+        "poll it (use the id from the answer):",
+        f"  curl -s {auth} {base_url}/v1/edits/JOB_ID",
+        "download the result:",
+        f"  curl -sL {auth} -o edited.wav {base_url}/v1/edits/JOB_ID/audio",
+        "Ctrl-C stops the gateway and the worker.",
+    ])
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Gateway (uvicorn, this process) + one worker subprocess, embedded defaults."""
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    import uvicorn
+
+    from musicedit.errors import MusiceditError
+    from musicedit.logs import configure_logging
+    from musicedit.settings import Settings
+    from service.app import create_app
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    data_dir = settings.data_dir.resolve()
+    overrides: dict[str, str] = {"MUSICEDIT_DATA_DIR": str(data_dir)}
+    dev_key = None
+    if not settings.api_keys:
+        dev_key = _dev_api_key(data_dir)
+        overrides["MUSICEDIT_API_KEYS"] = f"dev:{dev_key}"
+    settings = Settings(**{name.removeprefix("MUSICEDIT_").lower(): value
+                           for name, value in overrides.items()})
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "musicedit.cli", "worker"],
+        env={**os.environ, **overrides},
+        start_new_session=True,  # Ctrl-C reaches only this process, which stops the worker
+    )
+    app = create_app(settings)
+    store = app.state.context.store
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port,
+        log_config=None, access_log=False))
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    base_url = f"http://{host}:{settings.port}"
+
+    def supervise() -> None:
+        announced = False
+        while worker.poll() is None and not server.should_exit:
+            if not announced and server.started:
+                try:
+                    ready = bool(store.live_workers(settings.worker_heartbeat_ttl_seconds))
+                except MusiceditError:
+                    ready = False
+                if ready:
+                    print(_usage_banner(base_url, dev_key), flush=True)
+                    announced = True
+            time.sleep(0.5)
+        if worker.poll() is not None and not server.should_exit:
+            print(f"error: the worker exited with code {worker.returncode}; stopping",
+                  file=sys.stderr, flush=True)
+            server.should_exit = True
+
+    print(f"starting musicedit on {base_url}; the worker is loading the model...", flush=True)
+    threading.Thread(target=supervise, name="supervise-worker", daemon=True).start()
+    # uvicorn re-raises the signal that stopped it: make SIGTERM land here like Ctrl-C
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)  # warm shutdown: jobs finish or go back
+            try:
+                worker.wait(timeout=settings.worker_shutdown_grace_seconds + 15)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                worker.kill()
+                worker.wait()
+    return 0 if worker.returncode in (0, -signal.SIGTERM) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="musicedit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     edit_p.add_argument("--keep-rate", action="store_true",
                         help="write at the input's sample rate instead of 32 kHz")
     edit_p.set_defaults(func=_edit)
+
+    serve_p = sub.add_parser(
+        "serve", help="run the gateway and one worker here (embedded defaults: no Redis, S3 or "
+        "GPU needed; configure with MUSICEDIT_* variables)")
+    serve_p.set_defaults(func=_serve)
+    worker_p = sub.add_parser(
+        "worker", help="run a Celery worker with the model (configure with MUSICEDIT_* variables)")
+    worker_p.set_defaults(func=_worker)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -151,6 +151,27 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, ge=1, description="Jobs decoded together by one worker.")
     kv_cache_budget_bytes: int | None = Field(None, ge=1, description="KV cache cap; None=auto.")
     worker_concurrency: int = Field(1, ge=1, description="Worker processes per host.")
+    worker_metrics_host: str = Field("127.0.0.1", description="Worker /metrics bind address.")
+    worker_metrics_port: int = Field(
+        9101, ge=0, le=65535, description="Worker Prometheus port; 0 disables the endpoint."
+    )
+    worker_heartbeat_interval_seconds: float = Field(
+        5.0, gt=0, description="How often a worker records its heartbeat in the job store."
+    )
+    worker_progress_interval_seconds: float = Field(
+        1.0, gt=0, description="How often a running job's progress and cancel flag are synced."
+    )
+    worker_shutdown_grace_seconds: float = Field(
+        20.0, ge=0, description="On SIGTERM, jobs still running after this are handed back "
+        "to the queue (keep it below the orchestrator's kill timeout)."
+    )
+    storage_retries: int = Field(
+        4, ge=0, description="Worker retries of a failed storage read/write before failing."
+    )
+    storage_backoff_seconds: float = Field(
+        1.0, ge=0, description="First storage retry delay (doubles each retry)."
+    )
+    log_level: str = Field("INFO", description="Log level of the worker and `musicedit serve`.")
 
     @field_validator("api_keys", mode="before")
     @classmethod

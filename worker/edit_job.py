@@ -1,0 +1,348 @@
+"""`run_edit_job`: everything a worker does for one job, callable without Celery.
+
+The job store decides whether this worker may run the job (`claim`); from then on the worker
+holds a lease that a `LeaseKeeper` thread renews, so only one worker ever records a result.
+The audio goes through the one shared `EditEngine`, which batches it with the other jobs
+this process is running.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from models.audio import read_audio, write_audio
+from models.engine import EditRequest, JobCanceled
+from models.sampling import SamplingParams
+from musicedit.errors import (
+    AudioError,
+    LeaseLost,
+    ObjectNotFound,
+    StorageUnavailable,
+    StoreUnavailable,
+)
+from musicedit.job_store import BaseJobStore
+from musicedit.jobs import EditJob, JobState
+from musicedit.logs import log_event
+from musicedit.settings import Settings
+from musicedit.storage import ObjectStorage, result_key
+from worker.housekeeping import ShutdownSignal
+from worker.metrics import WorkerMetrics
+from worker.notifications import WebhookNotifier
+
+if TYPE_CHECKING:
+    from models.engine import EditEngine, EditOutput
+
+log = logging.getLogger("musicedit.worker")
+T = TypeVar("T")
+CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
+
+
+class JobOutcome(str, enum.Enum):
+    """What `run_edit_job` did with the job."""
+
+    skipped = "skipped"        # not ours to run: finished, canceled or leased by a live worker
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+    released = "released"      # handed back to the queue (shutdown)
+    lease_lost = "lease_lost"  # another worker took the job over; it records the result
+
+
+@dataclass
+class EditJobDeps:
+    """What `run_edit_job` needs; built once per worker process by `WorkerRuntime`."""
+
+    settings: Settings
+    store: BaseJobStore
+    storage: ObjectStorage
+    engine: "EditEngine"
+    metrics: WorkerMetrics
+    notifier: WebhookNotifier | None
+    requeue: Callable[[str], None]
+    shutdown: ShutdownSignal
+    worker_id: str
+    sleep: Callable[[float], None] = time.sleep
+
+
+class _JobStopped(Exception):
+    """The engine job was canceled by us; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class JobFailure(Exception):
+    """The job cannot succeed; `message` is the error users see."""
+
+    def __init__(self, message: str, dead_letter: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.dead_letter = dead_letter
+
+
+class LeaseKeeper:
+    """Renews the job's lease every `lease_seconds / 3` in a thread while the job runs.
+
+    `lost` turns True if the store says another worker holds the job now; `cancel_requested`
+    mirrors the job's cancel flag as of the last renewal.
+    """
+
+    def __init__(self, store: BaseJobStore, job_id: str, worker_id: str,
+                 lease_seconds: float) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+        self.lost = False
+        self.cancel_requested = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                job = self.store.renew_lease(self.job_id, self.worker_id, self.lease_seconds)
+                self.cancel_requested = job.cancel_requested
+            except LeaseLost:
+                self.lost = True
+                log_event(log, "lease_lost", logging.WARNING, job_id=self.job_id)
+                return
+            except StoreUnavailable as exc:  # keep trying; the lease may still be saved
+                log_event(log, "lease_renew_failed", logging.WARNING, job_id=self.job_id,
+                          error=exc.message)
+
+
+class _Progress:
+    """Latest (frames_done, frames_total) from the engine thread's `on_progress` callback."""
+
+    def __init__(self) -> None:
+        self.value: tuple[int, int] = (0, 0)
+
+    def update(self, frames_done: int, frames_total: int) -> None:
+        self.value = (frames_done, frames_total)
+
+
+def job_seed(job: EditJob) -> int:
+    """The job's seed; without one, a seed derived from the job id (same on every attempt)."""
+    if job.params.seed is not None:
+        return job.params.seed
+    return int(hashlib.sha256(job.id.encode()).hexdigest()[:15], 16)
+
+
+def run_edit_job(job_id: str, deps: EditJobDeps) -> JobOutcome:
+    """Run job `job_id` if the job store lets this worker have it; returns what happened."""
+    settings = deps.settings
+    if deps.shutdown.grace_expired():
+        deps.requeue(job_id)  # arrived too late in a shutdown: leave it to another worker
+        log_event(log, "job_deferred", job_id=job_id, reason="worker shutting down")
+        return JobOutcome.released
+    job = deps.store.claim(job_id, deps.worker_id, settings.lease_seconds)
+    if job is None:
+        log_event(log, "job_skipped", job_id=job_id, reason="finished, canceled or held elsewhere")
+        return JobOutcome.skipped
+    if job.attempts == 1:
+        deps.metrics.time_in_queue_seconds.observe(max(0.0, time.time() - job.timings.created_at))
+    log_event(log, "job_started", job_id=job.id, attempt=job.attempts,
+              instruction=job.instruction.text, input_seconds=job.input.duration_seconds)
+    with LeaseKeeper(deps.store, job.id, deps.worker_id, settings.lease_seconds) as lease:
+        try:
+            return _run_claimed(job, deps, lease)
+        except LeaseLost:
+            log_event(log, "job_abandoned", logging.WARNING, job_id=job.id,
+                      reason="another worker holds the job now")
+            return JobOutcome.lease_lost
+
+
+def _run_claimed(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper) -> JobOutcome:
+    try:
+        with tempfile.TemporaryDirectory(prefix="musicedit-job-") as tmp:
+            output = _decode(job, deps, lease, Path(tmp))
+            key = result_key(job.id, job.output_format)
+            result_path = Path(tmp) / f"result.{job.output_format}"
+            write_audio(result_path, output.audio, output.sample_rate, job.output_format)
+            _upload_result(job, deps, key, result_path, output)
+            deps.store.update_progress(job.id, deps.worker_id, output.frames, output.frames)
+    except _JobStopped as stop:
+        if stop.reason == "cancel":
+            done = deps.store.acknowledge_cancel(job.id, deps.worker_id)
+            return _finished(done, deps, JobOutcome.canceled)
+        released = deps.store.release(job.id, deps.worker_id)
+        if released.state is JobState.canceled:
+            return _finished(released, deps, JobOutcome.canceled)
+        deps.requeue(job.id)
+        log_event(log, "job_released", job_id=job.id, reason=stop.reason)
+        return JobOutcome.released
+    except JobFailure as failure:
+        done = deps.store.fail(job.id, deps.worker_id, failure.message,
+                               dead_letter=failure.dead_letter)
+        return _finished(done, deps, JobOutcome.failed)
+    done = deps.store.complete(job.id, deps.worker_id, key)
+    if done.state is JobState.canceled:  # canceled while the result was being written
+        _delete_quietly(deps.storage, key, job.id)
+        return _finished(done, deps, JobOutcome.canceled)
+    return _finished(done, deps, JobOutcome.succeeded)
+
+
+def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> "EditOutput":
+    """Download the input and run it through the engine; raises `_JobStopped`/`JobFailure`."""
+    input_path = tmp / "input"
+    try:
+        _with_storage_retries(deps, job.id, "download_input",
+                              lambda: deps.storage.get_to_file(job.input_key, input_path))
+    except ObjectNotFound as exc:
+        raise JobFailure("The uploaded input is no longer in storage (retention or deletion); "
+                         "resubmit the file.", dead_letter=False) from exc
+    try:
+        wav, rate = read_audio(input_path)
+    except AudioError as exc:
+        raise JobFailure(f"The input audio could not be read: {exc.message}",
+                         dead_letter=False) from exc
+    p = job.params
+    params = SamplingParams(seed=job_seed(job), top_k=p.top_k, top_p=p.top_p,
+                            temperature=p.temperature, cfg_coef=p.cfg_coef)
+    progress = _Progress()
+    started = time.perf_counter()
+    try:
+        handle = deps.engine.submit(EditRequest(
+            job_id=job.id, wav=wav, sample_rate=rate, instruction=job.instruction.text,
+            params=params, on_progress=progress.update))
+    except AudioError as exc:
+        raise JobFailure(f"The input audio cannot be edited: {exc.message}",
+                         dead_letter=False) from exc
+    except ValueError as exc:  # too long, or parameters the model cannot use
+        raise JobFailure(f"The job cannot be edited: {exc}; change the input or parameters.",
+                         dead_letter=False) from exc
+    try:
+        output = _wait(handle, job, deps, lease, progress)
+    except (_JobStopped, LeaseLost):
+        raise
+    except Exception as exc:  # the model raised for this job alone; the batch goes on
+        log_event(log, "job_model_error", logging.ERROR, exc_info=exc, job_id=job.id,
+                  error=type(exc).__name__)
+        raise JobFailure(f"The model failed on this input ({type(exc).__name__}); check that "
+                         "the audio is a normal music clip and resubmit, or report the job id "
+                         "to the operator.", dead_letter=True) from exc
+    seconds = time.perf_counter() - started
+    audio_seconds = output.audio.shape[-1] / output.sample_rate
+    deps.metrics.job_decode_seconds.observe(seconds)
+    deps.metrics.real_time_factor.observe(audio_seconds / max(seconds, 1e-9))
+    log_event(log, "job_decoded", job_id=job.id, decode_seconds=round(seconds, 3),
+              audio_seconds=round(audio_seconds, 3), frames=output.frames)
+    return output
+
+
+def _wait(handle: object, job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
+          progress: _Progress) -> "EditOutput":
+    """Wait for the engine, syncing progress and the cancel flag every progress interval."""
+    interval = deps.settings.worker_progress_interval_seconds
+    reported = (0, 0)
+    stop_reason: str | None = None
+    while True:
+        try:
+            return handle.result(timeout=interval)  # type: ignore[attr-defined]
+        except TimeoutError:
+            pass
+        except JobCanceled as exc:
+            # not canceled by us: the engine is stopping, so hand the job back
+            raise _JobStopped(stop_reason or "engine") from exc
+        if stop_reason is not None:
+            continue  # already canceled: wait for the engine to free the slot
+        if lease.lost:
+            handle.cancel()  # type: ignore[attr-defined]
+            raise LeaseLost(f"Worker {deps.worker_id} lost the lease of job {job.id}.")
+        cancel = lease.cancel_requested
+        try:
+            current = progress.value
+            if current != reported:
+                synced = deps.store.update_progress(job.id, deps.worker_id, *current)
+                reported = current
+            else:
+                synced = deps.store.get(job.id)
+            cancel = cancel or synced.cancel_requested
+        except StoreUnavailable as exc:
+            log_event(log, "progress_sync_failed", logging.WARNING, job_id=job.id,
+                      error=exc.message)
+        if cancel:
+            stop_reason = "cancel"
+        elif deps.shutdown.grace_expired():
+            stop_reason = "shutdown"
+        if stop_reason is not None:
+            log_event(log, "job_stopping", job_id=job.id, reason=stop_reason)
+            handle.cancel()  # type: ignore[attr-defined]
+
+
+def _upload_result(job: EditJob, deps: EditJobDeps, key: str, path: Path,
+                   output: "EditOutput") -> None:
+    metadata = {
+        "job-id": job.id,
+        "instruction": job.instruction.text,
+        "seed": str(job_seed(job)),
+        "model": Path(deps.settings.model).name,
+        "sample-rate": str(output.sample_rate),
+        "duration-seconds": f"{output.audio.shape[-1] / output.sample_rate:.3f}",
+    }
+
+    def upload() -> None:
+        with path.open("rb") as source:
+            deps.storage.put_file(key, source, content_type=CONTENT_TYPES[job.output_format],
+                                  metadata=metadata)
+
+    _with_storage_retries(deps, job.id, "upload_result", upload)
+
+
+def _with_storage_retries(deps: EditJobDeps, job_id: str, operation: str,
+                          action: Callable[[], T]) -> T:
+    """Run `action`, retrying `StorageUnavailable` with exponential backoff, then fail the job."""
+    retries = deps.settings.storage_retries
+    for attempt in range(retries + 1):
+        try:
+            return action()
+        except StorageUnavailable as exc:
+            if attempt == retries:
+                log_event(log, "storage_gave_up", logging.ERROR, job_id=job_id,
+                          operation=operation, attempts=attempt + 1, error=exc.message)
+                raise JobFailure(
+                    f"Object storage was unreachable for {attempt + 1} attempts ({operation}); "
+                    "resubmit the job later. The operator has a dead-letter record of it.",
+                    dead_letter=True) from exc
+            delay = deps.settings.storage_backoff_seconds * 2 ** attempt
+            log_event(log, "storage_retry", logging.WARNING, job_id=job_id, operation=operation,
+                      attempt=attempt + 1, delay_seconds=delay, error=exc.message)
+            deps.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _finished(done: EditJob, deps: EditJobDeps, outcome: JobOutcome) -> JobOutcome:
+    deps.metrics.jobs.labels(done.state.value).inc()
+    fields = {"error": done.error} if done.error else {}
+    level = logging.WARNING if done.state is JobState.failed else logging.INFO
+    log_event(log, f"job_{done.state.value}", level, job_id=done.id, attempt=done.attempts,
+              dead_lettered=done.dead_lettered, **fields)
+    if deps.notifier is not None:
+        deps.notifier.notify(done)
+    return outcome
+
+
+def _delete_quietly(storage: ObjectStorage, key: str, job_id: str) -> None:
+    try:
+        storage.delete(key)
+    except StorageUnavailable:
+        log_event(log, "object_delete_failed", logging.WARNING, job_id=job_id, object_key=key)

@@ -1,0 +1,140 @@
+"""One worker process: the model and engine (loaded once), job store, storage, background threads.
+
+Every Celery task thread of the process submits to the same `EditEngine`; that shared engine
+is what lets concurrently running jobs share a decode batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from musicedit.job_store import make_job_store
+from musicedit.logs import log_event
+from musicedit.retention import sweep_expired
+from musicedit.settings import Settings
+from musicedit.storage import make_storage
+from worker.edit_job import EditJobDeps
+from worker.housekeeping import LeaseReaper, PeriodicThread, ShutdownSignal
+from worker.metrics import WorkerMetrics
+from worker.notifications import WebhookNotifier
+
+log = logging.getLogger("musicedit.worker")
+
+
+def resolve_device(setting: str) -> str:
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+@dataclass
+class WorkerRuntime:
+    deps: EditJobDeps
+    threads: list[PeriodicThread] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, settings: Settings, requeue: Callable[[str], None]) -> "WorkerRuntime":
+        """Load the model, start the engine, the metrics endpoint and the background threads."""
+        import torch
+
+        from models.engine import EditEngine, EngineConfig
+        from models.loader import load_model
+        from models.presets import resolve_model
+
+        worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        metrics = WorkerMetrics()
+        device = resolve_device(settings.device)
+        dtype = None if settings.dtype == "auto" else getattr(torch, settings.dtype)
+        started = time.perf_counter()
+        model = load_model(resolve_model(settings.model, settings.effective_model_cache_dir),
+                           device=device, dtype=dtype)
+        load_seconds = time.perf_counter() - started
+        metrics.model_load_seconds.set(load_seconds)
+        log_event(log, "model_loaded", model=settings.model, device=device,
+                  seconds=round(load_seconds, 2), worker_id=worker_id)
+        engine = EditEngine(model, EngineConfig(
+            max_batch_size=settings.max_batch_size,
+            kv_cache_budget_bytes=settings.kv_cache_budget_bytes,
+            max_input_seconds=settings.max_input_seconds,
+            on_step=metrics.on_step,
+        ))
+        engine.start()
+        metrics.watch_engine(lambda: engine.stats().active_jobs)
+        if device.startswith("cuda"):
+            metrics.watch_cuda()
+        store = make_job_store(settings)
+        storage = make_storage(settings)
+        deps = EditJobDeps(
+            settings=settings, store=store, storage=storage, engine=engine, metrics=metrics,
+            notifier=WebhookNotifier(settings), requeue=requeue, shutdown=ShutdownSignal(),
+            worker_id=worker_id,
+        )
+        runtime = cls(deps)
+        metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port)
+        info = {"hostname": socket.gethostname(), "pid": os.getpid(), "model": settings.model,
+                "device": device, "max_batch_size": settings.max_batch_size,
+                "metrics_port": settings.worker_metrics_port}
+
+        def heartbeat() -> None:
+            stats = engine.stats()
+            store.register_worker_heartbeat(
+                worker_id, {**info, "active_jobs": stats.active_jobs,
+                            "waiting_jobs": stats.waiting_jobs,
+                            "shutting_down": deps.shutdown.requested})
+
+        reaper = LeaseReaper(store, requeue, settings.lease_seconds)
+        runtime.threads = [
+            PeriodicThread("heartbeat", settings.worker_heartbeat_interval_seconds, heartbeat),
+            PeriodicThread("lease-reaper", settings.reaper_interval_seconds, reaper.run_once),
+            PeriodicThread("retention-sweep", settings.retention_sweep_interval_seconds,
+                           lambda: sweep_expired(store, storage)),
+        ]
+        for thread in runtime.threads:
+            thread.start()
+        log_event(log, "worker_ready", worker_id=worker_id, max_batch_size=settings.max_batch_size,
+                  metrics_port=settings.worker_metrics_port)
+        return runtime
+
+    def stop(self) -> None:
+        """Stop background threads, the engine and the metrics endpoint (after tasks ended)."""
+        for thread in self.threads:
+            thread.stop()
+        self.deps.engine.stop()
+        if self.deps.notifier is not None:
+            self.deps.notifier.close()
+        self.deps.store.close()
+        log_event(log, "worker_stopped", worker_id=self.deps.worker_id)
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime(settings: Settings, requeue: Callable[[str], None]) -> WorkerRuntime:
+    """The process's runtime, started on first use (Celery starts it at `worker_init`)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = WorkerRuntime.start(settings, requeue)
+        return _runtime
+
+
+def current_runtime() -> WorkerRuntime | None:
+    return _runtime
+
+
+def stop_runtime() -> None:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None:
+            _runtime.stop()
+            _runtime = None
