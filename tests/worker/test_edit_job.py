@@ -1,0 +1,141 @@
+"""`run_edit_job` against the real engine (tiny model), SQLite job store and local storage."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import soundfile as sf
+
+from musicedit.jobs import JobState
+from musicedit.storage import result_key
+from worker.edit_job import JobOutcome, run_edit_job
+
+
+def run_in_thread(job_id: str, deps) -> tuple[threading.Thread, list[JobOutcome]]:
+    outcome: list[JobOutcome] = []
+    thread = threading.Thread(target=lambda: outcome.append(run_edit_job(job_id, deps)))
+    thread.start()
+    return thread, outcome
+
+
+@pytest.fixture
+def wait_decoding(shared):
+    def wait(harness, job_id: str) -> None:
+        """Until the engine reported progress for the job (it holds a slot and decodes)."""
+        shared.wait_until(lambda: harness.store.get(job_id).progress.frames_done > 0, 60,
+                          f"progress of job {job_id}")
+
+    return wait
+
+
+def test_job_succeeds_with_one_result_and_a_redelivery_is_skipped(harness, audio_factory):
+    h = harness()
+    job = h.submit(audio_factory(seconds=2.0, sample_rate=44100), output_format="flac")
+
+    assert run_edit_job(job.id, h.deps) is JobOutcome.succeeded
+
+    done = h.store.get(job.id)
+    assert done.state is JobState.succeeded
+    assert done.result_key == result_key(job.id, "flac")
+    assert done.progress.frames_done == done.progress.frames_total > 0
+    audio_path = h.storage.local_path(done.result_key)
+    data, rate = sf.read(str(audio_path))
+    assert sf.info(str(audio_path)).format == "FLAC"
+    assert len(data) / rate == pytest.approx(2.0, abs=0.02)
+    first_bytes = audio_path.read_bytes()
+
+    # the same wake-up again (broker redelivery): nothing runs, nothing changes
+    assert run_edit_job(job.id, h.deps) is JobOutcome.skipped
+    again = h.store.get(job.id)
+    assert again.attempts == 1 and again.timings == done.timings
+    assert audio_path.read_bytes() == first_bytes
+    assert h.storage.list_keys("results/") == [done.result_key]
+    assert h.deps.metrics.jobs.labels("succeeded")._value.get() == 1
+
+
+def test_cancel_of_a_running_job_frees_its_engine_slot(harness, audio_factory, wait_decoding):
+    h = harness()
+    job = h.submit(audio_factory(seconds=20.0))
+    thread, outcome = run_in_thread(job.id, h.deps)
+    wait_decoding(h, job.id)
+
+    h.store.request_cancel(job.id, "alice")
+    thread.join(timeout=15)
+
+    assert outcome == [JobOutcome.canceled]
+    assert h.store.get(job.id).state is JobState.canceled
+    assert h.deps.engine.stats().active_jobs == 0
+    assert h.storage.list_keys("results/") == []
+
+
+def test_a_job_the_model_rejects_fails_alone_and_its_batch_mate_completes(harness, audio_factory):
+    h = harness()
+    good = h.submit(audio_factory(seconds=3.0))
+    bad = h.submit(audio_factory(seconds=3.0, content="nan"))
+    good_thread, good_outcome = run_in_thread(good.id, h.deps)
+    bad_thread, bad_outcome = run_in_thread(bad.id, h.deps)
+    good_thread.join(60)
+    bad_thread.join(60)
+
+    assert good_outcome == [JobOutcome.succeeded]
+    assert bad_outcome == [JobOutcome.failed]
+    failed = h.store.get(bad.id)
+    assert failed.state is JobState.failed
+    assert "NaN or infinite" in failed.error
+    assert not failed.dead_lettered  # the input's fault, not the system's
+
+
+def test_unreachable_storage_is_retried_then_the_job_fails_and_is_dead_lettered(
+        harness, audio_factory, shared):
+    h = harness()
+    job = h.submit(audio_factory(seconds=1.0))
+    broken = harness(storage_backend="s3", s3_endpoint_url=f"http://127.0.0.1:{shared.free_port()}",
+                     s3_access_key_id="x", s3_secret_access_key="y", storage_retries=2)
+    # same job store (same data dir), object storage that refuses connections
+
+    started = time.monotonic()
+    assert run_edit_job(job.id, broken.deps) is JobOutcome.failed
+    assert time.monotonic() - started < 30
+
+    failed = h.store.get(job.id)
+    assert failed.state is JobState.failed
+    assert "Object storage was unreachable for 3 attempts" in failed.error
+    assert failed.dead_lettered
+    assert [j.id for j in h.store.dead_letters()] == [job.id]
+
+
+def test_shutdown_hands_a_running_job_back_to_the_queue(harness, audio_factory, wait_decoding):
+    h = harness()
+    job = h.submit(audio_factory(seconds=20.0))
+    thread, outcome = run_in_thread(job.id, h.deps)
+    wait_decoding(h, job.id)
+
+    h.deps.shutdown.begin(grace_seconds=0)
+    thread.join(timeout=15)
+
+    assert outcome == [JobOutcome.released]
+    back = h.store.get(job.id)
+    assert back.state is JobState.queued and back.lease is None and back.attempts == 0
+    assert h.requeued == [job.id]
+    assert h.deps.engine.stats().active_jobs == 0
+    assert h.storage.list_keys("results/") == []
+
+
+def test_a_worker_that_lost_its_lease_does_not_record_a_result(harness, audio_factory, wait_decoding):
+    h = harness(lease_seconds=1)
+    job = h.submit(audio_factory(seconds=20.0))
+    thread, outcome = run_in_thread(job.id, h.deps)
+    wait_decoding(h, job.id)
+
+    # another worker takes the job over (as after a network partition longer than the lease)
+    h.store.clock = lambda: time.time() + 60
+    assert h.store.claim(job.id, "other-worker", 600) is not None
+    h.store.clock = time.time
+    thread.join(timeout=15)
+
+    assert outcome == [JobOutcome.lease_lost]
+    taken = h.store.get(job.id)
+    assert taken.state is JobState.running and taken.lease.worker_id == "other-worker"
+    assert h.storage.list_keys("results/") == []

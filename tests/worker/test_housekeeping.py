@@ -1,0 +1,59 @@
+"""Lease reaper and shutdown signal against a real SQLite job store."""
+
+from __future__ import annotations
+
+from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction
+from musicedit.job_store import SqliteJobStore
+from worker.housekeeping import LeaseReaper, ShutdownSignal
+
+
+def make_job(job_id: str) -> EditJob:
+    return EditJob(
+        id=job_id, owner="alice",
+        instruction=NormalizedInstruction(operation="add", stem="Drums",
+                                          text="Music piece. Instruct: Add Drums."),
+        input_key=f"inputs/{job_id}",
+        input=InputAudio(format="WAV", sample_rate=32000, channels=1, duration_seconds=1.0,
+                         size_bytes=64044),
+    )
+
+
+def test_reaper_requeues_a_dead_workers_job_once_and_the_next_claim_takes_it_over(tmp_path):
+    now = [1000.0]
+    store = SqliteJobStore(tmp_path / "jobs.sqlite", retention_seconds=3600, max_attempts=3,
+                           clock=lambda: now[0])
+    for job_id in ("held", "dead"):
+        store.create(make_job(job_id))
+        store.claim(job_id, "worker-a" if job_id == "held" else "worker-killed", 30)
+    requeued: list[str] = []
+    reaper = LeaseReaper(store, requeued.append, lease_seconds=30, clock=lambda: now[0])
+
+    assert reaper.run_once() == []
+    store.renew_lease("held", "worker-a", 30)
+    now[0] += 20
+    store.renew_lease("held", "worker-a", 30)  # a live worker keeps renewing
+    now[0] += 15  # worker-killed stopped renewing 35 s ago
+
+    assert reaper.run_once() == ["dead"]
+    assert reaper.run_once() == []  # no flood of wake-ups while the job waits for a slot
+    now[0] += 31
+    store.renew_lease("held", "worker-a", 30)
+    assert reaper.run_once() == ["dead"]  # still not picked up: wake someone again
+    assert requeued == ["dead", "dead"]
+
+    taken = store.claim("dead", "worker-b", 30)
+    assert taken is not None and taken.attempts == 2 and taken.lease.worker_id == "worker-b"
+    assert store.claim("dead", "worker-c", 30) is None  # the duplicate wake-up does nothing
+    assert store.get("held").state is JobState.running
+
+
+def test_shutdown_signal_gives_running_jobs_their_grace_period():
+    now = [0.0]
+    shutdown = ShutdownSignal(clock=lambda: now[0])
+    assert not shutdown.requested and not shutdown.grace_expired()
+    shutdown.begin(grace_seconds=20)
+    shutdown.begin(grace_seconds=0)  # a second SIGTERM does not shorten the first grace
+    now[0] = 19.9
+    assert shutdown.requested and not shutdown.grace_expired()
+    now[0] = 20.0
+    assert shutdown.grace_expired()
