@@ -120,6 +120,22 @@ class ConditionKV:
     rows_per_condition: int = 1
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention, ``[B, H, S, Dh]`` x ``[B, H, T, Dh]`` -> ``[B, H, S, Dh]``.
+
+    ``mask`` (bool, broadcastable to ``[B, H, S, T]``) is True where attending is allowed.
+    Decode steps (a query or two per row) on the CPU use plain batched matmuls, which run
+    about 1.7x faster there than PyTorch's CPU flash kernel; everything else uses SDPA.
+    """
+    if q.device.type == "cpu" and q.shape[2] <= 2:
+        scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores, dim=-1) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 class SelfAttentionKV(tp.Protocol):
     """How a caller stores self-attention keys/values across decoding steps."""
 
@@ -150,7 +166,7 @@ class ConcatKVCache:
         self.k[layer], self.v[layer] = k, v
         s, total = q.shape[2], k.shape[2]
         if s == 1:
-            return F.scaled_dot_product_attention(q, k, v)
+            return attention(q, k, v)
         qpos = torch.arange(total - s, total, device=q.device).view(-1, 1)
         allowed = qpos >= torch.arange(total, device=q.device).view(1, -1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
@@ -374,8 +390,7 @@ class InstructMusicGen(nn.Module):
                 q_rows = q.reshape(n, g, self.num_heads, s, self.head_dim).transpose(1, 2)
                 q_rows = q_rows.reshape(n, self.num_heads, g * s, self.head_dim)
                 q_cond = torch.gather(condition.q[m], 2, fusion_index)
-                fused = F.scaled_dot_product_attention(q_rows + q_cond, condition.k[m],
-                                                       condition.v[m], attn_mask=cond_mask)
+                fused = attention(q_rows + q_cond, condition.k[m], condition.v[m], cond_mask)
                 fused = fused.reshape(n, self.num_heads, g, s, self.head_dim).transpose(1, 2)
                 a = a + self.audio_fusion.gates[m].to(a.dtype) * fused.reshape(b, self.num_heads, s, self.head_dim)
             x = x + layer.layer_scale_1(layer.self_attn.out_proj(self._merge_heads(a)))
@@ -387,7 +402,7 @@ class InstructMusicGen(nn.Module):
             lora = tp.cast(CrossAttentionLoRA, self.text_lora[m])
             if not lora.merged:
                 qc = qc + lora.delta_q(h)
-            c = F.scaled_dot_product_attention(self._heads(qc), text.k[m], text.v[m], attn_mask=text_mask)
+            c = attention(self._heads(qc), text.k[m], text.v[m], text_mask)
             x = x + layer.layer_scale_cross(attn.out_proj(self._merge_heads(c)))
             x = x + layer.layer_scale_2(layer._ff_block(layer.norm2(x)))
         if lm.out_norm is not None:

@@ -148,6 +148,7 @@ class _SlotState:
     work: _WindowWork
     generator: torch.Generator
     last_step: int        # sequence index of the window's final step
+    position: int         # next input position (host copy of ``positions[slot]``: no sync)
 
 
 class EditHandle:
@@ -167,6 +168,10 @@ class EditHandle:
 
     def done(self) -> bool:
         return self._job.future.done()
+
+    def codes(self, timeout: float | None = None) -> torch.Tensor:
+        """Wait for the generated codes ``[K, T]`` (no audio decoding)."""
+        return self._job.future.result(timeout)
 
     def result(self, timeout: float | None = None) -> EditOutput:
         """Wait for the codes, then decode them to audio (in the caller's thread).
@@ -227,29 +232,44 @@ class EditEngine:
 
     # ----------------------------------------------------------- submission
     def submit(self, request: EditRequest) -> EditHandle:
-        """Prepare a job (EnCodec codes, text K/V: once per job) and queue its first window.
+        """Encode the request's audio (EnCodec, in the caller's thread) and queue the job.
 
         Raises:
             InputTooLong, musicedit.errors.InvalidAudio, ValueError: the request cannot run.
         """
         request.params.validate(self.lm.card)
         x = audio.to_codec_input(request.wav, request.sample_rate, self.model.sample_rate)
-        seconds = x.shape[-1] / self.model.sample_rate
-        if seconds > self.config.max_input_seconds:
-            raise InputTooLong(f"the input is {seconds:.1f} s; the engine accepts at most "
-                               f"{self.config.max_input_seconds:g} s")
+        self._check_length(x.shape[-1] / self.model.sample_rate)
+        codes = audio.encode(self.model.codec, x)[0].to(self.device)
+        return self.submit_codes(request, codes, num_samples=x.shape[-1])
+
+    def submit_codes(self, request: EditRequest, codes: torch.Tensor,
+                     num_samples: int | None = None) -> EditHandle:
+        """Queue a job whose input is already EnCodec codes ``[K, T]``.
+
+        The text K/V are computed here, once per job; the condition path once per window when
+        the window takes a slot.
+        """
+        request.params.validate(self.lm.card)
+        self._check_length(codes.shape[-1] / self.model.frame_rate)
         with torch.no_grad():
-            codes = audio.encode(self.model.codec, x)[0].to(self.device)
             text = self.lm.encode_text(self.lm.text_embeddings([request.instruction, None]))
         if text.k[0].shape[2] > self.geometry.max_text_tokens:
             raise ValueError(f"the instruction is {text.k[0].shape[2]} tokens; at most "
                              f"{self.geometry.max_text_tokens} are accepted")
         windows = plan_windows(codes.shape[-1], self.window_frames, self.prompt_frames)
-        job = _Job(request, codes, x.shape[-1], text, windows,
+        if num_samples is None:
+            num_samples = int(round(codes.shape[-1] * self.model.sample_rate / self.model.frame_rate))
+        job = _Job(request, codes, num_samples, text, windows,
                    torch.full_like(codes, UNKNOWN), Future())
         job.future.set_running_or_notify_cancel()
         self.scheduler.submit(_WindowWork(job, windows[0]))
         return EditHandle(self, job)
+
+    def _check_length(self, seconds: float) -> None:
+        if seconds > self.config.max_input_seconds:
+            raise InputTooLong(f"the input is {seconds:.1f} s; the engine accepts at most "
+                               f"{self.config.max_input_seconds:g} s")
 
     def cancel(self, job: _Job) -> None:
         with self._cancel_lock:
@@ -326,8 +346,9 @@ class EditEngine:
         pos = self.positions[:n]
         tokens = self.sequences[:n].gather(2, pos.view(n, 1, 1).expand(n, k, 1))
         tokens = tokens.clamp(min=0)  # free slots below the highest hold UNKNOWN; never read
+        max_position = max(self.slot_states[i].position for i in active)
         logits = self.runner.step(tokens.repeat_interleave(ROWS_PER_SLOT, dim=0),
-                                  pos.repeat_interleave(ROWS_PER_SLOT))
+                                  pos.repeat_interleave(ROWS_PER_SLOT), max_position)
         idx = torch.tensor(active, device=self.device)
         cond = logits[0::ROWS_PER_SLOT][idx]
         uncond = logits[1::ROWS_PER_SLOT][idx]
@@ -357,7 +378,8 @@ class EditEngine:
                     f"the model produced non-finite logits for job {job.request.job_id}"))
                 continue
             job.steps += 1
-            if int(self.positions[slot]) >= state.last_step:
+            state.position += 1
+            if state.position >= state.last_step:
                 finished.append(slot)
             elif job.request.on_progress and job.steps % self.config.progress_every_steps == 0:
                 self._report_progress(slot)
@@ -386,9 +408,10 @@ class EditEngine:
             self.positions[slot] = first
             if first > 0:
                 self._prefill(slot, first)
-            self.slot_states[slot] = _SlotState(work, generator, window.frames + self.max_delay)
+            self.slot_states[slot] = _SlotState(work, generator, window.frames + self.max_delay,
+                                                first)
         except Exception as exc:
-            self.slot_states[slot] = _SlotState(work, None, 0)  # type: ignore[arg-type]
+            self.slot_states[slot] = _SlotState(work, None, 0, 0)  # type: ignore[arg-type]
             self._fail(slot, exc)
 
     def _initial_sequence(self, job: _Job, window: Window) -> torch.Tensor:
@@ -432,7 +455,7 @@ class EditEngine:
     def _report_progress(self, slot: int) -> None:
         state = self.slot_states[slot]
         window = state.work.window
-        done = window.start + min(int(self.positions[slot]), window.frames)
+        done = window.start + min(state.position, window.frames)
         job = state.work.job
         try:
             job.request.on_progress(done, job.codes.shape[-1])

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..instruct_musicgen import ConditionKV, InstructMusicGen, TextKV
+from ..instruct_musicgen import ConditionKV, InstructMusicGen, TextKV, attention
 
 ROWS_PER_SLOT = 2  # conditional + unconditional (classifier-free guidance)
 
@@ -140,14 +140,17 @@ class StaticKVCache:
     """Self-attention K/V of a decode step: one new position per row, written in place.
 
     Rows ``0..R-1`` of the buffers take part; ``positions[r]`` is where row r writes and the
-    last position it may attend to. Shapes stay fixed for a given R (CUDA-graph friendly).
+    last position it may attend to. Attention reads the first ``length`` positions: all of
+    them under CUDA graphs (fixed shapes), only up to the furthest row otherwise.
     """
 
-    def __init__(self, buffers: SlotBuffers, num_rows: int, positions: torch.Tensor):
+    def __init__(self, buffers: SlotBuffers, num_rows: int, positions: torch.Tensor,
+                 length: int | None = None):
         self.buffers = buffers
         self.rows = torch.arange(num_rows, device=positions.device)
         self.positions = positions  # [R] long
-        steps = torch.arange(buffers.geometry.max_sequence, device=positions.device)
+        self.length = length or buffers.geometry.max_sequence
+        steps = torch.arange(self.length, device=positions.device)
         self.mask = (steps.view(1, -1) <= positions.view(-1, 1)).view(num_rows, 1, 1, -1)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -157,7 +160,7 @@ class StaticKVCache:
         v_buf = self.buffers.self_v[layer]
         k_buf[self.rows, :, self.positions] = k[:, :, 0]
         v_buf[self.rows, :, self.positions] = v[:, :, 0]
-        return F.scaled_dot_product_attention(q, k_buf[:n], v_buf[:n], attn_mask=self.mask)
+        return attention(q, k_buf[:n, :, :self.length], v_buf[:n, :, :self.length], self.mask)
 
 
 class PrefillKVCache:

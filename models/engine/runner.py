@@ -51,22 +51,25 @@ class DecodeRunner:
         return self.buckets[bisect.bisect_left(self.buckets, num_slots)]
 
     @torch.no_grad()
-    def _eager(self, rows: int) -> torch.Tensor:
+    def _eager(self, rows: int, length: int | None = None) -> torch.Tensor:
         positions = self.positions[:rows]
-        cache = StaticKVCache(self.buffers, rows, positions)
+        cache = StaticKVCache(self.buffers, rows, positions, length)
         text = self.buffers.text_view(slice(0, rows))
         condition = self.buffers.condition_view(slice(0, rows // ROWS_PER_SLOT))
         logits = self.model(self.tokens[:rows], positions.view(-1, 1), text, condition, cache)
         return logits[:, :, 0]
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor,
+             max_position: int | None = None) -> torch.Tensor:
         """One decode step.
 
         Args:
             tokens: ``[R, K, 1]`` long input tokens of the first R rows (R = 2 * slots in use,
                 counting free slots below the highest one in use).
             positions: ``[R]`` long sequence position of each row.
+            max_position: the furthest row's position, if known without a device sync; the
+                eager path then attends over that many cached positions only.
         Returns:
             ``[R, K, card]`` logits (views of static memory: consume before the next step).
         """
@@ -77,7 +80,8 @@ class DecodeRunner:
         self.tokens[rows:bucket_rows].fill_(self.model.special_token_id)
         self.positions[rows:bucket_rows].zero_()
         if not self.use_cuda_graphs:
-            return self._forward(bucket_rows)[:rows]
+            length = None if max_position is None else max_position + 1
+            return self._forward(bucket_rows, length)[:rows]
         if bucket_rows not in self.graphs:
             self.graphs[bucket_rows] = self._capture(bucket_rows)
         graph, out = self.graphs[bucket_rows]

@@ -1,0 +1,207 @@
+"""Decode throughput: audiocraft's generate (sequential and batched) against our engine.
+
+Run by hand (not in CI):
+
+    .venv/bin/python bench/decode.py                     # tiny + small-random, CPU, < 10 min
+    .venv/bin/python bench/decode.py --presets tiny --batches 1 4
+
+For each preset and batch size it prints decode steps/s and seconds of audio produced per
+wall-clock second for
+  (a) audiocraft ``LMModel.generate`` running the jobs one after another (one job timed,
+      multiplied: they run in sequence),
+  (b) audiocraft ``generate`` on the whole batch as plain MusicGen, one text per row (the best
+      audiocraft can do: it cannot take per-row condition audio),
+  (c) this engine with the full Instruct-MusicGen model (audio fusion + LoRA), per-row sampling
+      parameters and seeds,
+with the ratios (c)/(a) and (c)/(b) and the peak resident memory during each run. All three
+get the same work: clips of ``--seconds`` (>= 100 decode steps), classifier-free guidance
+(cfg 3), top-k 250 sampling. Timing covers producing the codes (text encoding, the
+condition path and decoding for (c)); EnCodec encode/decode of audio is excluded from all three.
+A CUDA section (fp16, CUDA graphs on and off) runs when a GPU is present.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from audiocraft.modules.conditioners import ConditioningAttributes  # noqa: E402
+
+from models.engine import EditEngine, EditRequest, EngineConfig  # noqa: E402
+from models.loader import load_model  # noqa: E402
+from models.presets import resolve_model  # noqa: E402
+from models.sampling import SamplingParams  # noqa: E402
+
+TOP_K = 250
+TEXTS = ["Music piece. Instruct: Add Drums.", "Music piece. Instruct: No Bass.",
+         "Music piece. Instruct: Only Guitar.", "Music piece. Instruct: Add Piano."]
+
+
+class PeakMemory:
+    """Peak memory during a block: resident set size on the CPU (sampled every 5 ms), the
+    allocator's peak on CUDA."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.005)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.peak = self._rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_audiocraft(model, batch: int, frames: int) -> tuple[float, int]:
+    """audiocraft's own generate on ``batch`` texts; returns (seconds, peak bytes)."""
+    lm = model.lm.lm
+    conditions = [ConditioningAttributes(text={"description": TEXTS[i % len(TEXTS)]})
+                  for i in range(batch)]
+    with PeakMemory(model.device) as mem, torch.no_grad():
+        _sync(model.device)
+        start = time.perf_counter()
+        lm.generate(conditions=conditions, max_gen_len=frames, use_sampling=True,
+                    top_k=min(TOP_K, lm.card),
+                    cfg_coef=3.0)
+        _sync(model.device)
+        seconds = time.perf_counter() - start
+    return seconds, mem.peak
+
+
+def run_engine(model, batch: int, codes: torch.Tensor, use_cuda_graphs: bool = True) -> tuple[float, int, int]:
+    """Our engine on ``batch`` different jobs; returns (seconds, peak bytes, steps)."""
+    engine = EditEngine(model, EngineConfig(max_batch_size=batch, use_cuda_graphs=use_cuda_graphs))
+    jobs = []
+    with torch.no_grad():
+        for i in range(batch):
+            jobs.append(dict(text=TEXTS[i % len(TEXTS)],
+                             params=SamplingParams(seed=i, top_k=min(TOP_K, model.lm.card), cfg_coef=3.0)))
+    with PeakMemory(model.device) as mem:
+        _sync(model.device)
+        start = time.perf_counter()
+        handles = [engine.submit_codes(EditRequest(f"bench{i}", None, model.sample_rate, j["text"],
+                                                   j["params"]), codes)
+                   for i, j in enumerate(jobs)]
+        while engine.step():
+            pass
+        for handle in handles:
+            handle.codes()
+        _sync(model.device)
+        seconds = time.perf_counter() - start
+    return seconds, mem.peak, engine.steps_total
+
+
+def bench_preset(name: str, device: torch.device, batches: list[int], seconds_audio: float,
+                 cache_dir: Path | None, rows: list[dict], use_graphs_options=(True,)) -> None:
+    model = load_model(resolve_model(name, cache_dir), device=device)
+    frames = int(round(seconds_audio * model.frame_rate))
+    steps = frames + max(model.lm.lm.pattern_provider.delays)  # decode steps per job
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, model.lm.card, (model.lm.num_codebooks, frames), generator=g).to(device)
+    # warm-up (allocator, threads, lazy initialisation) with a short job of each kind
+    run_audiocraft(model, 1, 16)
+    run_engine(model, 1, codes[:, :16])
+    # (a): one job alone, timed once; a batch of them runs in sequence.
+    sequential_s, sequential_mem = run_audiocraft(model, 1, frames)
+    for batch in batches:
+        a_seconds = sequential_s * batch
+        if batch == 1:  # (b) at batch 1 is the same run as (a)
+            b_seconds, b_mem = sequential_s, sequential_mem
+        else:
+            b_seconds, b_mem = run_audiocraft(model, batch, frames)
+        for graphs in use_graphs_options:
+            c_seconds, c_mem, _ = run_engine(model, batch, codes, use_cuda_graphs=graphs)
+            audio_s = batch * seconds_audio
+            row = dict(preset=name, device=device.type, dtype=str(model.dtype).replace("torch.", ""),
+                       graphs=("on" if graphs else "off") if device.type == "cuda" else "-",
+                       batch=batch, steps=steps,
+                       a_steps=steps / sequential_s, a_rt=audio_s / a_seconds,
+                       b_steps=steps / b_seconds, b_rt=audio_s / b_seconds,
+                       c_steps=steps / c_seconds, c_rt=audio_s / c_seconds,
+                       c_over_a=a_seconds / c_seconds, c_over_b=b_seconds / c_seconds,
+                       a_mem=sequential_mem, b_mem=b_mem, c_mem=c_mem)
+            rows.append(row)
+            print(_format_row(row), flush=True)
+    del model
+
+
+HEADER = ("preset        dev  dtype    graphs batch steps | (a) seq steps/s audio-s/s | "
+          "(b) ac-batch steps/s audio-s/s | (c) engine steps/s audio-s/s | c/a    c/b   | "
+          "peak MB a / b / c")
+
+
+def _format_row(r: dict) -> str:
+    mb = 1024 * 1024
+    return (f"{r['preset']:<13} {r['device']:<4} {r['dtype']:<8} {r['graphs']:<6} {r['batch']:>5} "
+            f"{r['steps']:>5} | {r['a_steps']:>15.2f} {r['a_rt']:>9.2f} | {r['b_steps']:>20.2f} "
+            f"{r['b_rt']:>9.2f} | {r['c_steps']:>18.2f} {r['c_rt']:>9.2f} | {r['c_over_a']:>6.2f} "
+            f"{r['c_over_b']:>5.2f} | {r['a_mem'] / mb:>6.0f} / {r['b_mem'] / mb:.0f} / "
+            f"{r['c_mem'] / mb:.0f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small-random"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8, 16])
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="clip length; 2 s = 100 frames = 103 decode steps")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows: list[dict] = []
+    print(f"torch {torch.__version__}, {args.threads} CPU threads, clips of {args.seconds:g} s")
+    print(HEADER)
+    for name in args.presets:
+        bench_preset(name, torch.device("cpu"), args.batches, args.seconds, args.cache_dir, rows)
+    if torch.cuda.is_available():
+        print(f"\nCUDA: {torch.cuda.get_device_name()}")
+        print(HEADER)
+        for name in args.presets:
+            bench_preset(name, torch.device("cuda"), args.batches, args.seconds, args.cache_dir,
+                         rows, use_graphs_options=(False, True))
+    cpu_small = [r for r in rows if r["preset"] == "small-random" and r["device"] == "cpu"
+                 and r["batch"] == 8]
+    if cpu_small:
+        print(f"batch8_vs_sequential={cpu_small[0]['c_over_a']:.2f}")
+        print(f"batch8_vs_batched={cpu_small[0]['c_over_b']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
