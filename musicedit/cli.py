@@ -23,19 +23,25 @@ def _edit(args: argparse.Namespace) -> int:
     import torch
 
     from models.audio import read_audio, write_audio
+    from models.engine import EditEngine, EditRequest, EngineConfig
     from models.loader import load_model
     from models.presets import resolve_model
-    from models.reference import DEFAULT_STEMS, edit
+    from models.reference import DEFAULT_STEMS
     from models.sampling import SamplingParams
     from musicedit.audio_probe import AudioLimits, probe_audio
     from musicedit.errors import MusiceditError
+    from musicedit.instructions import normalize_instruction
 
-    limits = AudioLimits(min_seconds=0.05, max_seconds=float("inf"), max_sample_rate=768_000,
+    limits = AudioLimits(min_seconds=0.05, max_seconds=args.max_seconds, max_sample_rate=768_000,
                          max_channels=64, silence_peak_threshold=1e-4)
     try:
         info = probe_audio(args.input, limits)
-    except (MusiceditError, OSError) as exc:
-        print(f"error: {args.input}: {exc}", file=sys.stderr)
+        instruction = normalize_instruction(args.instruction, DEFAULT_STEMS)
+        params = SamplingParams(seed=args.seed, top_k=args.top_k, top_p=args.top_p,
+                                temperature=args.temperature, cfg_coef=args.cfg)
+        params.validate(card=2048)
+    except (MusiceditError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     device = args.device
     if device == "auto":
@@ -43,19 +49,29 @@ def _edit(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model = load_model(resolve_model(args.model, args.cache_dir), device=device)
     loaded = time.perf_counter()
+    # The engine edits any length (5 s windows, each continuing the previous one's output);
+    # for one window it computes exactly the reference path (models.reference.edit).
+    engine = EditEngine(model, EngineConfig(max_batch_size=1, max_input_seconds=args.max_seconds))
     wav, rate = read_audio(args.input)
-    params = SamplingParams(seed=args.seed, top_k=args.top_k, top_p=args.top_p,
-                            temperature=args.temperature, cfg_coef=args.cfg)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done}/{total} frames", end="", file=sys.stderr, flush=True)
+
+    engine.start()
     try:
-        result = edit(model, wav, rate, args.instruction, params, stems=DEFAULT_STEMS)
+        handle = engine.submit(EditRequest("cli", wav, rate, instruction.text, params, progress))
+        result = handle.result()
     except (ValueError, MusiceditError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        engine.stop()
+    print(file=sys.stderr)
     out_rate = info.sample_rate if args.keep_rate else None
     fmt = args.format or ("flac" if args.output.suffix.lower() == ".flac" else "wav")
     write_audio(args.output, result.audio, model.sample_rate, fmt, output_rate=out_rate)
     done = time.perf_counter()
-    print(f"{args.output}: {info.duration_seconds:.2f} s edited with '{result.instruction}' "
+    print(f"{args.output}: {info.duration_seconds:.2f} s edited with '{instruction.text}' "
           f"(model load {loaded - started:.1f} s, edit {done - loaded:.1f} s)")
     return 0
 
@@ -193,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="output format (default: from the output file's extension)")
     edit_p.add_argument("--keep-rate", action="store_true",
                         help="write at the input's sample rate instead of 32 kHz")
+    edit_p.add_argument("--max-seconds", type=float, default=300.0,
+                        help="longest input accepted (default 300 s)")
     edit_p.set_defaults(func=_edit)
 
     serve_p = sub.add_parser(

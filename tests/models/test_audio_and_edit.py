@@ -109,3 +109,19 @@ def test_cli_edits_a_file_offline(tmp_path, model_cache, tiny_files):
     bad = subprocess.run(cmd[:5] + ["make it louder"] + cmd[6:], capture_output=True, text=True,
                          timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert bad.returncode == 2 and "Supported instructions" in bad.stderr
+
+
+def test_cli_edits_a_long_file_at_full_length(tmp_path, model_cache, tiny_files):
+    """Past the 5 s window the CLI edits window by window and returns the whole song."""
+    src = tmp_path / "long.wav"
+    sf.write(src, _tone(12.3, 44100, 2).T, 44100)
+    out = tmp_path / "long_out.wav"
+    proc = subprocess.run(
+        [sys.executable, "-m", "musicedit.cli", "edit", str(src), "remove the bass", "-o", str(out),
+         "--model", "tiny", "--cache-dir", str(model_cache)],
+        capture_output=True, text=True, timeout=600, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    info = sf.info(out)
+    assert info.samplerate == 32000 and abs(info.duration - 12.3) < 0.01
+    data, _ = sf.read(out)
+    assert np.isfinite(data).all() and np.abs(data).max() > 0
