@@ -105,7 +105,10 @@ class Settings(BaseSettings):
     max_input_seconds: float = Field(300.0, gt=0, description="Longest accepted input.")
     min_input_seconds: float = Field(0.5, ge=0, description="Shortest accepted input.")
     max_sample_rate: int = Field(192_000, ge=8000, description="Highest accepted sample rate.")
-    max_channels: int = Field(8, ge=1, description="Most accepted channels (inclusive).")
+    max_channels: int = Field(
+        2, ge=1, description="Most accepted channels (inclusive): mono and stereo music; "
+        "surround (6 or 8 channels) must be downmixed by the client."
+    )
     silence_peak_threshold: float = Field(
         1e-4, ge=0, description="Inputs whose absolute peak is below this are 'silent'."
     )
