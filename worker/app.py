@@ -22,7 +22,7 @@ from celery import Celery
 from celery.exceptions import Reject
 from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
-from musicedit.errors import BrokerUnavailable
+from musicedit.errors import BrokerUnavailable, StoreUnavailable
 from musicedit.logs import log_event
 from musicedit.queue import EDIT_QUEUE, EDIT_TASK, enqueue_edit, make_celery
 from musicedit.settings import Settings, get_settings
@@ -55,9 +55,9 @@ def create_worker_app(settings: Settings) -> Celery:
         """Wake-up for job `job_id`; the work is `worker.edit_job.run_edit_job`."""
         try:
             return run_edit_job(job_id, runtime().deps).value
-        except BrokerUnavailable as exc:
-            # the job was handed back but its new message could not be sent: keep this one
-            log_event(log, "requeue_failed", logging.WARNING, job_id=job_id, error=exc.message)
+        except (BrokerUnavailable, StoreUnavailable) as exc:
+            # the job store or broker stayed down: keep the message so the job is not stranded
+            log_event(log, "task_requeued", logging.WARNING, job_id=job_id, error=exc.message)
             raise Reject(exc.message, requeue=True) from exc
 
     def start(sender: Any = None, **_: Any) -> None:

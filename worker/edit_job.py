@@ -154,7 +154,8 @@ def run_edit_job(job_id: str, deps: EditJobDeps) -> JobOutcome:
         deps.requeue(job_id)  # arrived too late in a shutdown: leave it to another worker
         log_event(log, "job_deferred", job_id=job_id, reason="worker shutting down")
         return JobOutcome.released
-    job = deps.store.claim(job_id, deps.worker_id, settings.lease_seconds)
+    job = _retry_store(deps, job_id, "claim",
+                       lambda: deps.store.claim(job_id, deps.worker_id, settings.lease_seconds))
     if job is None:
         log_event(log, "job_skipped", job_id=job_id, reason="finished, canceled or held elsewhere")
         return JobOutcome.skipped
@@ -182,19 +183,22 @@ def _run_claimed(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper) -> JobOutc
             deps.store.update_progress(job.id, deps.worker_id, output.frames, output.frames)
     except _JobStopped as stop:
         if stop.reason == "cancel":
-            done = deps.store.acknowledge_cancel(job.id, deps.worker_id)
+            done = _retry_store(deps, job.id, "acknowledge_cancel",
+                                lambda: deps.store.acknowledge_cancel(job.id, deps.worker_id))
             return _finished(done, deps, JobOutcome.canceled)
-        released = deps.store.release(job.id, deps.worker_id)
+        released = _retry_store(deps, job.id, "release",
+                                lambda: deps.store.release(job.id, deps.worker_id))
         if released.state is JobState.canceled:
             return _finished(released, deps, JobOutcome.canceled)
         deps.requeue(job.id)
         log_event(log, "job_released", job_id=job.id, reason=stop.reason)
         return JobOutcome.released
     except JobFailure as failure:
-        done = deps.store.fail(job.id, deps.worker_id, failure.message,
-                               dead_letter=failure.dead_letter)
+        done = _retry_store(deps, job.id, "fail", lambda: deps.store.fail(
+            job.id, deps.worker_id, failure.message, dead_letter=failure.dead_letter))
         return _finished(done, deps, JobOutcome.failed)
-    done = deps.store.complete(job.id, deps.worker_id, key)
+    done = _retry_store(deps, job.id, "complete",
+                        lambda: deps.store.complete(job.id, deps.worker_id, key))
     if done.state is JobState.canceled:  # canceled while the result was being written
         _delete_quietly(deps.storage, key, job.id)
         return _finished(done, deps, JobOutcome.canceled)
@@ -328,6 +332,23 @@ def _with_storage_retries(deps: EditJobDeps, job_id: str, operation: str,
                       attempt=attempt + 1, delay_seconds=delay, error=exc.message)
             deps.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _retry_store(deps: EditJobDeps, job_id: str, operation: str, action: Callable[[], T]) -> T:
+    """Run a job-store transition, retrying `StoreUnavailable` (a Redis restart) for up to one
+    lease period; the lease keeps the job ours meanwhile, and past that the reaper recovers it."""
+    deadline = time.monotonic() + deps.settings.lease_seconds
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except StoreUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log_event(log, "store_retry", logging.WARNING, job_id=job_id, operation=operation,
+                      delay_seconds=delay, error=exc.message)
+            deps.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _finished(done: EditJob, deps: EditJobDeps, outcome: JobOutcome) -> JobOutcome:
