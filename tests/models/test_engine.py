@@ -201,3 +201,25 @@ def test_bfloat16_engine_runs_on_cpu(tiny_files):
     _run(engine)
     out = handle.result()
     assert out.codes.shape == (4, 25) and torch.isfinite(out.audio).all()
+
+
+def test_runner_pads_static_inputs_to_the_bucket(tiny):
+    """The bookkeeping CUDA-graph replay relies on: inputs land in static buffers, rows past
+    the batch up to the bucket are reset to padding, and the graph path is CUDA-only."""
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=4, batch_buckets=(1, 2, 4),
+                                           use_cuda_graphs=True, **SMALL))
+    runner = engine.runner
+    assert not runner.use_cuda_graphs  # CPU: eager path, no capture attempted
+    runner.tokens.fill_(7)
+    runner.positions.fill_(9)
+    tokens = torch.full((6, tiny.lm.num_codebooks, 1), 3, dtype=torch.long)  # 3 slots -> bucket 4
+    positions = torch.tensor([5, 5, 2, 2, 0, 0])
+    logits = runner.step(tokens, positions)
+    assert logits.shape == (6, tiny.lm.num_codebooks, tiny.lm.card)
+    assert torch.equal(runner.tokens[:6], tokens)
+    assert torch.equal(runner.positions[:6], positions)
+    assert (runner.tokens[6:8] == tiny.lm.special_token_id).all()  # padding rows of bucket 4
+    assert (runner.positions[6:8] == 0).all()
+    assert runner.graphs == {}
+    with pytest.raises(ValueError, match="do not fit"):
+        runner.bucket_for(5)
