@@ -39,7 +39,7 @@ from worker.metrics import WorkerMetrics
 from worker.notifications import WebhookNotifier
 
 if TYPE_CHECKING:
-    from models.engine import EditEngine, EditOutput
+    from models.engine import EditEngine, EditHandle, EditOutput
 
 log = logging.getLogger("musicedit.worker")
 T = TypeVar("T")
@@ -180,7 +180,7 @@ def _run_claimed(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper) -> JobOutc
             result_path = Path(tmp) / f"result.{job.output_format}"
             write_audio(result_path, output.audio, output.sample_rate, job.output_format)
             _upload_result(job, deps, key, result_path, output)
-            deps.store.update_progress(job.id, deps.worker_id, output.frames, output.frames)
+            _report_final_progress(job, deps, output.frames)
     except _JobStopped as stop:
         if stop.reason == "cancel":
             done = _retry_store(deps, job.id, "acknowledge_cancel",
@@ -253,7 +253,7 @@ def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> "
     return output
 
 
-def _wait(handle: object, job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
+def _wait(handle: "EditHandle", job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
           progress: _Progress) -> "EditOutput":
     """Wait for the engine, syncing progress and the cancel flag every progress interval."""
     interval = deps.settings.worker_progress_interval_seconds
@@ -261,7 +261,7 @@ def _wait(handle: object, job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
     stop_reason: str | None = None
     while True:
         try:
-            return handle.result(timeout=interval)  # type: ignore[attr-defined]
+            return handle.result(timeout=interval)
         except TimeoutError:
             pass
         except JobCanceled as exc:
@@ -270,7 +270,7 @@ def _wait(handle: object, job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
         if stop_reason is not None:
             continue  # already canceled: wait for the engine to free the slot
         if lease.lost:
-            handle.cancel()  # type: ignore[attr-defined]
+            handle.cancel()
             raise LeaseLost(f"Worker {deps.worker_id} lost the lease of job {job.id}.")
         cancel = lease.cancel_requested
         try:
@@ -290,7 +290,7 @@ def _wait(handle: object, job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
             stop_reason = "shutdown"
         if stop_reason is not None:
             log_event(log, "job_stopping", job_id=job.id, reason=stop_reason)
-            handle.cancel()  # type: ignore[attr-defined]
+            handle.cancel()
 
 
 def _upload_result(job: EditJob, deps: EditJobDeps, key: str, path: Path,
@@ -310,6 +310,14 @@ def _upload_result(job: EditJob, deps: EditJobDeps, key: str, path: Path,
                                   metadata=metadata)
 
     _with_storage_retries(deps, job.id, "upload_result", upload)
+
+
+def _report_final_progress(job: EditJob, deps: EditJobDeps, frames: int) -> None:
+    """Progress 100% before `complete` (short jobs finish between two progress syncs)."""
+    try:
+        deps.store.update_progress(job.id, deps.worker_id, frames, frames)
+    except StoreUnavailable as exc:  # cosmetic; `complete` retries the store itself
+        log_event(log, "progress_sync_failed", logging.WARNING, job_id=job.id, error=exc.message)
 
 
 def _with_storage_retries(deps: EditJobDeps, job_id: str, operation: str,
