@@ -78,7 +78,7 @@ def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instr
     for offset in range(start, sequence.shape[-1]):
         chunk = sequence[..., previous:offset].expand(2, -1, -1)
         positions = torch.arange(previous, offset, device=device).expand(2, -1)
-        logits = model(chunk, positions, text, condition, cache)[:, :, -1]  # [2, K, card]
+        logits = model(chunk, positions, text, condition, cache)[:, :, -1].float()  # [2, K, card]
         logits = guided_logits(logits[:1], logits[1:], cfg)
         tokens = sample_tokens(logits, generators=[generator], **row_params)  # [1, K]
         tokens = torch.where(valid[:, offset].view(1, -1), tokens, special)

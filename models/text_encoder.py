@@ -49,7 +49,7 @@ class T5DirConditioner(T5Conditioner):
             self.autocast = TorchAutocast(enabled=False)
         else:
             import torch
-            self.autocast = TorchAutocast(enabled=True, device_type=device,
+            self.autocast = TorchAutocast(enabled=True, device_type=torch.device(device).type,
                                           dtype=getattr(torch, autocast_dtype))
         self.t5_tokenizer = tokenizer
         # Not a submodule: T5 weights stay out of the LM's state dict, as in audiocraft.

@@ -350,8 +350,9 @@ class EditEngine:
         logits = self.runner.step(tokens.repeat_interleave(ROWS_PER_SLOT, dim=0),
                                   pos.repeat_interleave(ROWS_PER_SLOT), max_position)
         idx = torch.tensor(active, device=self.device)
-        cond = logits[0::ROWS_PER_SLOT][idx]
-        uncond = logits[1::ROWS_PER_SLOT][idx]
+        # Guidance and sampling in float32 (fp16 logits would lose the small differences).
+        cond = logits[0::ROWS_PER_SLOT][idx].float()
+        uncond = logits[1::ROWS_PER_SLOT][idx].float()
         guided = guided_logits(cond, uncond, self.cfg_coef[idx])
         bad = (~torch.isfinite(guided)).flatten(1).any(1)
         generators = [self.slot_states[i].generator for i in active]
