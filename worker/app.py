@@ -61,8 +61,16 @@ def create_worker_app(settings: Settings) -> Celery:
             raise Reject(exc.message, requeue=True) from exc
 
     def start(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", app) is app:
+        if getattr(sender, "app", app) is not app:
+            return
+        try:
             runtime()  # load the model before consuming the first message
+        except Exception as exc:
+            # Celery logs and ignores signal-handler errors; a worker without its model must
+            # not take (and ack) messages, so stop before consuming
+            log_event(log, "worker_start_failed", logging.CRITICAL, exc_info=exc,
+                      error=f"{type(exc).__name__}: {exc}")
+            raise SystemExit(1) from exc
 
     def begin_shutdown(**_: Any) -> None:
         current = current_runtime()
