@@ -17,7 +17,7 @@ $(STAMP): requirements/torch.txt requirements/audiocraft.txt requirements/lock.t
 	# audiocraft 1.3.0 declares torch pins that do not match its real needs: install it alone.
 	$(PY) -m pip install --quiet --no-deps -r requirements/audiocraft.txt
 	$(PY) -m pip install --quiet -r requirements/lock.txt -c requirements/torch.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 test: setup
