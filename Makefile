@@ -9,7 +9,7 @@ STAMP := $(VENV)/.setup-stamp
 
 setup: $(STAMP)
 
-$(STAMP): requirements/torch.txt requirements/audiocraft.txt requirements/lock.txt pyproject.toml scripts/install-system-packages.sh
+$(STAMP): requirements/torch.txt requirements/audiocraft.txt requirements/lock.txt requirements/dev.txt pyproject.toml scripts/install-system-packages.sh
 	bash scripts/install-system-packages.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -17,6 +17,8 @@ $(STAMP): requirements/torch.txt requirements/audiocraft.txt requirements/lock.t
 	# audiocraft 1.3.0 declares torch pins that do not match its real needs: install it alone.
 	$(PY) -m pip install --quiet --no-deps -r requirements/audiocraft.txt
 	$(PY) -m pip install --quiet -r requirements/lock.txt -c requirements/torch.txt
+	# Test, validation and load-test tools, constrained to the same pins.
+	$(PY) -m pip install --quiet -r requirements/dev.txt -c requirements/lock.txt -c requirements/torch.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
