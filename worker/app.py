@@ -16,6 +16,7 @@ decides who runs a job, so a redelivered message never makes a second result.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery
@@ -27,7 +28,7 @@ from musicedit.logs import log_event
 from musicedit.queue import EDIT_QUEUE, EDIT_TASK, enqueue_edit, make_celery
 from musicedit.settings import Settings, get_settings
 from worker.edit_job import run_edit_job
-from worker.runtime import current_runtime, get_runtime, stop_runtime
+from worker.runtime import WorkerRuntime, current_runtime, get_runtime, stop_runtime
 
 log = logging.getLogger("musicedit.worker")
 
@@ -47,7 +48,7 @@ def create_worker_app(settings: Settings) -> Celery:
     def requeue(job_id: str) -> None:
         enqueue_edit(app, job_id)
 
-    def runtime() -> Any:
+    def runtime() -> WorkerRuntime:
         return get_runtime(settings, requeue)
 
     @app.task(name=EDIT_TASK, ignore_result=True)
@@ -96,7 +97,7 @@ def worker_argv(settings: Settings) -> list[str]:
         f"--concurrency={settings.max_batch_size}",
         f"--queues={EDIT_QUEUE}",
         f"--loglevel={settings.log_level}",
-        "--hostname=musicedit@%h",
+        f"--hostname=musicedit-{os.getpid()}@%h",  # unique per process on a shared host
         # the job store carries worker liveness; broadcast features are not needed
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]
