@@ -79,7 +79,11 @@ def test_three_jobs_at_once_share_a_batch_and_download_through_presigned_urls(
                   - (before["musicedit_batch_size_count"] - before['musicedit_batch_size_bucket{le="2.0"}']))
     assert wide_steps > 0, "the three jobs never shared a decode step"
     assert after['musicedit_jobs_total{state="succeeded"}'] >= 3
-    assert after["musicedit_real_time_factor_count"] - before.get("musicedit_real_time_factor_count", 0) == 3
+    for histogram in ("musicedit_real_time_factor", "musicedit_time_in_queue_seconds",
+                      "musicedit_job_decode_seconds"):
+        assert after[f"{histogram}_count"] - before[f"{histogram}_count"] == 3
+    assert after["musicedit_model_load_seconds"] > 0
+    assert after["musicedit_generated_frames_total"] > before["musicedit_generated_frames_total"]
 
     for job_id, seconds in zip(job_ids, clips.values(), strict=True):
         response = stack.client.http.get(f"/v1/edits/{job_id}/audio", follow_redirects=False)
@@ -144,3 +148,9 @@ def test_a_redelivered_message_for_a_finished_job_produces_no_second_result(
     assert again.attempts == 1 and again.timings == done.timings
     assert stack.s3_keys(f"results/{job.id}") == [result]  # same object, same ETag and time
     assert len(stack.worker.events("job_succeeded", job.id)) == 1
+
+
+def test_readyz_sees_the_worker_heartbeat(stack: Stack) -> None:
+    ready = httpx.get(f"{stack.gateway.url}/readyz", timeout=10)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["live_workers"] == 1
