@@ -37,9 +37,22 @@ class _JsonLineFormatter(logging.Formatter):
         return line
 
 
+# At DEBUG these libraries log what must never reach a log: botocore the S3 requests with
+# their Authorization headers and signing strings, httpx/httpcore the webhook URLs (which may
+# carry the receiver's token). They stay at these levels whatever MUSICEDIT_LOG_LEVEL says.
+QUIET_LIBRARY_LOGGERS = {
+    "botocore": logging.INFO, "boto3": logging.INFO, "s3transfer": logging.INFO,
+    "urllib3": logging.INFO, "httpx": logging.WARNING, "httpcore": logging.WARNING,
+}
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Route the root logger to stderr as JSON lines (idempotent)."""
     root = logging.getLogger()
+    requested = logging.getLevelName(level.upper())
+    requested = requested if isinstance(requested, int) else logging.INFO
+    for name, floor in QUIET_LIBRARY_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(floor, requested))
     if any(getattr(h, "_musicedit", False) for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
