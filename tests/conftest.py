@@ -84,11 +84,16 @@ def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
 
 @dataclass
 class RedisServer:
-    """A `redis-server` on a free loopback port; `stop()`/`start()` simulate an outage."""
+    """A `redis-server` on a free loopback port; `stop()`/`start()` simulate an outage.
+
+    `appendonly=True` turns on AOF persistence (fsync on every write), so a restart keeps
+    every acknowledged write, as a production Redis should.
+    """
 
     directory: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    appendonly: bool = False
 
     @property
     def url(self) -> str:
@@ -102,7 +107,9 @@ class RedisServer:
         log = self.directory / "redis.log"
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--logfile", str(log)],
+             *(["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly
+               else ["--appendonly", "no"]),
+             "--dir", str(self.directory), "--logfile", str(log)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -353,3 +360,11 @@ def run_gateway() -> Iterator[Callable[..., RunningGateway]]:
     yield start
     for gateway in running:
         gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def shared(request: pytest.FixtureRequest):
+    """This module (`tests/conftest.py`) itself: RedisServer, S3Server, build_settings,
+    start_gateway, free_port, wait_until, API_KEYS. Test files cannot `import conftest`:
+    every test folder has a conftest module of that name."""
+    return request.config.pluginmanager.get_plugin(str(Path(__file__)))

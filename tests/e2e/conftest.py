@@ -16,12 +16,6 @@ from e2e_services import WebhookReceiver, WorkerProcess
 
 
 @pytest.fixture(scope="session")
-def shared(request: pytest.FixtureRequest):
-    """`tests/conftest.py` as a module: free_port, wait_until, build_settings, API_KEYS, ..."""
-    return request.config.pluginmanager.get_plugin(str(Path(__file__).parents[1] / "conftest.py"))
-
-
-@pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model cache with the `tiny` preset already written (workers only read it)."""
     from models.presets import resolve_model

@@ -30,9 +30,8 @@ def gateway(make_settings, run_gateway, redis_url, s3_server, s3_bucket):
 
 
 @pytest.fixture(scope="module")
-def shared_gateway(tmp_path_factory, redis_server, s3_server):
-    from conftest import build_settings, start_gateway
-
+def shared_gateway(tmp_path_factory, redis_server, s3_server, shared):
+    build_settings, start_gateway = shared.build_settings, shared.start_gateway
     bucket = s3_server.create_bucket()
     gateway = start_gateway(build_settings(tmp_path_factory.mktemp("gw") / "var",
                                            redis_url=redis_server.url, s3=(s3_server, bucket)))
@@ -364,10 +363,8 @@ def test_cancel_running_job_flags_it_for_the_worker(gw, audio_factory):
 
 def test_redis_down_answers_503_with_retry_after_and_recovers(make_settings, run_gateway,
                                                              s3_server, s3_bucket, tmp_path,
-                                                             audio_factory):
-    from conftest import RedisServer
-
-    server = RedisServer(tmp_path / "redis-outage").start()
+                                                             audio_factory, shared):
+    server = shared.RedisServer(tmp_path / "redis-outage").start()
     try:
         gw = run_gateway(make_settings(redis_url=server.url, s3=(s3_server, s3_bucket),
                                        redis_socket_timeout_seconds=0.5))

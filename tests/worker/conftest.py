@@ -23,12 +23,6 @@ from worker.metrics import WorkerMetrics
 
 
 @pytest.fixture(scope="session")
-def shared(request: pytest.FixtureRequest):
-    """`tests/conftest.py` as a module: free_port, wait_until, build_settings, ..."""
-    return request.config.pluginmanager.get_plugin(str(Path(__file__).parents[1] / "conftest.py"))
-
-
-@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory):
     from models.loader import load_model
     from models.presets import resolve_model
