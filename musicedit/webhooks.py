@@ -65,8 +65,12 @@ def _is_public(address: str) -> bool:
 def check_webhook_url(url: str, allow_private: bool) -> str:
     """Validate `url` and return it; refuse non-http(s) and, unless `allow_private`, any host
     that resolves to a loopback, private, link-local or otherwise non-public address."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # "http://[::1", "http://host:99999": not a URL, not a server error
+        parts, port = None, 0
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookUrlRejected(
             f"webhook_url must be an absolute http:// or https:// URL, got {url[:100]!r}."
         )
@@ -77,7 +81,6 @@ def check_webhook_url(url: str, allow_private: bool) -> str:
     if allow_private:
         return url
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, ValueError) as exc:
         raise WebhookUrlRejected(

@@ -32,7 +32,6 @@ def _load_e2e_conftest():
 
 
 _e2e = _load_e2e_conftest()
-shared = _e2e.shared
 model_cache = _e2e.model_cache
 start_worker = _e2e.start_worker
 webhook_receiver = _e2e.webhook_receiver

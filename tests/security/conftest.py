@@ -15,7 +15,6 @@ if _NAME not in sys.modules:
     _spec.loader.exec_module(sys.modules[_NAME])
 _reliability = sys.modules[_NAME]
 
-shared = _reliability.shared
 model_cache = _reliability.model_cache
 start_worker = _reliability.start_worker
 webhook_receiver = _reliability.webhook_receiver
