@@ -150,9 +150,17 @@ class Settings(BaseSettings):
     model: str = Field("tiny", description="Model preset name or checkpoint directory.")
     model_cache_dir: Path | None = Field(None, description="Default `<data_dir>/models`.")
     device: str = Field("auto", description="`auto`, `cpu`, `cuda`, `cuda:N`.")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="dtype.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="LM precision: auto = float16 on CUDA (the release's), float32 on "
+        "the CPU; bfloat16 selectable. EnCodec and T5 stay float32.")
     max_batch_size: int = Field(8, ge=1, description="Jobs decoded together by one worker.")
-    kv_cache_budget_bytes: int | None = Field(None, ge=1, description="KV cache cap; None=auto.")
+    kv_cache_budget_bytes: int | None = Field(
+        None, ge=1, description="Engine cache memory (bytes) for all batch slots; unset: enough "
+        "for max_batch_size on the CPU, 80% of free GPU memory on CUDA (380 MB per slot for "
+        "MusicGen-large in fp16).")
+    cuda_graphs: bool = Field(True, description="Capture and replay the decode step as CUDA "
+                              "graphs (one per padded batch size). CUDA only.")
+    torch_compile: bool = Field(False, description="torch.compile the decode step (slow start).")
     worker_concurrency: int = Field(1, ge=1, description="Worker processes per host.")
     worker_metrics_host: str = Field("127.0.0.1", description="Worker /metrics bind address.")
     worker_metrics_port: int = Field(

@@ -65,6 +65,8 @@ class WorkerRuntime:
             max_batch_size=settings.max_batch_size,
             kv_cache_budget_bytes=settings.kv_cache_budget_bytes,
             max_input_seconds=settings.max_input_seconds,
+            use_cuda_graphs=settings.cuda_graphs,
+            compile=settings.torch_compile,
             on_step=metrics.on_step,
         ))
         engine.start()
