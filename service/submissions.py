@@ -118,7 +118,7 @@ def _request_hash(
 async def submit_edit(
     request: Request, context: ServiceContext, key: ApiKey, idempotency_key: str | None
 ) -> Submission:
-    settings, store, storage = context.settings, context.store, context.storage
+    settings, store = context.settings, context.store
     idempotency_key = _check_idempotency_key(idempotency_key)
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
     await run_in_threadpool(store.check_rate_limit, key.name, settings.rate_limit_per_minute)

@@ -194,8 +194,9 @@ def _run_claimed(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper) -> JobOutc
         log_event(log, "job_released", job_id=job.id, reason=stop.reason)
         return JobOutcome.released
     except JobFailure as failure:
+        message, dead_letter = failure.message, failure.dead_letter
         done = _retry_store(deps, job.id, "fail", lambda: deps.store.fail(
-            job.id, deps.worker_id, failure.message, dead_letter=failure.dead_letter))
+            job.id, deps.worker_id, message, dead_letter=dead_letter))
         return _finished(done, deps, JobOutcome.failed)
     done = _retry_store(deps, job.id, "complete",
                         lambda: deps.store.complete(job.id, deps.worker_id, key))

@@ -189,6 +189,7 @@ def test_padded_bucket_rows_do_not_change_results(tiny):
     engine.config.on_step = lambda info: buckets.append((info.batch_size, info.bucket))
     _run(engine)
     assert (2, 4) in buckets  # b finished first: slots 0 and 2 run in the 4-slot bucket
+    assert b.result().codes.shape[-1] == 15
     for handle, wav, text in ((a, _clip(0.5, 11), ADD), (c, _clip(0.8, 13), ONLY)):
         assert torch.equal(handle.result().codes, _reference(tiny, wav, text, params))
 
