@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu.transport import redis as kombu_redis
 
 from musicedit.errors import BrokerUnavailable
 from musicedit.settings import Settings
@@ -27,6 +28,31 @@ from musicedit.settings import Settings
 EDIT_TASK = "musicedit.edit"
 EDIT_QUEUE = "musicedit.edits"
 RETRY_AFTER_UNAVAILABLE = 5
+
+
+class _RedisChannel(kombu_redis.Channel):
+    """kombu's Redis channel, surviving a broker restart.
+
+    After a lost connection Celery collects the connection (the transport drops its client)
+    and then closes it again; closing the channel a second time tries to restore unacked
+    messages through the dropped client and raises AttributeError, which Celery treats as
+    unrecoverable: the worker process exits instead of reconnecting. The messages stay in
+    Redis's unacked set either way (restored after the visibility timeout; the job store's
+    leases recover their jobs sooner), so that close has nothing left to do.
+    """
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except AttributeError:
+            if self.connection.client is not None:
+                raise
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport with `_RedisChannel`; `broker_transport` for redis URLs."""
+
+    Channel = _RedisChannel
 
 
 def make_celery(settings: Settings, name: str = "musicedit") -> Celery:
@@ -37,6 +63,7 @@ def make_celery(settings: Settings, name: str = "musicedit") -> Celery:
     app = Celery(name, broker=broker)
     transport_options: dict[str, Any] = {}
     if broker.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport = f"{__name__}:RedisTransport"
         transport_options = {
             "visibility_timeout": settings.broker_visibility_timeout_seconds,
             "socket_timeout": settings.redis_socket_timeout_seconds,
