@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup test test-fast serve bench clean
+.PHONY: setup test test-fast serve bench clean loadtest
 
 setup: $(STAMP)
 
@@ -30,6 +30,14 @@ test-fast: setup
 
 serve: setup
 	$(PY) -m musicedit.cli serve
+
+# Load test against a local stack of real processes (Redis, SeaweedFS, gateway, tiny-model
+# workers) that it starts on free loopback ports and stops at the end; run by hand, not in CI.
+# Results: var/loadtest/results.md and loadtest.png. Options: LOADTEST_ARGS="--help".
+LOADTEST_ARGS ?=
+loadtest: setup
+	$(PY) -m pip install --quiet -r requirements/dev.txt -c requirements/lock.txt -c requirements/torch.txt
+	$(PY) -m bench.loadtest.run $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
