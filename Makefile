@@ -36,7 +36,6 @@ serve: setup
 # Results: var/loadtest/results.md and loadtest.png. Options: LOADTEST_ARGS="--help".
 LOADTEST_ARGS ?=
 loadtest: setup
-	$(PY) -m pip install --quiet -r requirements/dev.txt -c requirements/lock.txt -c requirements/torch.txt
 	$(PY) -m bench.loadtest.run $(LOADTEST_ARGS)
 
 clean:
