@@ -151,6 +151,11 @@ async def submit_edit(
                 store.find_idempotent, key.name, idempotency_key, request_hash
             )
             if existing is not None:
+                if existing.state is JobState.queued:
+                    # The first attempt may have created the job and then lost its message
+                    # (store and broker failing together, answered 503). A second wake-up is
+                    # harmless: `claim` runs a job once, extra messages are skipped.
+                    await run_in_threadpool(enqueue_edit, context.celery, existing.id)
                 return Submission(existing, created=False)
 
         job_id = uuid.uuid4().hex

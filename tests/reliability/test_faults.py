@@ -273,3 +273,28 @@ def test_non_finite_input_that_bypassed_the_gateway_fails_alone(
     assert len(worker.events("job_failed", bad_id)) == 1
     client.close()
 
+
+
+def test_retry_with_the_same_idempotency_key_re_sends_a_lost_wake_up(
+        make_settings, run_gateway, redis_url, redis_server, s3_server, s3_bucket, audio_factory):
+    """The store kept the job but its message was lost (Redis failed between the two writes and
+    the client got 503): the client's retry with the same Idempotency-Key gets the job (202)
+    and the job is queued again, so it cannot sit in `queued` forever."""
+    from musicedit.queue import EDIT_QUEUE, queue_depth
+
+    gw = run_gateway(make_settings(redis_url=redis_url, s3=(s3_server, s3_bucket)))
+    clip = audio_factory().read_bytes()
+    headers = {"Authorization": "Bearer alice-secret-key", "Idempotency-Key": "order-7"}
+
+    def send() -> httpx.Response:
+        return httpx.post(f"{gw.url}/v1/edits", headers=headers, data={"instruction": "Add drums"},
+                          files={"file": ("a.wav", clip, "audio/wav")}, timeout=30)
+
+    first = send()
+    assert first.status_code == 202
+    redis_server.client().delete(EDIT_QUEUE)  # the lost message
+    assert queue_depth(gw.context.celery) == 0
+    again = send()
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert queue_depth(gw.context.celery) == 1
+    assert gw.context.storage.list_keys() == [f"inputs/{first.json()['id']}"]
