@@ -43,8 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e"), str(REPO / "tests" / "reliability")]
 
 from e2e_services import WorkerProcess, service_values, subprocess_env  # noqa: E402
-from musicedit.client import ApiError, MusiceditClient  # noqa: E402
 from stack_processes import GatewayProcess, rss_bytes  # noqa: E402
+
+from musicedit.client import ApiError, MusiceditClient  # noqa: E402
 
 INSTRUCTIONS = ["Add drums", "Remove the bass", "Only piano", "add guitar", "no drums",
                 "extract bass", "Music piece. Instruct: Add Piano."]

@@ -50,7 +50,7 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "GatewayProcess":
+    def start(self) -> GatewayProcess:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", GATEWAY_MAIN, str(self.port)], cwd=REPO, env=self.env,

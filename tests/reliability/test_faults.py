@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from e2e_services import make_settings_from, service_values, wait_terminal
+
 from musicedit.client import ApiError, MusiceditClient
 from musicedit.job_store import make_job_store
 from musicedit.jobs import EditJob, InputAudio, NormalizedInstruction
@@ -210,7 +210,7 @@ def test_a_job_that_keeps_killing_workers_is_dead_lettered_after_max_attempts(
 
     for attempt in (1, 2, 3):  # every worker that runs the job dies (kill -9) while on it
         worker = start_worker(values)
-        shared.wait_until(lambda: (v := client.get(job.id)).attempts == attempt
+        shared.wait_until(lambda n=attempt: (v := client.get(job.id)).attempts == n
                           and v.status.value == "running", 60, f"attempt {attempt} running")
         worker.kill9()
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from e2e_services import service_values, wait_terminal
+
 from musicedit.client import MusiceditClient
 from musicedit.settings import webhook_secret_from_api_key
 from musicedit.storage import result_key

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from e2e_services import service_values
-from musicedit.queue import queue_depth
 from stack_processes import rss_bytes
+
+from musicedit.queue import queue_depth
 
 ALICE = {"Authorization": "Bearer alice-secret-key"}
 MiB = 1024 * 1024
