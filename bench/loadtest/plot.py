@@ -27,12 +27,13 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 
 def _binned(records: list[dict[str, str]], value: str, end: float, width: int):
-    """Per `width`-second bin of the start time: rate per second, p50 and p99 of `value`."""
+    """Per `width`-second bin of the answer time (start + `value`): answers per second, and
+    p50 and p99 of `value`."""
     bins: dict[int, list[float]] = {}
     for record in records:
         v = float(record[value])
         if not math.isnan(v):
-            bins.setdefault(int(float(record["started"]) // width), []).append(v)
+            bins.setdefault(int((float(record["started"]) + v) // width), []).append(v)
     keys = list(range(int(end // width) + 1))
     return ([k * width for k in keys], [len(bins.get(k, [])) / width for k in keys],
             [percentile(bins.get(k, []), 50) for k in keys],
@@ -46,7 +47,9 @@ def plot(runs: list[Path], output: Path) -> None:
         records = _read(run / "requests.csv")
         series = _read(run / "timeseries.csv")
         summary = json.loads((run / "summary.json").read_text())
-        end = max([float(s["t"]) for s in series] + [1.0])
+        end = max([float(s["t"]) for s in series]
+                  + [float(r["started"]) + float(r["submit_seconds"]) for r in records
+                     if not math.isnan(float(r["submit_seconds"]))] + [1.0])
         # 1-s bins at high rates; 10-s bins smooth the sparse low-rate end-to-end runs
         width = 1 if summary["target_rate_per_s"] >= 5 else 10
         xs, accepted, p50, p99 = _binned(

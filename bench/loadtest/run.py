@@ -162,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                 for rate in [float(r) for r in args.gateway_rates.split(",") if r]]
         if args.client_rate:
             plan.append((args.gateway_clips.split(",")[0], args.client_rate, "client"))
+        import redis
+
         for clip, rate, generator in plan:
+            redis.Redis.from_url(stack.redis_url).flushdb()  # each run starts with no queue
             fmt, sample_rate, channels = clip.split("/")
             name = f"gateway-{fmt}{int(sample_rate) // 1000}k{channels}ch-{rate:g}-{generator}"
             print(f"\n== gateway phase: {rate:g} uploads/s of 10 s {fmt} clips ({sample_rate} "
@@ -181,8 +184,6 @@ def main(argv: list[str] | None = None) -> int:
             print("CPU cores used:", summary["cpu_cores"], flush=True)
             gateway_runs.append((name, summary))
         # the gateway phase left thousands of queued jobs: workers must not inherit them
-        import redis
-
         redis.Redis.from_url(stack.redis_url).flushdb()
         if not args.skip_e2e:
             print(f"\n== starting {args.workers} worker(s), tiny model, batch "
@@ -239,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
                         + locust_rows(out / "locust_stats.csv")), ""]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines))
-    runs = [out / name for name, _ in gateway_runs] + ([out / "mixed"] if mixed else [])
+    # the plot: each clip's raw run at the highest rate, then the end-to-end run
+    top = max((s["target_rate_per_s"] for _, s in gateway_runs), default=0)
+    runs = [out / name for name, s in gateway_runs
+            if s["target_rate_per_s"] == top and name.endswith("-raw")]
+    runs += [out / "mixed"] if mixed else []
     if runs:
         plot.plot(runs, out / "loadtest.png")
         print(f"plot: {out / 'loadtest.png'}")
