@@ -60,3 +60,11 @@ for _tag in ("!reset", "!override"):
 
 def load_compose(path: Path) -> dict:
     return yaml.load(path.read_text(), Loader=ComposeLoader)  # noqa: S506 (SafeLoader subclass)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

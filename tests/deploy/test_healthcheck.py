@@ -6,8 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import free_port
-from deploy_files import REPO
+from deploy_files import REPO, free_port
 
 SCRIPT = REPO / "deploy" / "healthcheck.py"
 
