@@ -70,7 +70,8 @@ class EditUser(HttpUser):
             "/v1/edits",
             files={"file": (f"clip.{options.clip_format}", _CLIPS[seconds],
                             "application/octet-stream")},
-            data={"instruction": random.choice(INSTRUCTIONS), "seed": str(random.randrange(1 << 30))},
+            data={"instruction": random.choice(INSTRUCTIONS),
+                  "seed": str(random.randrange(1 << 30))},
             name=f"POST /v1/edits [{seconds:g} s clip]",
             catch_response=True,
         ) as response:

@@ -32,8 +32,15 @@ from pathlib import Path
 import httpx
 
 from bench.loadtest.common import (
-    INSTRUCTIONS, fmt_ms, fmt_s, make_clip, parse_metric, parse_mix, percentile,
-    require_loopback, table,
+    INSTRUCTIONS,
+    fmt_ms,
+    fmt_s,
+    make_clip,
+    parse_metric,
+    parse_mix,
+    percentile,
+    require_loopback,
+    table,
 )
 from musicedit.client import ApiError, AsyncMusiceditClient
 
@@ -383,10 +390,12 @@ def _count(items) -> dict[str, int]:
 def print_summary(summary: dict[str, object]) -> None:
     rows = [["metric", "value"],
             ["scenario", str(summary["scenario"])],
-            ["jobs started / accepted", f"{summary['jobs_started']} / {summary['submits_accepted']}"],
+            ["jobs started / accepted",
+             f"{summary['jobs_started']} / {summary['submits_accepted']}"],
             ["accepted uploads/s (after ramp-up)", f"{summary['accepted_per_s_steady']:.1f}"],
             ["submit latency p50/p95/p99 (ms)", " / ".join(
-                fmt_ms(float(summary[k])) for k in ("submit_p50_s", "submit_p95_s", "submit_p99_s"))],
+                fmt_ms(float(summary[k]))
+                for k in ("submit_p50_s", "submit_p95_s", "submit_p99_s"))],
             ["errors (rate)", f"{summary['errors']} ({float(summary['error_rate']):.2%})"],
             ["max queue depth", f"{summary['queue_depth_max']:.0f}"]]
     if summary["scenario"] == "mixed":

@@ -219,7 +219,7 @@ class LocalStack:
                 "MUSICEDIT_MAX_BATCH_SIZE": str(max_batch_size),
             }), cwd=repo))
             self.worker_metrics_ports.append(port)
-        for port, process in zip(ports, self.workers[-count:]):
+        for port, process in zip(ports, self.workers[-count:], strict=True):
             def ready(port: int = port, process: subprocess.Popen = process) -> bool:
                 if process.poll() is not None:
                     raise SystemExit(f"a worker exited with {process.returncode}; see "

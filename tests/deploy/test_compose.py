@@ -7,7 +7,6 @@ import subprocess
 
 import pytest
 import yaml
-
 from deploy_files import REPO, check_settings_env, load_compose, tool
 
 ENV_EXAMPLE = REPO / "deploy" / "compose.env.example"

@@ -6,7 +6,6 @@ import json
 import re
 
 import yaml
-
 from deploy_files import REPO
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "musicedit.json"

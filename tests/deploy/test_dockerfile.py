@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from deploy_files import REPO, check_settings_env, tool
 
 DOCKERFILE = REPO / "Dockerfile"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from deploy_files import REPO, check_settings_env, load_yaml_documents
 
 K8S = REPO / "deploy" / "k8s"

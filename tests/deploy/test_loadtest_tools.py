@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from deploy_files import REPO
 
 
@@ -48,7 +47,7 @@ def test_arrival_schedule_ramps_then_holds():
     assert times == sorted(times)
     in_ramp = sum(t <= 4.0 for t in times)
     assert in_ramp == 20  # half the steady rate on average over the ramp
-    steady = [b - a for a, b in zip(times[30:], times[31:])]
+    steady = [b - a for a, b in zip(times[30:-1], times[31:], strict=True)]
     assert all(abs(gap - 0.1) < 1e-9 for gap in steady)
 
 
