@@ -150,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     store = app.state.context.store
     server = uvicorn.Server(uvicorn.Config(
-        app, host=settings.host, port=settings.port,
+        app, host=settings.host, port=settings.port, http="httptools", loop="uvloop",
         log_config=None, access_log=False))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     base_url = f"http://{host}:{settings.port}"

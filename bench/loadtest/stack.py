@@ -200,7 +200,8 @@ class LocalStack:
         self.processes["gateway"] = self._spawn("gateway", [
             sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
             "--host", "127.0.0.1", "--port", str(port), "--workers",
-            str(self.gateway_processes), "--no-access-log", "--log-level", "warning",
+            str(self.gateway_processes), "--http", "httptools", "--loop", "uvloop",
+            "--no-access-log", "--log-level", "warning",
         ], env=self._env({"MUSICEDIT_PORT": str(port)}), cwd=repo)
         wait_until(lambda: httpx.get(f"{self.base_url}/healthz").status_code == 200, 60,
                    f"gateway {self.base_url}")
