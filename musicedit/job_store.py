@@ -7,7 +7,9 @@ letters) is derived from the new record in the same transaction, so indexes neve
 with jobs.
 
 Two backends share the transition rules below:
-- `RedisJobStore` (production): WATCH/MULTI optimistic transactions.
+- `RedisJobStore` (production): WATCH/MULTI optimistic transactions; the two calls of every
+  submission (`admit`, `create_with_position`) are one round trip each (a pipeline, a Lua
+  script).
 - `SqliteJobStore` (embedded default): `BEGIN IMMEDIATE` transactions on one file, safe across
   the gateway and worker processes of one machine.
 """
@@ -22,7 +24,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import redis
 
@@ -49,11 +51,22 @@ RETRY_AFTER_QUEUE_FULL = 10
 RATE_WINDOW_SECONDS = 60
 
 
+class CreatedJob(NamedTuple):
+    """The stored job, whether this call created it, and its queue position (None unless
+    queued), all read in the transaction that wrote it."""
+
+    job: EditJob
+    created: bool
+    queue_position: int | None
+
+
 class JobStore(Protocol):
     """What the gateway and the worker may do with jobs."""
 
     # gateway side
+    def admit(self, owner: str, limit_per_minute: int, max_queued: int) -> None: ...
     def create(self, job: EditJob, *, max_queued_per_owner: int | None = None) -> tuple[EditJob, bool]: ...
+    def create_with_position(self, job: EditJob, *, max_queued_per_owner: int | None = None) -> CreatedJob: ...
     def find_idempotent(self, owner: str, idempotency_key: str, request_hash: str) -> EditJob | None: ...
     def get(self, job_id: str, owner: str | None = None) -> EditJob: ...
     def list_jobs(self, owner: str, limit: int = 20, before: int | None = None) -> list[EditJob]: ...
@@ -93,8 +106,14 @@ class BaseJobStore(ABC):
         """Atomically read job `job_id`, apply `transition`, write the new record + indexes."""
 
     @abstractmethod
-    def _insert(self, job: EditJob, max_queued_per_owner: int | None) -> tuple[EditJob, bool]:
-        """Atomically: resolve idempotency, check the owner's queued cap, assign seq, write."""
+    def _insert(self, job: EditJob, max_queued_per_owner: int | None) -> CreatedJob:
+        """Atomically: resolve idempotency, check the owner's queued cap, assign seq, write,
+        and read the queue position of the job returned."""
+
+    @abstractmethod
+    def _count_submission(self, owner: str) -> tuple[int, int]:
+        """Count one submission in the owner's current rate window; return (submissions in the
+        window including this one, the owner's queued jobs)."""
 
     @abstractmethod
     def _idempotency_record(self, owner: str, idempotency_key: str) -> tuple[str, str] | None:
@@ -104,6 +123,18 @@ class BaseJobStore(ABC):
     def _load(self, job_id: str) -> EditJob | None: ...
 
     # --- gateway side ----------------------------------------------------------------
+    def admit(self, owner: str, limit_per_minute: int, max_queued: int) -> None:
+        """Before an upload is read: count it against the owner's per-minute rate limit
+        (`RateLimited`), then check the owner's queued-jobs cap (`TooManyQueuedJobs`).
+
+        One round trip; `create` checks the cap again atomically when it writes the job.
+        """
+        count, queued = self._count_submission(owner)
+        if count > limit_per_minute:
+            raise self._rate_limited(limit_per_minute)
+        if queued >= max_queued:
+            raise _queue_full(queued, max_queued)
+
     def create(
         self, job: EditJob, *, max_queued_per_owner: int | None = None
     ) -> tuple[EditJob, bool]:
@@ -113,6 +144,14 @@ class BaseJobStore(ABC):
         (created=False); the same key with another hash raises `IdempotencyConflict`.
         Raises `TooManyQueuedJobs` when the owner already has `max_queued_per_owner` queued.
         """
+        stored = self.create_with_position(job, max_queued_per_owner=max_queued_per_owner)
+        return stored.job, stored.created
+
+    def create_with_position(
+        self, job: EditJob, *, max_queued_per_owner: int | None = None
+    ) -> CreatedJob:
+        """`create`, plus the returned job's queue position from the same transaction (on
+        Redis: one round trip for the whole submission record)."""
         job = job.model_copy(update={"state": JobState.queued, "attempts": 0, "lease": None})
         return self._insert(job, max_queued_per_owner)
 
@@ -320,13 +359,32 @@ class BaseJobStore(ABC):
         now = self.clock()
         return max(1, math.ceil(RATE_WINDOW_SECONDS - now % RATE_WINDOW_SECONDS))
 
+    def _rate_limited(self, limit_per_minute: int) -> RateLimited:
+        return RateLimited(
+            f"This API key sent more than {limit_per_minute} submissions this minute; "
+            "wait for the indicated delay.",
+            self._retry_after_window(),
+        )
+
+
+def _queue_full(queued: int, max_queued: int) -> TooManyQueuedJobs:
+    return TooManyQueuedJobs(
+        f"This API key already has {queued} queued jobs (limit {max_queued}); wait for some "
+        "to start or cancel some.",
+        RETRY_AFTER_QUEUE_FULL,
+    )
+
 
 def _check_idempotency(stored_hash: str, request_hash: str | None, key: str) -> None:
     if stored_hash != request_hash:
-        raise IdempotencyConflict(
-            f"Idempotency-Key {key!r} was already used with a different request; use a new "
-            "key for a different request, or resend the identical request."
-        )
+        raise _idempotency_conflict(key)
+
+
+def _idempotency_conflict(key: str) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        f"Idempotency-Key {key!r} was already used with a different request; use a new "
+        "key for a different request, or resend the identical request."
+    )
 
 
 def _object_keys(job: EditJob) -> list[str]:
@@ -352,6 +410,43 @@ def _redis_errors(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+_SEQ_TAIL = '"seq":0}'
+
+# `_insert` in one round trip: idempotency record, queued cap, seq, the record and the indexes
+# `RedisJobStore._write` derives for a queued job, and the queue position of the job returned.
+# KEYS: seq counter, queued zset, owner's queued set, owner's jobs zset, job, [idempotency].
+# ARGV: job id, record JSON without its seq value and closing brace, queued cap (-1 = none),
+#       request hash, idempotency record, its TTL in seconds, job key prefix.
+_INSERT_SCRIPT = """
+local job_id = ARGV[1]
+if KEYS[6] then
+  local record = redis.call('GET', KEYS[6])
+  if record then
+    local stored = cjson.decode(record)
+    local stored_hash = stored[1]
+    if stored_hash == cjson.null then stored_hash = '' end
+    if stored_hash ~= ARGV[4] then return {'conflict'} end
+    local existing = redis.call('GET', ARGV[7] .. stored[2])
+    if existing then
+      return {'existing', existing, redis.call('ZRANK', KEYS[2], stored[2]) or -1}
+    end
+  end
+end
+local cap = tonumber(ARGV[3])
+if cap >= 0 then
+  local queued = redis.call('SCARD', KEYS[3])
+  if queued >= cap then return {'full', queued} end
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[5], ARGV[2] .. seq .. '}')
+redis.call('ZADD', KEYS[4], seq, job_id)
+redis.call('ZADD', KEYS[2], seq, job_id)
+redis.call('SADD', KEYS[3], job_id)
+if KEYS[6] then redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[6]) end
+return {'created', seq, redis.call('ZRANK', KEYS[2], job_id)}
+"""
+
+
 class RedisJobStore(BaseJobStore):
     """Jobs as JSON strings; indexes as sorted sets, all under `prefix`."""
 
@@ -367,6 +462,7 @@ class RedisJobStore(BaseJobStore):
         super().__init__(retention_seconds=retention_seconds, max_attempts=max_attempts, clock=clock)
         self.redis = client
         self.p = prefix
+        self._insert_script = client.register_script(_INSERT_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, settings: Settings, clock: Clock = time.time) -> "RedisJobStore":
@@ -456,45 +552,42 @@ class RedisJobStore(BaseJobStore):
                     continue
 
     @_redis_errors
-    def _insert(self, job: EditJob, max_queued_per_owner: int | None) -> tuple[EditJob, bool]:
-        idem_key = self._idem(job.owner, job.idempotency_key) if job.idempotency_key else None
-        owner_queued = self._owner_queued(job.owner)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(owner_queued, *([idem_key] if idem_key else []))
-                    if idem_key:
-                        record = pipe.get(idem_key)
-                        if record:
-                            stored_hash, job_id = json.loads(record)
-                            _check_idempotency(stored_hash, job.request_hash, job.idempotency_key)
-                            existing = self._load(job_id)
-                            if existing is not None:
-                                pipe.unwatch()
-                                return existing, False
-                    if max_queued_per_owner is not None:
-                        queued = pipe.scard(owner_queued)
-                        if queued >= max_queued_per_owner:
-                            raise TooManyQueuedJobs(
-                                f"This API key already has {queued} queued jobs (limit "
-                                f"{max_queued_per_owner}); wait for some to start or cancel "
-                                "some.",
-                                RETRY_AFTER_QUEUE_FULL,
-                            )
-                    seq = int(self.redis.incr(f"{self.p}seq"))
-                    new = job.model_copy(update={"seq": seq})
-                    pipe.multi()
-                    if idem_key:
-                        pipe.set(
-                            idem_key,
-                            json.dumps([job.request_hash, job.id]),
-                            ex=int(self.retention_seconds),
-                        )
-                    self._write(pipe, new)
-                    pipe.execute()
-                    return new, True
-                except redis.WatchError:
-                    continue
+    def _insert(self, job: EditJob, max_queued_per_owner: int | None) -> CreatedJob:
+        record = job.model_copy(update={"seq": 0}).model_dump_json()
+        # The script appends the seq it assigns: `seq` is EditJob's last field.
+        if not record.endswith(_SEQ_TAIL):
+            raise AssertionError("EditJob JSON must end with its seq field")
+        keys = [f"{self.p}seq", self._queued, self._owner_queued(job.owner),
+                self._owner_jobs(job.owner), self._job(job.id)]
+        if job.idempotency_key:
+            keys.append(self._idem(job.owner, job.idempotency_key))
+        reply = self._insert_script(keys=keys, args=[
+            job.id, record[: -len("0}")],
+            -1 if max_queued_per_owner is None else max_queued_per_owner,
+            job.request_hash or "", json.dumps([job.request_hash, job.id]),
+            int(self.retention_seconds), self._job(""),
+        ])
+        outcome = reply[0].decode()
+        if outcome == "conflict":
+            raise _idempotency_conflict(job.idempotency_key or "")
+        if outcome == "full":
+            raise _queue_full(int(reply[1]), max_queued_per_owner or 0)
+        rank = int(reply[2])
+        position = None if rank < 0 else rank
+        if outcome == "existing":
+            return CreatedJob(EditJob.model_validate_json(reply[1]), False, position)
+        return CreatedJob(job.model_copy(update={"seq": int(reply[1])}), True, position)
+
+    @_redis_errors
+    def _count_submission(self, owner: str) -> tuple[int, int]:
+        window = int(self.clock() // RATE_WINDOW_SECONDS)
+        key = f"{self.p}rate:{owner}:{window}"
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, RATE_WINDOW_SECONDS * 2)
+            pipe.scard(self._owner_queued(owner))
+            count, _, queued = pipe.execute()
+        return int(count), int(queued)
 
     @_redis_errors
     def discard(self, job_id: str) -> None:
@@ -560,11 +653,7 @@ class RedisJobStore(BaseJobStore):
             pipe.expire(key, RATE_WINDOW_SECONDS * 2)
             count, _ = pipe.execute()
         if int(count) > limit_per_minute:
-            raise RateLimited(
-                f"This API key sent more than {limit_per_minute} submissions this minute; "
-                "wait for the indicated delay.",
-                self._retry_after_window(),
-            )
+            raise self._rate_limited(limit_per_minute)
 
     @_redis_errors
     def expired_leases(self) -> list[str]:
@@ -742,7 +831,7 @@ class SqliteJobStore(BaseJobStore):
             return result
 
     @_sqlite_errors
-    def _insert(self, job: EditJob, max_queued_per_owner: int | None) -> tuple[EditJob, bool]:
+    def _insert(self, job: EditJob, max_queued_per_owner: int | None) -> CreatedJob:
         now = self.clock()
         with self._write_tx() as conn:
             if job.idempotency_key:
@@ -757,7 +846,8 @@ class SqliteJobStore(BaseJobStore):
                         "SELECT seq, data FROM jobs WHERE id=?", (row["job_id"],)
                     ).fetchone()
                     if existing:
-                        return _row_job(existing), False
+                        found = _row_job(existing)
+                        return CreatedJob(found, False, _queue_position(conn, found))
                     conn.execute(
                         "DELETE FROM idempotency WHERE owner=? AND key=?",
                         (job.owner, job.idempotency_key),
@@ -767,11 +857,7 @@ class SqliteJobStore(BaseJobStore):
                     "SELECT count(*) FROM jobs WHERE owner=? AND state='queued'", (job.owner,)
                 ).fetchone()
                 if queued >= max_queued_per_owner:
-                    raise TooManyQueuedJobs(
-                        f"This API key already has {queued} queued jobs (limit "
-                        f"{max_queued_per_owner}); wait for some to start or cancel some.",
-                        RETRY_AFTER_QUEUE_FULL,
-                    )
+                    raise _queue_full(queued, max_queued_per_owner)
             cursor = conn.execute(
                 "INSERT INTO jobs (id, owner, state, lease_expires_at, finished_at, "
                 "dead_lettered, data) VALUES (:id, :owner, :state, :lease_expires_at, "
@@ -791,7 +877,7 @@ class SqliteJobStore(BaseJobStore):
                         now + self.retention_seconds,
                     ),
                 )
-            return new, True
+            return CreatedJob(new, True, _queue_position(conn, new))
 
     @_sqlite_errors
     def discard(self, job_id: str) -> None:
@@ -853,23 +939,32 @@ class SqliteJobStore(BaseJobStore):
     @_sqlite_errors
     def check_rate_limit(self, owner: str, limit_per_minute: int) -> None:
         """Count one submission in the current one-minute window; raise `RateLimited` if over."""
-        window = int(self.clock() // RATE_WINDOW_SECONDS)
         with self._write_tx() as conn:
-            conn.execute("DELETE FROM rate_windows WHERE window < ?", (window - 1,))
-            conn.execute(
-                "INSERT INTO rate_windows VALUES (?, ?, 1) ON CONFLICT (owner, window) "
-                "DO UPDATE SET count = count + 1",
-                (owner, window),
-            )
-            (count,) = conn.execute(
-                "SELECT count FROM rate_windows WHERE owner=? AND window=?", (owner, window)
-            ).fetchone()
+            count = self._count_in_window(conn, owner)
         if count > limit_per_minute:
-            raise RateLimited(
-                f"This API key sent more than {limit_per_minute} submissions this minute; "
-                "wait for the indicated delay.",
-                self._retry_after_window(),
-            )
+            raise self._rate_limited(limit_per_minute)
+
+    @_sqlite_errors
+    def _count_submission(self, owner: str) -> tuple[int, int]:
+        with self._write_tx() as conn:
+            count = self._count_in_window(conn, owner)
+            (queued,) = conn.execute(
+                "SELECT count(*) FROM jobs WHERE owner=? AND state='queued'", (owner,)
+            ).fetchone()
+        return count, int(queued)
+
+    def _count_in_window(self, conn: sqlite3.Connection, owner: str) -> int:
+        window = int(self.clock() // RATE_WINDOW_SECONDS)
+        conn.execute("DELETE FROM rate_windows WHERE window < ?", (window - 1,))
+        conn.execute(
+            "INSERT INTO rate_windows VALUES (?, ?, 1) ON CONFLICT (owner, window) "
+            "DO UPDATE SET count = count + 1",
+            (owner, window),
+        )
+        (count,) = conn.execute(
+            "SELECT count FROM rate_windows WHERE owner=? AND window=?", (owner, window)
+        ).fetchone()
+        return int(count)
 
     @_sqlite_errors
     def expired_leases(self) -> list[str]:
@@ -944,6 +1039,15 @@ class _Transaction:
             self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:
             self.conn.close()
+
+
+def _queue_position(conn: sqlite3.Connection, job: EditJob) -> int | None:
+    if job.state is not JobState.queued:
+        return None
+    (ahead,) = conn.execute(
+        "SELECT count(*) FROM jobs WHERE state='queued' AND seq < ?", (job.seq,)
+    ).fetchone()
+    return int(ahead)
 
 
 def _row_job(row: sqlite3.Row) -> EditJob:

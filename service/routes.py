@@ -96,9 +96,7 @@ async def create_edit(
 ) -> EditJobView:
     """Upload a clip and an instruction; poll `status_url` or wait for the webhook."""
     submission = await submit_edit(request, context, key, idempotency_key)
-    job = submission.job
-    position = await run_in_threadpool(context.store.queue_position, job.id)
-    view = _view(request, context, job, position)
+    view = _view(request, context, submission.job, submission.queue_position)
     response.headers["Location"] = view.status_url
     if not submission.created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -4,6 +4,11 @@ Order matters: everything that can reject the request (caps, multipart, fields, 
 webhook URL, audio probe, idempotency) runs before anything is written, so a rejected request
 leaves nothing in storage and nothing in the queue. Only then: store the input, create the
 job, enqueue the wake-up message; a failure in those steps undoes the earlier ones.
+
+Thread-pool hops cost CPU on a busy gateway, so a submission makes two: the admission check
+(rate limit and queued cap, one job-store round trip) before the body is read, so a caller
+over its limits never makes us read its upload; and everything after the body, in one
+`_submit_upload` call.
 """
 
 from __future__ import annotations
@@ -13,16 +18,17 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from musicedit.audio_probe import AudioLimits, probe_audio
-from musicedit.errors import InvalidRequest, MusiceditError, TooManyQueuedJobs
+from musicedit.errors import InvalidRequest, MusiceditError
 from musicedit.instructions import normalize_instruction
-from musicedit.job_store import RETRY_AFTER_QUEUE_FULL
 from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction, SamplingParams
 from musicedit.logs import log_event
 from musicedit.queue import enqueue_edit
@@ -44,6 +50,7 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 class Submission:
     job: EditJob
     created: bool
+    queue_position: int | None  # read when the job was stored; None unless queued
 
 
 def _check_idempotency_key(value: str | None) -> str | None:
@@ -118,18 +125,11 @@ def _request_hash(
 async def submit_edit(
     request: Request, context: ServiceContext, key: ApiKey, idempotency_key: str | None
 ) -> Submission:
-    settings, store = context.settings, context.store
+    settings = context.settings
     idempotency_key = _check_idempotency_key(idempotency_key)
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
-    await run_in_threadpool(store.check_rate_limit, key.name, settings.rate_limit_per_minute)
-    queued = await run_in_threadpool(store.count_queued, key.name)
-    if queued >= settings.max_queued_jobs_per_key:
-        raise TooManyQueuedJobs(
-            f"This API key already has {queued} queued jobs (limit "
-            f"{settings.max_queued_jobs_per_key}); wait for some to start or cancel some.",
-            RETRY_AFTER_QUEUE_FULL,
-        )
-
+    await run_in_threadpool(context.store.admit, key.name, settings.rate_limit_per_minute,
+                            settings.max_queued_jobs_per_key)
     upload = await receive_multipart(
         request.headers.get("content-type"),
         request.stream(),
@@ -138,28 +138,43 @@ async def submit_edit(
         tmp_dir=settings.data_dir / "tmp",
     )
     try:
+        return await run_in_threadpool(
+            _submit_upload, context, key, idempotency_key, upload, request.scope
+        )
+    finally:
+        upload.cleanup()
+
+
+def _submit_upload(
+    context: ServiceContext,
+    key: ApiKey,
+    idempotency_key: str | None,
+    upload: MultipartUpload,
+    scope: MutableMapping[str, Any],
+) -> Submission:
+    """Validate, probe, store the input, create the job, send its message (one thread)."""
+    settings, store = context.settings, context.store
+    try:
         instruction, params, output_format, webhook_url = _validate_fields(upload, context)
         if webhook_url:
-            await run_in_threadpool(check_webhook_url, webhook_url, settings.webhook_allow_private)
+            check_webhook_url(webhook_url, settings.webhook_allow_private)
         assert upload.file_path is not None
-        info = await run_in_threadpool(
-            probe_audio, upload.file_path, AudioLimits.from_settings(settings)
-        )
+        info = probe_audio(upload.file_path, AudioLimits.from_settings(settings))
         request_hash = _request_hash(upload, instruction, params, output_format, webhook_url)
         if idempotency_key:
-            existing = await run_in_threadpool(
-                store.find_idempotent, key.name, idempotency_key, request_hash
-            )
+            existing = store.find_idempotent(key.name, idempotency_key, request_hash)
             if existing is not None:
+                position = None
                 if existing.state is JobState.queued:
                     # The first attempt may have created the job and then lost its message
                     # (store and broker failing together, answered 503). A second wake-up is
                     # harmless: `claim` runs a job once, extra messages are skipped.
-                    await run_in_threadpool(enqueue_edit, context.celery, existing.id)
-                return Submission(existing, created=False)
+                    enqueue_edit(context.celery, existing.id)
+                    position = store.queue_position(existing.id)
+                return Submission(existing, created=False, queue_position=position)
 
         job_id = uuid.uuid4().hex
-        request.scope["musicedit.job_id"] = job_id
+        scope["musicedit.job_id"] = job_id
         job = EditJob(
             id=job_id,
             owner=key.name,
@@ -178,31 +193,31 @@ async def submit_edit(
             idempotency_key=idempotency_key,
             request_hash=request_hash,
         )
-        await run_in_threadpool(_store_input, context, job, upload)
+        _store_input(context, job, upload)
     finally:
         upload.cleanup()
 
     try:
-        stored, created = await run_in_threadpool(
-            store.create, job, max_queued_per_owner=settings.max_queued_jobs_per_key
+        stored = store.create_with_position(
+            job, max_queued_per_owner=settings.max_queued_jobs_per_key
         )
     except BaseException:
-        await run_in_threadpool(_delete_quietly, context, job.input_key)
+        _delete_quietly(context, job.input_key)
         raise
-    if not created:  # lost an idempotency race: the other request's job stands
-        await run_in_threadpool(_delete_quietly, context, job.input_key)
-        return Submission(stored, created=False)
+    if not stored.created:  # lost an idempotency race: the other request's job stands
+        _delete_quietly(context, job.input_key)
+        return Submission(stored.job, created=False, queue_position=stored.queue_position)
     try:
-        await run_in_threadpool(enqueue_edit, context.celery, stored.id)
+        enqueue_edit(context.celery, stored.job.id)
     except MusiceditError:
-        await run_in_threadpool(_withdraw, context, stored)
+        _withdraw(context, stored.job)
         raise
     context.metrics.jobs.labels(JobState.queued.value).inc()
     context.metrics.upload_bytes.observe(upload.file_size)
-    log_event(log, "job_submitted", job_id=stored.id, key_name=key.name,
+    log_event(log, "job_submitted", job_id=stored.job.id, key_name=key.name,
               instruction=instruction.text, input_seconds=round(info.duration_seconds, 3),
               input_format=info.format, file_name=upload.file_name)
-    return Submission(stored, created=True)
+    return Submission(stored.job, created=True, queue_position=stored.queue_position)
 
 
 def _store_input(context: ServiceContext, job: EditJob, upload: MultipartUpload) -> None:

@@ -236,6 +236,43 @@ def test_rate_limit_fixed_window(store, clock):
     store.check_rate_limit("alice", 3)
 
 
+def test_admit_counts_the_rate_window_then_checks_the_queued_cap(store, clock):
+    clock.now = 1_800_000_000.0 - (1_800_000_000.0 % 60) + 10
+    store.admit("alice", 3, max_queued=1)
+    store.create(new_job("alice"))
+    with pytest.raises(TooManyQueuedJobs, match=r"already has 1 queued jobs \(limit 1\)"):
+        store.admit("alice", 3, max_queued=1)  # second submission this minute, cap reached
+    store.admit("alice", 3, max_queued=2)  # third
+    with pytest.raises(RateLimited, match="more than 3 submissions") as info:
+        store.admit("alice", 3, max_queued=0)  # the rate limit is checked first
+    assert info.value.retry_after == 50
+    store.admit("bob", 3, max_queued=1)  # per key
+    store.check_rate_limit("bob", 2)  # the same window counter as check_rate_limit
+    with pytest.raises(RateLimited):
+        store.check_rate_limit("bob", 2)
+    clock.advance(50)
+    store.admit("alice", 3, max_queued=2)
+
+
+def test_create_with_position_reads_the_position_in_the_same_call(store):
+    first = store.create_with_position(new_job("alice"))
+    second = store.create_with_position(new_job("bob", idempotency_key="k", request_hash="h"))
+    assert (first.created, first.queue_position) == (True, 0)
+    assert (second.created, second.queue_position) == (True, 1)
+    assert store.get(second.job.id).seq == second.job.seq > first.job.seq
+    assert store.queue_position(second.job.id) == 1
+    replay = store.create_with_position(new_job("bob", idempotency_key="k", request_hash="h"))
+    assert (replay.job.id, replay.created, replay.queue_position) == (second.job.id, False, 1)
+    store.claim(second.job.id, "w1", 30)
+    replay = store.create_with_position(new_job("bob", idempotency_key="k", request_hash="h"))
+    assert replay.job.state is JobState.running and replay.queue_position is None
+    with pytest.raises(IdempotencyConflict):
+        store.create_with_position(new_job("bob", idempotency_key="k", request_hash="other"))
+    with pytest.raises(TooManyQueuedJobs, match=r"already has 1 queued jobs \(limit 1\)"):
+        store.create_with_position(new_job("alice"), max_queued_per_owner=1)
+    assert [j.id for j in store.list_jobs("alice")] == [first.job.id]
+
+
 def test_worker_heartbeats(store, clock):
     store.register_worker_heartbeat("w1", {"host": "gpu-1", "max_batch_size": 8})
     assert [w["worker_id"] for w in store.live_workers(30)] == ["w1"]
