@@ -2,8 +2,23 @@
 
 The format is decided by the bytes (libsndfile sniffs the header), never by the declared
 content type or the file name: an MP3 uploaded as `audio/wav` is probed, and accepted, as MP3;
-random bytes named `.wav` are rejected as not audio. Samples are scanned in fixed-size blocks,
+random bytes named `.wav` are rejected as not audio. Samples are read in fixed-size blocks,
 so memory stays bounded whatever the duration.
+
+What an accepted file is guaranteed to be (`probe_audio`), for every format:
+- an accepted format, sample rate and channel count (from the header);
+- a length within [min_seconds, max_seconds] as libsndfile decodes it: libsndfile never
+  returns more frames than the header declares, and the stream is decoded up to its
+  declared end (else the file is decoded in full and its real length is used);
+- not silent: some sample reaches `silence_peak_threshold` (a silent file is read in full).
+
+Only float WAV (FLOAT/DOUBLE subtypes) can store NaN/inf samples without any decoding, and
+it costs no decoding to read: it is read in full, every sample checked. Every other file is
+read from the start only until its first audible block, plus its last block (a bounded
+scan: decoding a whole 10 s MP3 took half the gateway's CPU per upload). Those blocks are
+checked for NaN/inf too; the rest is not decoded here, so a compressed stream whose decoder
+yields NaN/inf or fails in the middle (possible only in a crafted file) fails later, in the
+worker: `read_audio` and `to_codec_input` reject it and the job fails with that message.
 """
 
 from __future__ import annotations
@@ -21,11 +36,15 @@ from musicedit.settings import Settings
 ACCEPTED_FORMATS = {"WAV": "WAV", "WAVEX": "WAV", "FLAC": "FLAC", "OGG": "OGG", "MP3": "MP3"}
 _ACCEPTED_TEXT = "WAV, FLAC, OGG (Vorbis/Opus) or MP3"
 BLOCK_FRAMES = 65536
+FIRST_BLOCK_FRAMES = 8192  # most clips are audible within their first 0.2 s
+TAIL_FRAMES = 1024
+FULL_SCAN_SUBTYPES = {"FLOAT", "DOUBLE"}  # sample formats that can hold NaN/inf
 
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What the probe learned about a file; `peak` is the largest absolute sample value."""
+    """What the probe learned about a file; `peak` is the largest absolute sample value of
+    the blocks the probe read (at least the silence threshold for an accepted file)."""
 
     format: str
     subtype: str
@@ -120,7 +139,11 @@ def probe_audio(path: str | Path, limits: AudioLimits) -> AudioInfo:
         declared = handle.frames if handle.frames and handle.frames > 0 else 0
         if declared / sample_rate > limits.max_seconds:
             raise InvalidAudio(_too_long(declared / sample_rate, limits))
-        frames, peak = _scan(handle, sample_rate, limits)
+        subtype = handle.subtype
+        if declared == 0 or subtype in FULL_SCAN_SUBTYPES:
+            frames, peak = _scan(handle, sample_rate, limits)
+        else:
+            frames, peak = _bounded_scan(handle, path, declared, sample_rate, limits)
     duration = frames / sample_rate
     if duration < limits.min_seconds:
         raise InvalidAudio(
@@ -132,31 +155,72 @@ def probe_audio(path: str | Path, limits: AudioLimits) -> AudioInfo:
             f"The audio is silent (peak {peak:.2e}, threshold {limits.silence_peak_threshold:.0e}"
             " of full scale). Send a clip with audible content."
         )
-    return AudioInfo(fmt, handle.subtype, sample_rate, channels, frames, duration, peak)
+    return AudioInfo(fmt, subtype, sample_rate, channels, frames, duration, peak)
 
 
-def _scan(handle: sf.SoundFile, sample_rate: int, limits: AudioLimits) -> tuple[int, float]:
-    """Read every block: count frames, track the peak, reject non-finite samples."""
+def _scan(
+    handle: sf.SoundFile, sample_rate: int, limits: AudioLimits, until_audible: bool = False
+) -> tuple[int, float]:
+    """Read blocks from the current position to the end (or, with `until_audible`, up to the
+    first block whose peak reaches the silence threshold): count frames, track the peak,
+    reject non-finite samples. Returns (frames read, peak)."""
     frames, peak = 0, 0.0
+    size = FIRST_BLOCK_FRAMES if until_audible else BLOCK_FRAMES
     try:
         while True:
-            block = handle.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+            block = handle.read(size, dtype="float32", always_2d=True)
+            size = BLOCK_FRAMES
             if block.shape[0] == 0:
                 break
             frames += block.shape[0]
             if frames / sample_rate > limits.max_seconds:
                 raise InvalidAudio(_too_long(frames / sample_rate, limits, at_least=True))
-            if not np.isfinite(block).all():
-                raise InvalidAudio(
-                    "The audio contains NaN or infinite sample values. Re-export it as PCM or "
-                    "as float with finite values."
-                )
+            _check_finite(block)
             peak = max(peak, float(np.abs(block).max()))
+            if until_audible and peak >= limits.silence_peak_threshold:
+                break
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise UnsupportedAudio(
-            f"The audio data is corrupt ({_short(exc)}). Send a complete {_ACCEPTED_TEXT} file."
-        ) from exc
+        raise _corrupt(exc) from exc
     return frames, peak
+
+
+def _bounded_scan(
+    handle: sf.SoundFile, path: Path, declared: int, sample_rate: int, limits: AudioLimits
+) -> tuple[int, float]:
+    """Decode until the first audible block, then the last `TAIL_FRAMES` of the declared
+    length. A stream that does not reach its declared end is decoded again in full, so its
+    real length (or the decoder's error) is what counts, as with a full scan."""
+    frames, peak = _scan(handle, sample_rate, limits, until_audible=True)
+    if peak < limits.silence_peak_threshold or frames >= declared:
+        return frames, peak  # read to the end already
+    start = max(frames, declared - TAIL_FRAMES)
+    try:
+        handle.seek(start)
+        tail = handle.read(declared - start, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError):
+        tail = None
+    if tail is not None and tail.shape[0] == declared - start:
+        _check_finite(tail)
+        return declared, max(peak, float(np.abs(tail).max()))
+    try:
+        with sf.SoundFile(str(path)) as again:
+            return _scan(again, sample_rate, limits)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise _corrupt(exc) from exc
+
+
+def _check_finite(block: np.ndarray) -> None:
+    if not np.isfinite(block).all():
+        raise InvalidAudio(
+            "The audio contains NaN or infinite sample values. Re-export it as PCM or "
+            "as float with finite values."
+        )
+
+
+def _corrupt(exc: Exception) -> UnsupportedAudio:
+    return UnsupportedAudio(
+        f"The audio data is corrupt ({_short(exc)}). Send a complete {_ACCEPTED_TEXT} file."
+    )
 
 
 def _too_long(seconds: float, limits: AudioLimits, at_least: bool = False) -> str:

@@ -98,3 +98,45 @@ def test_long_files_are_scanned_in_blocks(tmp_path):
     sf.write(str(path), data, 48000, subtype="FLOAT")
     with pytest.raises(InvalidAudio, match="NaN"):
         probe_audio(path, LIMITS)
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC", "OGG", "MP3"])
+def test_length_is_the_decoded_length(audio_factory, fmt):
+    # the probe reads only the head and the tail of most files: its length must still be
+    # what a full decode (the worker's read_audio) gets
+    path = audio_factory(seconds=3.0, sample_rate=44100, channels=2, format=fmt)
+    decoded, _ = sf.read(str(path), dtype="float32", always_2d=True)
+    info = probe_audio(path, LIMITS)
+    assert info.frames == decoded.shape[0]
+    assert info.peak >= LIMITS.silence_peak_threshold
+
+
+@pytest.mark.parametrize("fmt", ["FLAC", "OGG", "MP3"])
+def test_a_long_silent_intro_is_not_silence(tmp_path, fmt):
+    path = tmp_path / f"intro.{fmt.lower()}"
+    data = np.zeros((6 * 44100, 2), dtype="float32")
+    data[-44100:] = np.random.default_rng(0).standard_normal((44100, 2)) * 0.1  # last second
+    sf.write(str(path), data, 44100, format=fmt)
+    assert probe_audio(path, LIMITS).duration_seconds == pytest.approx(6.0, abs=0.06)
+
+
+def test_an_mp3_shorter_than_its_header_gets_its_real_length(audio_factory, tmp_path):
+    # LAME's Info header declares 10 s; only the first ~30 % of the frames are present
+    data = audio_factory(seconds=10.0, sample_rate=44100, channels=2, format="MP3").read_bytes()
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(data[: len(data) * 3 // 10])
+    with sf.SoundFile(str(cut)) as handle:
+        assert handle.frames == 441000
+    decoded, _ = sf.read(str(cut), dtype="float32", always_2d=True)
+    info = probe_audio(cut, LIMITS)
+    assert info.frames == decoded.shape[0] < 441000 * 0.35
+    with pytest.raises(InvalidAudio, match="minimum is 5.0 s"):
+        probe_audio(cut, AudioLimits(5.0, 30.0, 192_000, 8, 1e-4))
+
+
+def test_a_truncated_flac_is_corrupt(audio_factory, tmp_path):
+    data = audio_factory(seconds=10.0, sample_rate=44100, channels=2, format="FLAC").read_bytes()
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UnsupportedAudio, match="corrupt"):
+        probe_audio(cut, LIMITS)
