@@ -26,6 +26,9 @@ T = TypeVar("T")
 RETRY_AFTER_UNAVAILABLE = 5
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 _COPY_CHUNK = 1024 * 1024
+# >= the gateway's thread pool (anyio's default 40 threads): past the pool size urllib3 opens
+# and then discards a fresh connection per request.
+S3_MAX_POOL_CONNECTIONS = 64
 
 
 def input_key(job_id: str) -> str:
@@ -192,12 +195,19 @@ class S3Storage:
     ) -> None:
         self.bucket = bucket
         self.chunk_bytes = chunk_bytes
+        # One client (and connection pool) per process, made once. Per call it skips what S3
+        # does not require: the CRC32 of every body (SigV4 still signs the body's SHA-256 over
+        # plain HTTP; TLS protects it otherwise) and re-validating parameters we build
+        # ourselves (keys pass `check_key`).
         config = Config(
             signature_version="s3v4",
             s3={"addressing_style": "path" if path_style else "auto"},
             connect_timeout=connect_timeout,
             read_timeout=60,
             retries={"max_attempts": max_attempts, "mode": "standard"},
+            max_pool_connections=S3_MAX_POOL_CONNECTIONS,
+            request_checksum_calculation="when_required",
+            parameter_validation=False,
         )
         self.client = boto3.session.Session().client(
             "s3",
