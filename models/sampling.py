@@ -5,6 +5,7 @@ job samples the same tokens alone or inside a batch of other jobs.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,10 @@ class SamplingParams:
     cfg_coef: float = 3.0
 
     def validate(self, card: int) -> None:
+        """Raise ValueError naming the first parameter the model cannot use."""
+        for name in ("top_p", "temperature", "cfg_coef"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = no cut; values above {card} keep every "
                              f"token), got {self.top_k}")

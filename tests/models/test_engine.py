@@ -155,6 +155,9 @@ def test_background_loop_and_input_limits(tiny):
     engine = EditEngine(tiny, EngineConfig(max_batch_size=2, max_input_seconds=2.0, **SMALL))
     with pytest.raises(InputTooLong, match="at most 2 s"):
         engine.submit(EditRequest("x", _clip(2.5, 1), 32000, ADD))
+    for bad in (dict(cfg_coef=float("inf")), dict(temperature=float("nan")), dict(top_k=-1)):
+        with pytest.raises(ValueError, match="cfg_coef|temperature|top_k"):
+            engine.submit(EditRequest("x", _clip(0.5, 1), 32000, ADD, SamplingParams(**bad)))
     engine.start()
     try:
         handles = [engine.submit(EditRequest(f"bg{i}", _clip(0.6, i), 44100, ADD,

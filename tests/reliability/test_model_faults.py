@@ -6,14 +6,24 @@ from __future__ import annotations
 import dataclasses
 import threading
 
+from models.sampling import SamplingParams
 from musicedit.jobs import JobState
 from worker.edit_job import JobOutcome, run_edit_job
 
 
+@dataclasses.dataclass(frozen=True)
+class UncheckedParams(SamplingParams):
+    """Parameters whose validation was skipped: both the gateway and the engine reject a
+    non-finite cfg_coef, so only a bug in both could let one through."""
+
+    def validate(self, card: int) -> None:
+        return None
+
+
 class ParamsSlippedPastValidation:
     """The worker's real engine, except that job `job_id` reaches it with `cfg_coef=inf`, as if
-    that value had slipped past the gateway's validation: the model then produces non-finite
-    logits for that row of the batch, and only that row."""
+    that value had slipped past every validation: the model then produces non-finite logits
+    for that row of the batch, and only that row."""
 
     def __init__(self, engine, job_id: str) -> None:
         self.engine = engine
@@ -21,8 +31,8 @@ class ParamsSlippedPastValidation:
 
     def submit(self, request):
         if request.job_id == self.job_id:
-            request = dataclasses.replace(
-                request, params=dataclasses.replace(request.params, cfg_coef=float("inf")))
+            fields = dataclasses.asdict(request.params) | {"cfg_coef": float("inf")}
+            request = dataclasses.replace(request, params=UncheckedParams(**fields))
         return self.engine.submit(request)
 
     def __getattr__(self, name: str):
