@@ -87,6 +87,7 @@ class JobStore(Protocol):
     def release(self, job_id: str, worker_id: str) -> EditJob: ...
     def acknowledge_cancel(self, job_id: str, worker_id: str) -> EditJob: ...
     def expired_leases(self) -> list[str]: ...
+    def oldest_queued(self, limit: int = 20) -> list[EditJob]: ...
     def dead_letters(self, limit: int = 100) -> list[EditJob]: ...
     def register_worker_heartbeat(self, worker_id: str, info: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
@@ -661,6 +662,11 @@ class RedisJobStore(BaseJobStore):
         return [j.decode() for j in ids]
 
     @_redis_errors
+    def oldest_queued(self, limit: int = 20) -> list[EditJob]:
+        """The first `limit` queued jobs, oldest first (for re-sending lost wake-ups)."""
+        return self._load_many(self.redis.zrange(self._queued, 0, limit - 1))
+
+    @_redis_errors
     def dead_letters(self, limit: int = 100) -> list[EditJob]:
         return self._load_many(self.redis.zrevrange(self._dead, 0, limit - 1))
 
@@ -973,6 +979,13 @@ class SqliteJobStore(BaseJobStore):
             (self.clock(),),
         )
         return [row["id"] for row in rows]
+
+    @_sqlite_errors
+    def oldest_queued(self, limit: int = 20) -> list[EditJob]:
+        """The first `limit` queued jobs, oldest first (for re-sending lost wake-ups)."""
+        rows = self._select(
+            "SELECT seq, data FROM jobs WHERE state='queued' ORDER BY seq LIMIT ?", (limit,))
+        return [_row_job(row) for row in rows]
 
     @_sqlite_errors
     def dead_letters(self, limit: int = 100) -> list[EditJob]:

@@ -25,7 +25,7 @@ from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
 from musicedit.errors import BrokerUnavailable, StoreUnavailable
 from musicedit.logs import log_event
-from musicedit.queue import EDIT_QUEUE, EDIT_TASK, enqueue_edit, make_celery
+from musicedit.queue import EDIT_QUEUE, EDIT_TASK, enqueue_edit, make_celery, queue_depth
 from musicedit.settings import Settings, get_settings
 from worker.edit_job import run_edit_job
 from worker.runtime import WorkerRuntime, current_runtime, get_runtime, stop_runtime
@@ -49,7 +49,7 @@ def create_worker_app(settings: Settings) -> Celery:
         enqueue_edit(app, job_id)
 
     def runtime() -> WorkerRuntime:
-        return get_runtime(settings, requeue)
+        return get_runtime(settings, requeue, lambda: queue_depth(app))
 
     @app.task(name=EDIT_TASK, ignore_result=True)
     def edit(job_id: str) -> str:

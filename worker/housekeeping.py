@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from musicedit.errors import MusiceditError
 from musicedit.job_store import BaseJobStore
 from musicedit.logs import log_event
 
@@ -62,11 +63,15 @@ class LeaseReaper:
         requeue: Callable[[str], None],
         lease_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        queue_depth: Callable[[], int] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.requeue = requeue
         self.lease_seconds = lease_seconds
         self.clock = clock
+        self.queue_depth = queue_depth
+        self.wall_clock = wall_clock
         self._recent: dict[str, float] = {}
 
     def run_once(self) -> list[str]:
@@ -81,7 +86,35 @@ class LeaseReaper:
             self._recent[job_id] = now
             requeued.append(job_id)
             log_event(log, "lease_expired_requeued", logging.WARNING, job_id=job_id)
+        requeued += self._resend_lost_wakeups(now)
         return requeued
+
+    def _resend_lost_wakeups(self, now: float) -> list[str]:
+        """Re-send wake-ups of queued jobs when the broker's queue is empty.
+
+        A broker outage can lose a message the store's job still waits for (delivered to a
+        worker that lost its connection before claiming, or dropped between fetch and
+        bookkeeping). With an empty queue, every job still queued for longer than a lease has
+        no message left to wake it (or one a worker is about to claim: a duplicate is harmless).
+        """
+        if self.queue_depth is None:
+            return []
+        try:
+            if self.queue_depth() > 0:
+                return []
+        except MusiceditError:
+            return []
+        resent = []
+        for job in self.store.oldest_queued():
+            age = self.wall_clock() - job.timings.created_at
+            if age < self.lease_seconds or job.id in self._recent:
+                continue
+            self.requeue(job.id)
+            self._recent[job.id] = now
+            resent.append(job.id)
+            log_event(log, "lost_wakeup_resent", logging.WARNING, job_id=job.id,
+                      queued_seconds=round(age, 1))
+        return resent
 
 
 class ShutdownSignal:

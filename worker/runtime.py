@@ -42,7 +42,8 @@ class WorkerRuntime:
     threads: list[PeriodicThread] = field(default_factory=list)
 
     @classmethod
-    def start(cls, settings: Settings, requeue: Callable[[str], None]) -> "WorkerRuntime":
+    def start(cls, settings: Settings, requeue: Callable[[str], None],
+              queue_depth: Callable[[], int] | None = None) -> "WorkerRuntime":
         """Load the model, start the engine, the metrics endpoint and the background threads."""
         import torch
 
@@ -93,7 +94,7 @@ class WorkerRuntime:
                             "waiting_jobs": stats.waiting_jobs,
                             "shutting_down": deps.shutdown.requested})
 
-        reaper = LeaseReaper(store, requeue, settings.lease_seconds)
+        reaper = LeaseReaper(store, requeue, settings.lease_seconds, queue_depth=queue_depth)
         runtime.threads = [
             PeriodicThread("heartbeat", settings.worker_heartbeat_interval_seconds, heartbeat),
             PeriodicThread("lease-reaper", settings.reaper_interval_seconds, reaper.run_once),
@@ -121,12 +122,13 @@ _runtime: WorkerRuntime | None = None
 _runtime_lock = threading.Lock()
 
 
-def get_runtime(settings: Settings, requeue: Callable[[str], None]) -> WorkerRuntime:
+def get_runtime(settings: Settings, requeue: Callable[[str], None],
+                queue_depth: Callable[[], int] | None = None) -> WorkerRuntime:
     """The process's runtime, started on first use (Celery starts it at `worker_init`)."""
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            _runtime = WorkerRuntime.start(settings, requeue)
+            _runtime = WorkerRuntime.start(settings, requeue, queue_depth)
         return _runtime
 
 

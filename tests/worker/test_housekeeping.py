@@ -57,3 +57,36 @@ def test_shutdown_signal_gives_running_jobs_their_grace_period():
     assert shutdown.requested and not shutdown.grace_expired()
     now[0] = 20.0
     assert shutdown.grace_expired()
+
+
+def test_reaper_resends_lost_wake_ups_only_when_the_broker_queue_is_empty(tmp_path):
+    """A broker outage can lose the message of a job the store still holds as queued; with an
+    empty queue the reaper wakes a worker for it (once per lease period)."""
+    now = [5000.0]
+    store = SqliteJobStore(tmp_path / "jobs.sqlite", retention_seconds=3600, max_attempts=3,
+                           clock=lambda: now[0])
+    store.create(make_job("lost"))
+    store.create(make_job("young"))
+    store.create(make_job("running"))
+    store.claim("running", "worker-a", 30)
+    depth = [3]
+    requeued: list[str] = []
+    created = max(j.timings.created_at for j in store.oldest_queued())
+    reaper = LeaseReaper(store, requeued.append, lease_seconds=30, clock=lambda: now[0],
+                         queue_depth=lambda: depth[0],
+                         wall_clock=lambda: created + now[0] - 5000.0)
+
+    now[0] += 31
+    store.renew_lease("running", "worker-a", 30)
+    assert reaper.run_once() == []          # messages still waiting: nothing is lost
+    depth[0] = 0
+    assert set(reaper.run_once()) == {"lost", "young"}  # queued > 1 lease, queue empty
+    assert reaper.run_once() == []          # not again within a lease period
+    store.claim("lost", "worker-b", 30)
+    store.claim("young", "worker-b", 30)
+    now[0] += 31
+    store.renew_lease("running", "worker-a", 30)
+    store.renew_lease("lost", "worker-b", 30)
+    store.renew_lease("young", "worker-b", 30)
+    assert reaper.run_once() == []          # running jobs are the lease logic's business
+    assert requeued == ["lost", "young"]
