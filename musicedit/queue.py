@@ -48,6 +48,16 @@ class _RedisChannel(kombu_redis.Channel):
             if self.connection.client is not None:
                 raise
 
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        # A task that ran across the restart acks through its old, collected channel: same
+        # AttributeError, same outcome (the message is redelivered after the visibility
+        # timeout and `claim` skips the finished job), so the worker must not exit over it.
+        try:
+            super().basic_ack(delivery_tag, multiple=multiple)
+        except AttributeError:
+            if self.connection.client is not None:
+                raise
+
 
 class RedisTransport(kombu_redis.Transport):
     """kombu's Redis transport with `_RedisChannel`; `broker_transport` for redis URLs."""
