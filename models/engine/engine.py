@@ -82,6 +82,9 @@ class EngineConfig:
         use_cuda_graphs: capture/replay the decode step on CUDA.
         compile: ``torch.compile`` the decode step.
         progress_every_steps: how often ``on_progress`` callbacks run.
+        condition_batch_size: most windows whose condition paths run in one forward when
+            several are admitted at the same step boundary (one pass over the weights for
+            all of them instead of one per window).
         on_step: called after every decode step with a :class:`StepInfo`.
     """
 
@@ -95,6 +98,7 @@ class EngineConfig:
     use_cuda_graphs: bool = True
     compile: bool = False
     progress_every_steps: int = 10
+    condition_batch_size: int = 16
     on_step: tp.Callable[[StepInfo], None] | None = None
 
 
@@ -317,8 +321,9 @@ class EditEngine:
     def step(self) -> bool:
         """Apply cancellations, admit waiting windows, decode one step. False if idle."""
         self._apply_cancellations()
-        for admission in self.scheduler.admit():
-            self._start_window(admission.slot, admission.item)
+        admissions = self.scheduler.admit()
+        if admissions:
+            self._start_windows(admissions)
         active = [i for i in self.scheduler.active() if self.slot_states[i] is not None]
         if not active:
             return False
@@ -347,8 +352,10 @@ class EditEngine:
         tokens = self.sequences[:n].gather(2, pos.view(n, 1, 1).expand(n, k, 1))
         tokens = tokens.clamp(min=0)  # free slots below the highest hold UNKNOWN; never read
         max_position = max(self.slot_states[i].position for i in active)
+        condition_length = max(self.slot_states[i].work.window.frames for i in active) + 1
         logits = self.runner.step(tokens.repeat_interleave(ROWS_PER_SLOT, dim=0),
-                                  pos.repeat_interleave(ROWS_PER_SLOT), max_position)
+                                  pos.repeat_interleave(ROWS_PER_SLOT), max_position,
+                                  condition_length)
         idx = torch.tensor(active, device=self.device)
         # Guidance and sampling in float32 (fp16 logits would lose the small differences).
         cond = logits[0::ROWS_PER_SLOT][idx].float()
@@ -388,13 +395,58 @@ class EditEngine:
 
     # ----------------------------------------------------------- slot lifecycle
     @torch.no_grad()
-    def _start_window(self, slot: int, work: _WindowWork) -> None:
+    def _start_windows(self, admissions: list) -> None:
+        """Start the windows admitted at this step boundary. Their condition paths run
+        together, ``condition_batch_size`` windows per forward (right-padded to the longest,
+        masked), so admitting a batch of jobs reads the weights once, not once per job."""
+        ready = []
+        for admission in admissions:
+            work = admission.item
+            if work.job.canceled:
+                self._fail_unstarted(admission.slot, work, JobCanceled(work.job.request.job_id))
+            else:
+                ready.append(admission)
+        size = max(1, self.config.condition_batch_size)
+        for first in range(0, len(ready), size):
+            chunk = ready[first:first + size]
+            try:
+                condition = self._encode_conditions([a.item for a in chunk])
+            except Exception:
+                if len(chunk) == 1:
+                    condition = None  # _start_window reports the error for this job alone
+                else:
+                    # One window's input made the batched pass fail: run them one by one so
+                    # only that job fails.
+                    log.exception("batched condition path failed; retrying window by window")
+                    for admission in chunk:
+                        self._start_window(admission.slot, admission.item)
+                    continue
+            for row, admission in enumerate(chunk):
+                self._start_window(admission.slot, admission.item, condition, row)
+
+    def _encode_conditions(self, works: list[_WindowWork]):
+        frames = [w.window.frames for w in works]
+        longest = max(frames)
+        codes = torch.stack([
+            torch.nn.functional.pad(w.job.codes[:, w.window.start:w.window.end],
+                                    (0, longest - w.window.frames))
+            for w in works])
+        return self.lm.encode_condition(codes, torch.tensor(frames, device=self.device))
+
+    def _fail_unstarted(self, slot: int, work: _WindowWork, exc: BaseException) -> None:
+        self.slot_states[slot] = _SlotState(work, None, 0, 0)  # type: ignore[arg-type]
+        self._fail(slot, exc)
+
+    @torch.no_grad()
+    def _start_window(self, slot: int, work: _WindowWork, condition=None, row: int = 0) -> None:
         job, window = work.job, work.window
         try:
             if job.canceled:
                 raise JobCanceled(job.request.job_id)
-            cond_codes = job.codes[:, window.start:window.end].unsqueeze(0)
-            self.buffers.load_condition(slot, self.lm.encode_condition(cond_codes))
+            if condition is None:
+                condition = self._encode_conditions([work])
+                row = 0
+            self.buffers.load_condition(slot, condition, row)
             self.buffers.load_text(slot, job.text)
             self.sequences[slot] = self._initial_sequence(job, window)
             params = job.request.params
@@ -412,8 +464,7 @@ class EditEngine:
             self.slot_states[slot] = _SlotState(work, generator, window.frames + self.max_delay,
                                                 first)
         except Exception as exc:
-            self.slot_states[slot] = _SlotState(work, None, 0, 0)  # type: ignore[arg-type]
-            self._fail(slot, exc)
+            self._fail_unstarted(slot, work, exc)
 
     def _initial_sequence(self, job: _Job, window: Window) -> torch.Tensor:
         """``[K, max_sequence]``: special where the pattern is empty, the prompt where given,

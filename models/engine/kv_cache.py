@@ -101,17 +101,18 @@ class SlotBuffers:
         else:
             self.text_mask[r:r + ROWS_PER_SLOT, :length] = text.mask
 
-    def load_condition(self, slot: int, condition: ConditionKV) -> None:
-        """Copy one window's condition path (one condition, ``[1, H, Tc + 1, Dh]``) into a slot."""
-        positions = condition.q[0].shape[2]
+    def load_condition(self, slot: int, condition: ConditionKV, row: int = 0) -> None:
+        """Copy row ``row`` of a (possibly batched, right-padded) condition path into a slot:
+        its real frames plus the appended one."""
+        positions = int(condition.num_frames[row]) + 1
         for m in range(self.geometry.num_layers):
             for dst, src in ((self.cond_q, condition.q), (self.cond_k, condition.k),
                              (self.cond_v, condition.v)):
-                dst[m, slot].zero_()
-                dst[m, slot, :, :positions] = src[m][0]
+                dst[m, slot, :, positions:].zero_()
+                dst[m, slot, :, :positions] = src[m][row, :, :positions]
         self.cond_mask[slot] = False
         self.cond_mask[slot, :positions] = True
-        self.cond_frames[slot] = condition.num_frames[0]
+        self.cond_frames[slot] = positions - 1
 
     def reset(self, slot: int) -> None:
         """Return a slot to the harmless empty state (attend to position 0 only)."""
@@ -127,12 +128,15 @@ class SlotBuffers:
                       [self.text_v[m, rows] for m in range(self.geometry.num_layers)],
                       self.text_mask[rows])
 
-    def condition_view(self, slots: slice) -> ConditionKV:
+    def condition_view(self, slots: slice, length: int | None = None) -> ConditionKV:
+        """The slots' condition state; ``length`` keeps only the first condition positions
+        (eager decoding attends up to the longest condition in the batch, not the window)."""
         layers = range(self.geometry.num_layers)
-        return ConditionKV([self.cond_q[m, slots] for m in layers],
-                           [self.cond_k[m, slots] for m in layers],
-                           [self.cond_v[m, slots] for m in layers],
-                           self.cond_frames[slots], self.cond_mask[slots],
+        t = slice(0, length)
+        return ConditionKV([self.cond_q[m, slots, :, t] for m in layers],
+                           [self.cond_k[m, slots, :, t] for m in layers],
+                           [self.cond_v[m, slots, :, t] for m in layers],
+                           self.cond_frames[slots], self.cond_mask[slots, t],
                            rows_per_condition=ROWS_PER_SLOT)
 
 

@@ -42,6 +42,7 @@ class DecodeRunner:
         self.positions = torch.zeros(rows, dtype=torch.long, device=device)
         self.use_cuda_graphs = use_cuda_graphs and device.type == "cuda"
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.compiled = compile
         self._forward = torch.compile(self._eager, dynamic=False) if compile else self._eager
 
     def bucket_for(self, num_slots: int) -> int:
@@ -51,17 +52,18 @@ class DecodeRunner:
         return self.buckets[bisect.bisect_left(self.buckets, num_slots)]
 
     @torch.no_grad()
-    def _eager(self, rows: int, length: int | None = None) -> torch.Tensor:
+    def _eager(self, rows: int, length: int | None = None,
+               condition_length: int | None = None) -> torch.Tensor:
         positions = self.positions[:rows]
         cache = StaticKVCache(self.buffers, rows, positions, length)
         text = self.buffers.text_view(slice(0, rows))
-        condition = self.buffers.condition_view(slice(0, rows // ROWS_PER_SLOT))
+        condition = self.buffers.condition_view(slice(0, rows // ROWS_PER_SLOT), condition_length)
         logits = self.model(self.tokens[:rows], positions.view(-1, 1), text, condition, cache)
         return logits[:, :, 0]
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor,
-             max_position: int | None = None) -> torch.Tensor:
+             max_position: int | None = None, condition_length: int | None = None) -> torch.Tensor:
         """One decode step.
 
         Args:
@@ -70,6 +72,8 @@ class DecodeRunner:
             positions: ``[R]`` long sequence position of each row.
             max_position: the furthest row's position, if known without a device sync; the
                 eager path then attends over that many cached positions only.
+            condition_length: the longest condition (frames + 1) among the rows, if known;
+                the eager path then attends over that many condition positions only.
         Returns:
             ``[R, K, card]`` logits (views of static memory: consume before the next step).
         """
@@ -80,8 +84,10 @@ class DecodeRunner:
         self.tokens[rows:bucket_rows].fill_(self.model.special_token_id)
         self.positions[rows:bucket_rows].zero_()
         if not self.use_cuda_graphs:
+            if self.compiled:  # static shapes: one compiled graph per bucket, not per length
+                return self._forward(bucket_rows)[:rows]
             length = None if max_position is None else max_position + 1
-            return self._forward(bucket_rows, length)[:rows]
+            return self._forward(bucket_rows, length, condition_length)[:rows]
         if bucket_rows not in self.graphs:
             self.graphs[bucket_rows] = self._capture(bucket_rows)
         graph, out = self.graphs[bucket_rows]

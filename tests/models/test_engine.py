@@ -227,3 +227,33 @@ def test_runner_pads_static_inputs_to_the_bucket(tiny):
     assert runner.graphs == {}
     with pytest.raises(ValueError, match="do not fit"):
         runner.bucket_for(5)
+
+
+def test_windows_admitted_together_share_one_condition_pass(tiny, monkeypatch):
+    """Jobs admitted at the same step boundary run their condition paths in one forward
+    (padded to the longest window); a window whose condition path raises fails alone."""
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=4, **SMALL))
+    calls = []
+    encode = tiny.lm.encode_condition
+
+    def spy(codes, num_frames=None):
+        calls.append(codes.shape[0])
+        if num_frames is not None and 13 in num_frames.tolist():
+            raise RuntimeError("this window's condition path failed")
+        return encode(codes, num_frames)
+
+    monkeypatch.setattr(tiny.lm, "encode_condition", spy)
+    frames = int(round(tiny.frame_rate * 0.26))
+    assert frames == 13
+    jobs = [(_clip(0.8, 1), ADD), (_clip(0.26, 2), ONLY), (_clip(0.5, 3), NO)]
+    params = SamplingParams(top_k=1, cfg_coef=3.0)
+    handles = [engine.submit(EditRequest(f"j{i}", w, 32000, text, params))
+               for i, (w, text) in enumerate(jobs)]
+    _run(engine)
+    # One batched call for the three, then one per window after the batched call failed.
+    assert calls == [3, 1, 1, 1]
+    with pytest.raises(RuntimeError, match="condition path failed"):
+        handles[1].result()
+    for index in (0, 2):
+        wav, text = jobs[index]
+        assert torch.equal(handles[index].result().codes, _reference(tiny, wav, text, params))
