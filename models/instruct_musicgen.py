@@ -124,16 +124,27 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               mask: torch.Tensor | None = None) -> torch.Tensor:
     """Scaled dot-product attention, ``[B, H, S, Dh]`` x ``[B, H, T, Dh]`` -> ``[B, H, S, Dh]``.
 
-    ``mask`` (bool, broadcastable to ``[B, H, S, T]``) is True where attending is allowed.
+    ``mask`` (broadcastable to ``[B, H, S, T]``) is either bool, True where attending is
+    allowed, or a float additive bias (0 allowed, -inf not; see :func:`attention_bias`: decode
+    steps build it once per step instead of once per layer).
     Decode steps (a query or two per row) on the CPU use plain batched matmuls, which run
     about 1.7x faster there than PyTorch's CPU flash kernel; everything else uses SDPA.
     """
     if q.device.type == "cpu" and q.shape[2] <= 2:
-        scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+        scores = torch.matmul(q * (q.shape[-1] ** -0.5), k.transpose(-1, -2))
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores = scores + mask if mask.is_floating_point() else scores.masked_fill(
+                ~mask, float("-inf"))
         return torch.softmax(scores, dim=-1) @ v
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def attention_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Bool mask (True = may attend) -> additive bias (0 / -inf) in ``dtype``."""
+    if mask is None:
+        return None
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, float("-inf"))
 
 
 class SelfAttentionKV(tp.Protocol):
@@ -296,12 +307,14 @@ class InstructMusicGen(nn.Module):
             h = (layer.norm1(o) + self.audio_fusion.merge_linear[m](cond_emb)
                  + self.audio_fusion.pos_emb[m + 1, : tc + 1].to(dtype))
             q, kk, v = self._self_qkv(layer, h)
-            a = F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask)
-            o = o + layer.layer_scale_1(layer.self_attn.out_proj(self._merge_heads(a)))
-            o = o + layer.layer_scale_2(layer._ff_block(layer.norm2(o)))
             qs.append(q)
             ks.append(kk)
             vs.append(v)
+            if m == self.num_layers - 1:
+                break  # the last layer's output feeds nothing: only its q'/K'/V' are used
+            a = F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask)
+            o = o + layer.layer_scale_1(layer.self_attn.out_proj(self._merge_heads(a)))
+            o = o + layer.layer_scale_2(layer._ff_block(layer.norm2(o)))
         return ConditionKV(qs, ks, vs, num_frames, mask)
 
     def text_embeddings(self, texts: tp.Sequence[str | None]) -> list[torch.Tensor]:
@@ -380,8 +393,9 @@ class InstructMusicGen(nn.Module):
             n = b // g
             idx = condition_query_index(positions, condition.num_frames.repeat_interleave(g))
             fusion_index = idx.reshape(n, 1, g * s, 1).expand(-1, self.num_heads, -1, self.head_dim)
-            cond_mask = None if condition.mask is None else condition.mask.view(n, 1, 1, -1)
-        text_mask = None if text.mask is None else text.mask.view(b, 1, 1, -1)
+            cond_mask = None if condition.mask is None else attention_bias(
+                condition.mask.view(n, 1, 1, -1), x.dtype)
+        text_mask = None if text.mask is None else attention_bias(text.mask.view(b, 1, 1, -1), x.dtype)
         for m, layer in enumerate(self.layers):
             # Self-attention with the audio fusion added before the frozen output projection.
             q, k, v = self._self_qkv(layer, layer.norm1(x))

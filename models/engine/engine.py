@@ -353,9 +353,10 @@ class EditEngine:
         tokens = tokens.clamp(min=0)  # free slots below the highest hold UNKNOWN; never read
         max_position = max(self.slot_states[i].position for i in active)
         condition_length = max(self.slot_states[i].work.window.frames for i in active) + 1
+        text_length = max(self.slot_states[i].work.job.text.k[0].shape[2] for i in active)
         logits = self.runner.step(tokens.repeat_interleave(ROWS_PER_SLOT, dim=0),
                                   pos.repeat_interleave(ROWS_PER_SLOT), max_position,
-                                  condition_length)
+                                  condition_length, text_length)
         idx = torch.tensor(active, device=self.device)
         # Guidance and sampling in float32 (fp16 logits would lose the small differences).
         cond = logits[0::ROWS_PER_SLOT][idx].float()

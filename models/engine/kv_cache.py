@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..instruct_musicgen import ConditionKV, InstructMusicGen, TextKV, attention
+from ..instruct_musicgen import ConditionKV, InstructMusicGen, TextKV, attention, attention_bias
 
 ROWS_PER_SLOT = 2  # conditional + unconditional (classifier-free guidance)
 
@@ -123,10 +123,13 @@ class SlotBuffers:
         self.cond_mask[slot, 0] = True
         self.cond_frames[slot] = 1
 
-    def text_view(self, rows: slice) -> TextKV:
-        return TextKV([self.text_k[m, rows] for m in range(self.geometry.num_layers)],
-                      [self.text_v[m, rows] for m in range(self.geometry.num_layers)],
-                      self.text_mask[rows])
+    def text_view(self, rows: slice, length: int | None = None) -> TextKV:
+        """The rows' text K/V; ``length`` keeps only the first text positions (eager decoding
+        attends up to the longest instruction in the batch, not ``max_text_tokens``)."""
+        t = slice(0, length)
+        return TextKV([self.text_k[m, rows, :, t] for m in range(self.geometry.num_layers)],
+                      [self.text_v[m, rows, :, t] for m in range(self.geometry.num_layers)],
+                      self.text_mask[rows, t])
 
     def condition_view(self, slots: slice, length: int | None = None) -> ConditionKV:
         """The slots' condition state; ``length`` keeps only the first condition positions
@@ -155,7 +158,8 @@ class StaticKVCache:
         self.positions = positions  # [R] long
         self.length = length or buffers.geometry.max_sequence
         steps = torch.arange(self.length, device=positions.device)
-        self.mask = (steps.view(1, -1) <= positions.view(-1, 1)).view(num_rows, 1, 1, -1)
+        allowed = (steps.view(1, -1) <= positions.view(-1, 1)).view(num_rows, 1, 1, -1)
+        self.mask = attention_bias(allowed, buffers.self_k.dtype)  # once per step, not per layer
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v ``[R, H, 1, Dh]`` -> ``[R, H, 1, Dh]``."""

@@ -53,17 +53,18 @@ class DecodeRunner:
 
     @torch.no_grad()
     def _eager(self, rows: int, length: int | None = None,
-               condition_length: int | None = None) -> torch.Tensor:
+               condition_length: int | None = None, text_length: int | None = None) -> torch.Tensor:
         positions = self.positions[:rows]
         cache = StaticKVCache(self.buffers, rows, positions, length)
-        text = self.buffers.text_view(slice(0, rows))
+        text = self.buffers.text_view(slice(0, rows), text_length)
         condition = self.buffers.condition_view(slice(0, rows // ROWS_PER_SLOT), condition_length)
         logits = self.model(self.tokens[:rows], positions.view(-1, 1), text, condition, cache)
         return logits[:, :, 0]
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor,
-             max_position: int | None = None, condition_length: int | None = None) -> torch.Tensor:
+             max_position: int | None = None, condition_length: int | None = None,
+             text_length: int | None = None) -> torch.Tensor:
         """One decode step.
 
         Args:
@@ -74,6 +75,7 @@ class DecodeRunner:
                 eager path then attends over that many cached positions only.
             condition_length: the longest condition (frames + 1) among the rows, if known;
                 the eager path then attends over that many condition positions only.
+            text_length: the longest instruction (tokens) among the rows, if known; likewise.
         Returns:
             ``[R, K, card]`` logits (views of static memory: consume before the next step).
         """
@@ -87,7 +89,7 @@ class DecodeRunner:
             if self.compiled:  # static shapes: one compiled graph per bucket, not per length
                 return self._forward(bucket_rows)[:rows]
             length = None if max_position is None else max_position + 1
-            return self._forward(bucket_rows, length, condition_length)[:rows]
+            return self._forward(bucket_rows, length, condition_length, text_length)[:rows]
         if bucket_rows not in self.graphs:
             self.graphs[bucket_rows] = self._capture(bucket_rows)
         graph, out = self.graphs[bucket_rows]
