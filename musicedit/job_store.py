@@ -60,6 +60,14 @@ class CreatedJob(NamedTuple):
     queue_position: int | None
 
 
+class ClaimResult(NamedTuple):
+    """What a claim did: `job` is set when the caller must run it; `finished` when the claim
+    itself ended the job (dead-lettered after too many abandoned attempts, or canceled)."""
+
+    job: EditJob | None
+    finished: EditJob | None
+
+
 class JobStore(Protocol):
     """What the gateway and the worker may do with jobs."""
 
@@ -80,6 +88,7 @@ class JobStore(Protocol):
     def ping(self) -> None: ...
     # worker side
     def claim(self, job_id: str, worker_id: str, lease_seconds: float) -> EditJob | None: ...
+    def claim_or_finish(self, job_id: str, worker_id: str, lease_seconds: float) -> ClaimResult: ...
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> EditJob: ...
     def update_progress(self, job_id: str, worker_id: str, frames_done: int, frames_total: int) -> EditJob: ...
     def complete(self, job_id: str, worker_id: str, result_key: str) -> EditJob: ...
@@ -205,17 +214,24 @@ class BaseJobStore(ABC):
         worker (attempts + 1), or failed and dead-lettered once `max_attempts` is used up, or
         canceled if a cancel was requested. Terminal, missing or live-leased jobs: None.
         """
+        return self.claim_or_finish(job_id, worker_id, lease_seconds).job
+
+    def claim_or_finish(self, job_id: str, worker_id: str, lease_seconds: float) -> "ClaimResult":
+        """:meth:`claim`, also telling the caller when this very call finished the job (an
+        abandoned job dead-lettered after `max_attempts`, or one canceled while abandoned):
+        exactly one caller sees that, so exactly one webhook and metric count follow."""
         now = self.clock()
 
-        def transition(job: EditJob | None) -> tuple[EditJob | None, EditJob | None]:
+        def transition(job: EditJob | None) -> tuple[EditJob | None, ClaimResult]:
             if job is None or job.state.terminal:
-                return None, None
+                return None, ClaimResult(None, None)
             if job.state is JobState.running:
                 assert job.lease is not None
                 if job.lease.expires_at > now:
-                    return None, None
+                    return None, ClaimResult(None, None)
                 if job.cancel_requested:
-                    return self._finish(job, JobState.canceled), None
+                    canceled = self._finish(job, JobState.canceled)
+                    return canceled, ClaimResult(None, canceled)
                 if job.attempts >= self.max_attempts:
                     failed = self._finish(
                         job,
@@ -224,7 +240,7 @@ class BaseJobStore(ABC):
                         "kill) and was not retried again; resubmit it or contact the operator.",
                         dead_lettered=True,
                     )
-                    return failed, None
+                    return failed, ClaimResult(None, failed)
             started = job.timings.started_at or now
             running = job.model_copy(
                 update={
@@ -234,7 +250,7 @@ class BaseJobStore(ABC):
                     "timings": job.timings.model_copy(update={"started_at": started}),
                 }
             )
-            return running, running
+            return running, ClaimResult(running, None)
 
         return self._mutate(job_id, transition)
 

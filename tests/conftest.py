@@ -18,10 +18,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
@@ -362,9 +364,52 @@ def run_gateway() -> Iterator[Callable[..., RunningGateway]]:
         gateway.stop()
 
 
+class WebhookReceiver:
+    """A loopback HTTP server recording every POST as (headers, body); it answers with the
+    queued status codes, then 200. Header names are lower-cased."""
+
+    def __init__(self, statuses: tuple[int, ...] | list[int] = (), port: int = 0) -> None:
+        self.statuses = list(statuses)
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/musicedit"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events_for(self, job_id: str) -> list[tuple[dict[str, str], bytes]]:
+        return [(h, b) for h, b in self.received if json.loads(b)["job"]["id"] == job_id]
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> None:
+        wait_until(lambda: len(self.received) >= count, timeout, f"{count} webhook(s)")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
 @pytest.fixture(scope="session")
 def shared(request: pytest.FixtureRequest):
     """This module (`tests/conftest.py`) itself: RedisServer, S3Server, build_settings,
-    start_gateway, free_port, wait_until, API_KEYS. Test files cannot `import conftest`:
+    start_gateway, free_port, wait_until, WebhookReceiver, API_KEYS. Test files cannot `import conftest`:
     every test folder has a conftest module of that name."""
     return request.config.pluginmanager.get_plugin(str(Path(__file__)))

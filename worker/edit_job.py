@@ -154,8 +154,13 @@ def run_edit_job(job_id: str, deps: EditJobDeps) -> JobOutcome:
         deps.requeue(job_id)  # arrived too late in a shutdown: leave it to another worker
         log_event(log, "job_deferred", job_id=job_id, reason="worker shutting down")
         return JobOutcome.released
-    job = _retry_store(deps, job_id, "claim",
-                       lambda: deps.store.claim(job_id, deps.worker_id, settings.lease_seconds))
+    claim = _retry_store(deps, job_id, "claim", lambda: deps.store.claim_or_finish(
+        job_id, deps.worker_id, settings.lease_seconds))
+    if claim.finished is not None:  # abandoned too often (dead-lettered) or canceled meanwhile
+        outcome = (JobOutcome.canceled if claim.finished.state is JobState.canceled
+                   else JobOutcome.failed)
+        return _finished(claim.finished, deps, outcome)
+    job = claim.job
     if job is None:
         log_event(log, "job_skipped", job_id=job_id, reason="finished, canceled or held elsewhere")
         return JobOutcome.skipped

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_services import WebhookReceiver, WorkerProcess
+from e2e_services import WorkerProcess
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +42,3 @@ def start_worker(shared, model_cache: Path, tmp_path: Path) -> Iterator[Callable
         worker.stop()
 
 
-@pytest.fixture
-def webhook_receiver(shared) -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver(shared.free_port()).start()
-    yield receiver
-    receiver.stop()

@@ -11,10 +11,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,44 +138,6 @@ class WorkerProcess:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.shared.stop_process(self.process, timeout=30)
-
-
-@dataclass
-class WebhookReceiver:
-    """A loopback HTTP server that records every POST (headers, body) and answers 204."""
-
-    port: int
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/musicedit"
-
-    def start(self) -> "WebhookReceiver":
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def events_for(self, job_id: str) -> list[tuple[dict[str, str], bytes]]:
-        return [(h, b) for h, b in self.received if json.loads(b)["job"]["id"] == job_id]
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
 
 
 def wait_terminal(client: Any, job_ids: list[str], timeout: float) -> dict[str, Any]:

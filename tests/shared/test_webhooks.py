@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -14,41 +12,12 @@ from musicedit.settings import Settings, webhook_secret_from_api_key
 from musicedit.webhooks import SIGNATURE_HEADER, WebhookSender, check_webhook_url, sign, verify
 
 
-class Receiver:
-    """A loopback HTTP server recording POSTs; answers with the queued status codes."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = list(statuses)
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((dict(self.headers), body))
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/musicedit"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def receiver_factory():
-    made: list[Receiver] = []
+def receiver_factory(shared):
+    made = []
 
-    def make(statuses=()) -> Receiver:
-        made.append(Receiver(list(statuses)))
+    def make(statuses=()):
+        made.append(shared.WebhookReceiver(statuses))
         return made[-1]
 
     yield make
@@ -87,9 +56,9 @@ def test_delivery_is_signed_with_the_keys_webhook_secret(receiver_factory):
     body = WebhookEvent.for_job(finished_job(), "http://gw").model_dump_json().encode()
     sender = WebhookSender.from_settings(settings)
     assert sender.send(receiver.url, body, secret, job_id="job123")
-    headers, received = receiver.requests[0]
+    headers, received = receiver.received[0]
     assert received == body
-    assert verify(received, headers[SIGNATURE_HEADER], webhook_secret_from_api_key("alice-secret-key"))
+    assert verify(received, headers[SIGNATURE_HEADER.lower()], webhook_secret_from_api_key("alice-secret-key"))
     event = json.loads(received)
     assert event["event"] == "edit.succeeded" and event["job"]["id"] == "job123"
     assert event["job"]["audio_url"] == "http://gw/v1/edits/job123/audio"
@@ -102,24 +71,24 @@ def test_retries_5xx_with_backoff_then_delivers(receiver_factory):
     sender = WebhookSender(timeout_seconds=2, retries=5, backoff_seconds=0.5, allow_private=True,
                            sleep=sleeps.append)
     assert sender.send(receiver.url, b"{}", "s", job_id="j")
-    assert len(receiver.requests) == 3 and sleeps == [0.5, 1.0]
+    assert len(receiver.received) == 3 and sleeps == [0.5, 1.0]
 
 
 def test_gives_up_after_retries_and_does_not_retry_4xx(receiver_factory):
     failing = receiver_factory([500] * 10)
     sender = WebhookSender(timeout_seconds=2, retries=2, backoff_seconds=0, allow_private=True)
     assert not sender.send(failing.url, b"{}", "s", job_id="j")
-    assert len(failing.requests) == 3
+    assert len(failing.received) == 3
     gone = receiver_factory([410])
     assert not sender.send(gone.url, b"{}", "s", job_id="j")
-    assert len(gone.requests) == 1
+    assert len(gone.received) == 1
 
 
 def test_private_receivers_are_refused_unless_allowed(receiver_factory):
     receiver = receiver_factory()
     sender = WebhookSender(timeout_seconds=2, retries=3, backoff_seconds=0, allow_private=False)
     assert not sender.send(receiver.url, b"{}", "s", job_id="j")
-    assert receiver.requests == []
+    assert receiver.received == []
 
 
 @pytest.mark.parametrize("url", [

@@ -139,3 +139,34 @@ def test_a_worker_that_lost_its_lease_does_not_record_a_result(harness, audio_fa
     taken = h.store.get(job.id)
     assert taken.state is JobState.running and taken.lease.worker_id == "other-worker"
     assert h.storage.list_keys("results/") == []
+
+
+def test_a_job_abandoned_max_attempts_times_is_dead_lettered_with_a_webhook(
+        harness, audio_factory, webhook_receiver):
+    """The claim that dead-letters an abandoned job also reports it: the owner gets the
+    edit.failed webhook and the failure is counted, though no worker ran the job to its end."""
+    from musicedit.webhooks import SIGNATURE_HEADER, verify
+    from worker.notifications import WebhookNotifier
+
+    h = harness(max_attempts=2, webhook_allow_private=True)
+    notifier = WebhookNotifier(h.deps.settings)
+    h.deps.notifier = notifier
+    job = h.submit(audio_factory(seconds=1.0), webhook_url=webhook_receiver.url)
+    for dead_worker in ("killed-1", "killed-2"):  # two workers took it and died (no renewals)
+        assert h.store.claim(job.id, dead_worker, 0.05) is not None
+        time.sleep(0.1)
+    failed_before = h.deps.metrics.jobs.labels("failed")._value.get()
+
+    assert run_edit_job(job.id, h.deps) is JobOutcome.failed
+    stored = h.store.get(job.id)
+    assert stored.state is JobState.failed and stored.dead_lettered and stored.attempts == 2
+    assert h.deps.metrics.jobs.labels("failed")._value.get() == failed_before + 1
+    webhook_receiver.wait_for(1)
+    notifier.close()
+    [(headers, body)] = webhook_receiver.events_for(job.id)
+    assert verify(body, headers[SIGNATURE_HEADER.lower()], h.deps.settings.webhook_secret_for("alice"))
+    assert b'"edit.failed"' in body and b"abandoned by 2 workers" in body
+    # a redelivered message for it afterwards does nothing and sends nothing more
+    assert run_edit_job(job.id, h.deps) is JobOutcome.skipped
+    time.sleep(0.3)
+    assert len(webhook_receiver.received) == 1
