@@ -8,7 +8,8 @@ Run by hand (not in CI):
 For each preset and batch size it prints decode steps/s and seconds of audio produced per
 wall-clock second for
   (a) audiocraft ``LMModel.generate`` running the jobs one after another (one job timed,
-      multiplied: they run in sequence),
+      multiplied: they run in sequence; timed again for every batch size, right before that
+      batch's (c) and (b), so each row's ratios compare runs made at the same time),
   (b) audiocraft ``generate`` on the whole batch as plain MusicGen, one text per row (the best
       audiocraft can do: it cannot take per-row condition audio),
   (c) this engine with the full Instruct-MusicGen model (audio fusion + LoRA), per-row sampling
@@ -127,7 +128,8 @@ def run_engine(model, batch: int, codes: torch.Tensor, use_cuda_graphs: bool = T
 
 
 def bench_preset(name: str, device: torch.device, batches: list[int], seconds_audio: float,
-                 cache_dir: Path | None, rows: list[dict], use_graphs_options=(True,)) -> None:
+                 cache_dir: Path | None, rows: list[dict], use_graphs_options=(True,),
+                 repeat: int = 1) -> None:
     model = load_model(resolve_model(name, cache_dir), device=device)
     frames = int(round(seconds_audio * model.frame_rate))
     steps = frames + max(model.lm.lm.pattern_provider.delays)  # decode steps per job
@@ -136,16 +138,23 @@ def bench_preset(name: str, device: torch.device, batches: list[int], seconds_au
     # warm-up (allocator, threads, lazy initialisation) with a short job of each kind
     run_audiocraft(model, 1, 16)
     run_engine(model, 1, codes[:, :16])
-    # (a): one job alone, timed once; a batch of them runs in sequence.
-    sequential_s, sequential_mem = run_audiocraft(model, 1, frames)
+    # (a): one job alone; a batch of them runs in sequence (time one job, multiply). It is
+    # timed again next to each batch size's (c) and (b): this machine's speed drifts by tens
+    # of percent over minutes (a shared VM), and ratios of runs minutes apart would carry that
+    # drift. With --repeat N every run is repeated and the fastest kept (least interference).
+    def best(run):
+        results = [run() for _ in range(repeat)]
+        return min(results, key=lambda r: r[0])
+
     for batch in batches:
+        sequential_s, sequential_mem = best(lambda: run_audiocraft(model, 1, frames))
         a_seconds = sequential_s * batch
-        if batch == 1:  # (b) at batch 1 is the same run as (a)
-            b_seconds, b_mem = sequential_s, sequential_mem
-        else:
-            b_seconds, b_mem = run_audiocraft(model, batch, frames)
         for graphs in use_graphs_options:
-            c_seconds, c_mem, _ = run_engine(model, batch, codes, use_cuda_graphs=graphs)
+            c_seconds, c_mem, _ = best(lambda: run_engine(model, batch, codes, use_cuda_graphs=graphs))
+            if batch == 1:  # (b) at batch 1 is the same run as (a)
+                b_seconds, b_mem = sequential_s, sequential_mem
+            else:
+                b_seconds, b_mem = best(lambda: run_audiocraft(model, batch, frames))
             audio_s = batch * seconds_audio
             row = dict(preset=name, device=device.type, dtype=str(model.dtype).replace("torch.", ""),
                        graphs=("on" if graphs else "off") if device.type == "cuda" else "-",
@@ -182,19 +191,22 @@ def main() -> int:
                         help="clip length; 2 s = 100 frames = 103 decode steps")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every measurement N times and keep the fastest")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows: list[dict] = []
     print(f"torch {torch.__version__}, {args.threads} CPU threads, clips of {args.seconds:g} s")
     print(HEADER)
     for name in args.presets:
-        bench_preset(name, torch.device("cpu"), args.batches, args.seconds, args.cache_dir, rows)
+        bench_preset(name, torch.device("cpu"), args.batches, args.seconds, args.cache_dir, rows,
+                     repeat=args.repeat)
     if torch.cuda.is_available():
         print(f"\nCUDA: {torch.cuda.get_device_name()}")
         print(HEADER)
         for name in args.presets:
             bench_preset(name, torch.device("cuda"), args.batches, args.seconds, args.cache_dir,
-                         rows, use_graphs_options=(False, True))
+                         rows, use_graphs_options=(False, True), repeat=args.repeat)
     cpu_small = [r for r in rows if r["preset"] == "small-random" and r["device"] == "cpu"
                  and r["batch"] == 8]
     if cpu_small:
