@@ -424,6 +424,7 @@ class EditEngine:
                     continue
             for row, admission in enumerate(chunk):
                 self._start_window(admission.slot, admission.item, condition, row)
+        self._prefill_prompts([a.slot for a in admissions])
 
     def _encode_conditions(self, works: list[_WindowWork]):
         frames = [w.window.frames for w in works]
@@ -457,11 +458,9 @@ class EditEngine:
             self.cfg_coef[slot] = params.cfg_coef
             generator = make_generator(params.seed + WINDOW_SEED_STRIDE * window.index, self.device)
             # The first decode input is the step before the first unknown token; everything
-            # before it (the prompt) is prefilled in one chunk.
+            # before it (the prompt) is prefilled in one chunk (`_prefill_prompts`).
             first = window.prompt + int(self.delays.min())
             self.positions[slot] = first
-            if first > 0:
-                self._prefill(slot, first)
             self.slot_states[slot] = _SlotState(work, generator, window.frames + self.max_delay,
                                                 first)
         except Exception as exc:
@@ -481,13 +480,43 @@ class EditEngine:
             seq = torch.where(given, prompt, seq)
         return seq
 
-    def _prefill(self, slot: int, length: int) -> None:
-        rows = slice(slot * ROWS_PER_SLOT, (slot + 1) * ROWS_PER_SLOT)
-        tokens = self.sequences[slot, :, :length].unsqueeze(0).expand(ROWS_PER_SLOT, -1, -1)
-        positions = torch.arange(length, device=self.device).expand(ROWS_PER_SLOT, -1)
-        self.lm(tokens, positions, self.buffers.text_view(rows),
-                self.buffers.condition_view(slice(slot, slot + 1)),
-                PrefillKVCache(self.buffers, slot))
+    @torch.no_grad()
+    def _prefill_prompts(self, slots: list[int]) -> None:
+        """Prefill the prompts of newly started windows: one forward for all windows whose
+        prompts have the same length (windows continuing a previous one all have
+        ``prompt_seconds`` of prompt), up to ``condition_batch_size`` windows per forward.
+        If a batched prefill raises, its windows are retried one by one so only the
+        offending job fails."""
+        by_length: dict[int, list[int]] = {}
+        for slot in slots:
+            state = self.slot_states[slot]
+            if state is not None and state.generator is not None and state.position > 0:
+                by_length.setdefault(state.position, []).append(slot)
+        size = max(1, self.config.condition_batch_size)
+        for length, group in by_length.items():
+            for first in range(0, len(group), size):
+                chunk = group[first:first + size]
+                try:
+                    self._prefill(chunk, length)
+                except Exception as exc:
+                    if len(chunk) == 1:
+                        self._fail(chunk[0], exc)
+                        continue
+                    log.exception("batched prefill failed; retrying window by window")
+                    for slot in chunk:
+                        try:
+                            self._prefill([slot], length)
+                        except Exception as single:
+                            self._fail(slot, single)
+
+    def _prefill(self, slots: list[int], length: int) -> None:
+        index = torch.tensor(slots, device=self.device)
+        rows = (index.view(-1, 1) * ROWS_PER_SLOT
+                + torch.arange(ROWS_PER_SLOT, device=self.device)).flatten()
+        tokens = self.sequences[index, :, :length].repeat_interleave(ROWS_PER_SLOT, dim=0)
+        positions = torch.arange(length, device=self.device).expand(rows.shape[0], -1)
+        self.lm(tokens, positions, self.buffers.text_of_rows(rows),
+                self.buffers.condition_of_slots(index), PrefillKVCache(self.buffers, rows))
 
     def _finish_window(self, slot: int) -> None:
         state = self.slot_states[slot]

@@ -131,6 +131,21 @@ class SlotBuffers:
                       [self.text_v[m, rows, :, t] for m in range(self.geometry.num_layers)],
                       self.text_mask[rows, t])
 
+    def text_of_rows(self, rows: torch.Tensor) -> TextKV:
+        """Text K/V of arbitrary rows (copies: for prefill, not per step)."""
+        layers = range(self.geometry.num_layers)
+        return TextKV([self.text_k[m, rows] for m in layers], [self.text_v[m, rows] for m in layers],
+                      self.text_mask[rows])
+
+    def condition_of_slots(self, slots: torch.Tensor) -> ConditionKV:
+        """Condition state of arbitrary slots (copies: for prefill, not per step)."""
+        layers = range(self.geometry.num_layers)
+        return ConditionKV([self.cond_q[m, slots] for m in layers],
+                           [self.cond_k[m, slots] for m in layers],
+                           [self.cond_v[m, slots] for m in layers],
+                           self.cond_frames[slots], self.cond_mask[slots],
+                           rows_per_condition=ROWS_PER_SLOT)
+
     def condition_view(self, slots: slice, length: int | None = None) -> ConditionKV:
         """The slots' condition state; ``length`` keeps only the first condition positions
         (eager decoding attends up to the longest condition in the batch, not the window)."""
@@ -172,15 +187,16 @@ class StaticKVCache:
 
 
 class PrefillKVCache:
-    """Self-attention K/V for a prompt chunk of one slot: positions ``0..P-1`` of its rows."""
+    """Self-attention K/V for the prompt chunks of some slots, all of the same length:
+    positions ``0..P-1`` of their rows."""
 
-    def __init__(self, buffers: SlotBuffers, slot: int):
+    def __init__(self, buffers: SlotBuffers, rows: torch.Tensor):
         self.buffers = buffers
-        self.rows = slice(slot * ROWS_PER_SLOT, (slot + 1) * ROWS_PER_SLOT)
+        self.rows = rows  # [R] long: both rows of every slot being prefilled
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q, k, v ``[2, H, P, Dh]`` (positions from 0) -> ``[2, H, P, Dh]``, causal."""
+        """q, k, v ``[R, H, P, Dh]`` (positions from 0) -> ``[R, H, P, Dh]``, causal."""
         length = q.shape[2]
-        self.buffers.self_k[layer, self.rows, :, :length] = k
-        self.buffers.self_v[layer, self.rows, :, :length] = v
+        self.buffers.self_k[layer][self.rows, :, :length] = k
+        self.buffers.self_v[layer][self.rows, :, :length] = v
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -257,3 +257,31 @@ def test_windows_admitted_together_share_one_condition_pass(tiny, monkeypatch):
     for index in (0, 2):
         wav, text = jobs[index]
         assert torch.equal(handles[index].result().codes, _reference(tiny, wav, text, params))
+
+
+def test_windows_started_together_share_one_prefill(tiny, monkeypatch):
+    """Long jobs submitted together run their windows in lockstep: the prompts of windows
+    started at the same step are prefilled in one forward, and every window still equals
+    the reference edit of its slice, prompted with the previous window's tail."""
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=4, **SMALL))
+    sizes = []
+    prefill = engine._prefill
+
+    def spy(slots, length):
+        sizes.append(len(slots))
+        return prefill(slots, length)
+
+    monkeypatch.setattr(engine, "_prefill", spy)
+    params = SamplingParams(top_k=1)
+    jobs = [(_clip(2.2, 11), ADD), (_clip(2.2, 12), NO), (_clip(2.2, 13), ONLY)]
+    handles = [engine.submit(EditRequest(f"long{i}", w, 32000, text, params))
+               for i, (w, text) in enumerate(jobs)]
+    _run(engine)
+    assert sizes and all(size == 3 for size in sizes)  # windows 1.. of all three at once
+    for handle, (wav, text) in zip(handles, jobs):
+        out = handle.result()
+        codes_in = _codes(tiny, wav)
+        for w in plan_windows(codes_in.shape[-1], engine.window_frames, engine.prompt_frames):
+            prompt = out.codes[:, w.start:w.start + w.prompt].unsqueeze(0) if w.prompt else None
+            ref = generate_codes(tiny.lm, codes_in[..., w.start:w.end], text, params, prompt=prompt)[0]
+            assert torch.equal(out.codes[:, w.start:w.end], ref), f"window {w.index}"
