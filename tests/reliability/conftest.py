@@ -34,7 +34,6 @@ def _load_conftest(name: str, path: Path):
 _e2e = _load_conftest("musicedit_e2e_conftest", E2E / "conftest.py")
 model_cache = _e2e.model_cache
 start_worker = _e2e.start_worker
-webhook_receiver = _e2e.webhook_receiver
 # `run_edit_job` on the real engine without a broker (tests/worker): `harness`, `engine`
 _worker = _load_conftest("musicedit_worker_conftest",
                          Path(__file__).resolve().parents[1] / "worker" / "conftest.py")

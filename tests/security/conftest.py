@@ -17,5 +17,4 @@ _reliability = sys.modules[_NAME]
 
 model_cache = _reliability.model_cache
 start_worker = _reliability.start_worker
-webhook_receiver = _reliability.webhook_receiver
 start_gateway_process = _reliability.start_gateway_process
