@@ -146,3 +146,21 @@ def test_large_adapter_size_matches_paper():
     assert counts["base_lm"] == 3_255_382_016
     share = (counts["audio_fusion"] + counts["text_lora"]) / (counts["base_lm"] + 768 * 2048)
     assert 0.075 < share < 0.085
+
+
+def test_decode_step_linear_equals_f_linear():
+    """The CPU decode-step projection (W @ x^T for 2-128 rows) is F.linear's math for every
+    row count and input rank the model feeds it, with and without bias."""
+    import torch.nn.functional as F
+
+    from models.instruct_musicgen import linear
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(48, 32, generator=g)
+    bias = torch.randn(48, generator=g)
+    for shape in [(1, 32), (2, 32), (16, 1, 32), (8, 2, 32), (128, 32), (129, 32), (3, 0, 32)]:
+        x = torch.randn(*shape, generator=g)
+        for b in (bias, None):
+            out = linear(x, weight, b)
+            assert out.shape == (*shape[:-1], 48)
+            torch.testing.assert_close(out, F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
