@@ -35,6 +35,11 @@ from musicedit.settings import Settings
 
 ACCEPTED_FORMATS = {"WAV": "WAV", "WAVEX": "WAV", "FLAC": "FLAC", "OGG": "OGG", "MP3": "MP3"}
 _ACCEPTED_TEXT = "WAV, FLAC, OGG (Vorbis/Opus) or MP3"
+# IANA media types the stored inputs carry. WAV is `audio/vnd.wave` (RFC 2361), not the
+# informal `audio/wav`: SeaweedFS gzips every object it sees as `audio/wav`/`audio/wave`
+# (also when sniffed from an `application/octet-stream` body), ~2 ms of its CPU per 640 kB
+# upload for a 5 % smaller object.
+MEDIA_TYPES = {"WAV": "audio/vnd.wave", "FLAC": "audio/flac", "OGG": "audio/ogg", "MP3": "audio/mpeg"}
 BLOCK_FRAMES = 65536
 FIRST_BLOCK_FRAMES = 8192  # most clips are audible within their first 0.2 s
 TAIL_FRAMES = 1024

@@ -77,6 +77,13 @@ class ObjectStorage(Protocol):
     def list_keys(self, prefix: str = "") -> list[str]: ...
 
 
+def _no_expect_continue(params: dict[str, Any], **_: Any) -> None:
+    """Drop the `Expect: 100-continue` botocore adds to every PUT with a body: it holds the body
+    back until the server answers the headers, one more round trip per upload (and ~0.3 ms of
+    client CPU per 640 kB PUT) to let a server refuse early what we sign and size ourselves."""
+    params.get("headers", {}).pop("Expect", None)
+
+
 def _too_large(max_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"The object is larger than the limit of {max_bytes} bytes; send a smaller file.",
@@ -217,6 +224,8 @@ class S3Storage:
             aws_secret_access_key=secret_access_key,
             config=config,
         )
+        # After botocore's own `before-call.s3` handler that adds the header.
+        self.client.meta.events.register_last("before-call.s3", _no_expect_continue)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "S3Storage":

@@ -26,7 +26,7 @@ from fastapi import Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from musicedit.audio_probe import AudioLimits, probe_audio
+from musicedit.audio_probe import MEDIA_TYPES, AudioLimits, probe_audio
 from musicedit.errors import InvalidRequest, MusiceditError
 from musicedit.instructions import normalize_instruction
 from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction, SamplingParams
@@ -227,7 +227,7 @@ def _store_input(context: ServiceContext, job: EditJob, upload: MultipartUpload)
             job.input_key,
             source,
             max_bytes=context.settings.max_upload_bytes,
-            content_type="application/octet-stream",
+            content_type=MEDIA_TYPES[job.input.format],
             metadata={"job-id": job.id, "format": job.input.format.lower()},
         )
 

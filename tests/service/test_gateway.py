@@ -97,6 +97,9 @@ def test_submit_queues_one_job_and_stores_its_input(gw, audio_factory):
     assert response.headers["location"] == body["status_url"] == f"{gw.url}/v1/edits/{body['id']}"
     ctx = gw.context
     assert ctx.storage.list_keys() == [f"inputs/{body['id']}"]
+    head = ctx.storage.client.head_object(Bucket=ctx.storage.bucket, Key=f"inputs/{body['id']}")
+    assert head["ContentType"] == "audio/vnd.wave"  # IANA type; `audio/wav` makes SeaweedFS gzip it
+    assert head["Metadata"] == {"job-id": body["id"], "format": "wav"}
     assert queue_depth(ctx.celery) == 1
     status = httpx.get(body["status_url"], headers=ALICE).json()
     assert status["id"] == body["id"] and status["status"] == "queued"
@@ -107,6 +110,9 @@ def test_mp3_sent_as_wav_is_probed_by_its_bytes(gw, audio_factory):
                       content_type="audio/wav")
     assert response.status_code == 202, response.text
     assert response.json()["input"]["format"] == "MP3"
+    storage = gw.context.storage
+    head = storage.client.head_object(Bucket=storage.bucket, Key=f"inputs/{response.json()['id']}")
+    assert head["ContentType"] == "audio/mpeg"  # from the bytes, not the client's claim
 
 
 def test_file_name_never_becomes_a_key(gw, audio_factory):

@@ -28,6 +28,21 @@ def test_put_get_delete_roundtrip(s3, tmp_path):
         s3.get_to_file("inputs/job1", tmp_path / "again")
 
 
+def test_puts_send_no_expect_continue(s3):
+    """Single and multipart PUTs go out without `Expect: 100-continue` (no extra round trip
+    before the body), and the server still accepts them."""
+    sent = []
+    s3.client.meta.events.register("before-send.s3", lambda request, **_: sent.append(
+        (request.method, dict(request.headers))))
+    s3.put_file("inputs/small", io.BytesIO(b"x" * 1000), content_type="audio/flac")
+    s3.put_file("inputs/large", io.BytesIO(os.urandom(6 * 1024 * 1024)))
+    puts = [headers for method, headers in sent if method == "PUT"]
+    assert len(puts) == 3  # one single PUT, two parts
+    assert all("Expect" not in headers for headers in puts)
+    head = s3.client.head_object(Bucket=s3.bucket, Key="inputs/small")
+    assert head["ContentType"] == "audio/flac" and head["ContentLength"] == 1000
+
+
 def test_multipart_upload_streams_and_keeps_bytes(s3, tmp_path):
     payload = os.urandom(12 * 1024 * 1024 + 123)  # three parts of 5 MiB
     assert s3.put_file("results/big.wav", io.BytesIO(payload)) == len(payload)
