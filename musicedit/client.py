@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -18,6 +20,22 @@ import httpx
 from musicedit.jobs import EditJobList, EditJobView
 
 TERMINAL = {"succeeded", "failed", "canceled"}
+# Connection-level failures worth another attempt: the server never answered (refused,
+# reset, or a pooled keep-alive connection the server closed just as we reused it).
+RETRYABLE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+RETRY_BACKOFF_SECONDS = 0.2
+
+
+def _retryable(exc: httpx.TransportError, safe: bool) -> bool:
+    """Reads and keyed submits are safe to repeat after any of `RETRYABLE`; anything else only
+    when the request surely never left (connect failed)."""
+    return isinstance(exc, httpx.ConnectError) or (safe and isinstance(exc, RETRYABLE))
+
+
+def _submit_headers(idempotency_key: str | None) -> dict[str, str]:
+    # Every submit carries a key (a fresh one unless the caller chose it), so a retry after a
+    # lost answer returns the job the first attempt created instead of a second job.
+    return {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
 
 
 class ApiError(Exception):
@@ -73,11 +91,37 @@ class MusiceditClient:
         api_key: str,
         *,
         timeout: float = 60.0,
+        retries: int = 2,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.http = httpx.Client(
             base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport
         )
+        self.retries = retries
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        safe: bool,
+        build: Callable[[], tuple[dict[str, Any], Callable[[], None] | None]] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send, retrying connection-level failures (see `_retryable`) with backoff. `build`
+        makes fresh keyword arguments per attempt (an upload's file is consumed by each)."""
+        for attempt in range(self.retries + 1):
+            extra, cleanup = build() if build else ({}, None)
+            try:
+                return self.http.request(method, url, **kwargs, **extra)
+            except httpx.TransportError as exc:
+                if attempt == self.retries or not _retryable(exc, safe):
+                    raise
+            finally:
+                if cleanup is not None:
+                    cleanup()
+            time.sleep(RETRY_BACKOFF_SECONDS * 2**attempt)
+        raise AssertionError("unreachable")
 
     def __enter__(self) -> "MusiceditClient":
         return self
@@ -105,23 +149,21 @@ class MusiceditClient:
     ) -> EditJobView:
         params = {"seed": seed, "top_k": top_k, "top_p": top_p, "temperature": temperature,
                   "cfg_coef": cfg_coef}
-        part = _file_part(audio, filename)
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        try:
-            response = self.http.post(
-                "/v1/edits",
-                data=_form(instruction, params, output_format, webhook_url),
-                files={"file": part},
-                headers=headers,
-            )
-        finally:
-            if hasattr(part[1], "close"):
-                part[1].close()
+
+        def build() -> tuple[dict[str, Any], Any]:
+            part = _file_part(audio, filename)
+            return {"files": {"file": part}}, getattr(part[1], "close", None)
+
+        response = self._request(
+            "POST", "/v1/edits", safe=True, build=build,
+            data=_form(instruction, params, output_format, webhook_url),
+            headers=_submit_headers(idempotency_key),
+        )
         _raise_for_problem(response)
         return EditJobView.model_validate(response.json())
 
     def get(self, job_id: str) -> EditJobView:
-        response = self.http.get(f"/v1/edits/{job_id}")
+        response = self._request("GET", f"/v1/edits/{job_id}", safe=True)
         _raise_for_problem(response)
         return EditJobView.model_validate(response.json())
 
@@ -129,12 +171,12 @@ class MusiceditClient:
         params: dict[str, Any] = {"limit": limit}
         if before is not None:
             params["before"] = before
-        response = self.http.get("/v1/edits", params=params)
+        response = self._request("GET", "/v1/edits", safe=True, params=params)
         _raise_for_problem(response)
         return EditJobList.model_validate(response.json())
 
     def cancel(self, job_id: str) -> EditJobView:
-        response = self.http.delete(f"/v1/edits/{job_id}")
+        response = self._request("DELETE", f"/v1/edits/{job_id}", safe=False)
         _raise_for_problem(response)
         return EditJobView.model_validate(response.json())
 
@@ -151,7 +193,8 @@ class MusiceditClient:
 
     def download(self, job_id: str) -> bytes:
         """The result audio (follows the presigned redirect without sending the API key)."""
-        response = self.http.get(f"/v1/edits/{job_id}/audio", follow_redirects=False)
+        response = self._request("GET", f"/v1/edits/{job_id}/audio", safe=True,
+                                 follow_redirects=False)
         if response.status_code in (301, 302, 303, 307, 308):
             redirected = httpx.get(response.headers["Location"], timeout=self.http.timeout)
             _raise_for_problem(redirected)
@@ -167,11 +210,24 @@ class AsyncMusiceditClient:
         api_key: str,
         *,
         timeout: float = 60.0,
+        retries: int = 2,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.http = httpx.AsyncClient(
             base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport
         )
+        self.retries = retries
+
+    async def _request(self, method: str, url: str, *, safe: bool, **kwargs: Any) -> httpx.Response:
+        """`MusiceditClient._request` for asyncio (bodies here are bytes: resent as they are)."""
+        for attempt in range(self.retries + 1):
+            try:
+                return await self.http.request(method, url, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt == self.retries or not _retryable(exc, safe):
+                    raise
+            await asyncio.sleep(RETRY_BACKOFF_SECONDS * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def __aenter__(self) -> "AsyncMusiceditClient":
         return self
@@ -202,18 +258,17 @@ class AsyncMusiceditClient:
         if not isinstance(audio, bytes):
             filename = filename or Path(audio).name
             audio = Path(audio).read_bytes()
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        response = await self.http.post(
-            "/v1/edits",
+        response = await self._request(
+            "POST", "/v1/edits", safe=True,
             data=_form(instruction, params, output_format, webhook_url),
             files={"file": _file_part(audio, filename)},
-            headers=headers,
+            headers=_submit_headers(idempotency_key),
         )
         _raise_for_problem(response)
         return EditJobView.model_validate(response.json())
 
     async def get(self, job_id: str) -> EditJobView:
-        response = await self.http.get(f"/v1/edits/{job_id}")
+        response = await self._request("GET", f"/v1/edits/{job_id}", safe=True)
         _raise_for_problem(response)
         return EditJobView.model_validate(response.json())
 
@@ -221,12 +276,12 @@ class AsyncMusiceditClient:
         params: dict[str, Any] = {"limit": limit}
         if before is not None:
             params["before"] = before
-        response = await self.http.get("/v1/edits", params=params)
+        response = await self._request("GET", "/v1/edits", safe=True, params=params)
         _raise_for_problem(response)
         return EditJobList.model_validate(response.json())
 
     async def cancel(self, job_id: str) -> EditJobView:
-        response = await self.http.delete(f"/v1/edits/{job_id}")
+        response = await self._request("DELETE", f"/v1/edits/{job_id}", safe=False)
         _raise_for_problem(response)
         return EditJobView.model_validate(response.json())
 
@@ -243,7 +298,8 @@ class AsyncMusiceditClient:
             await asyncio.sleep(poll_seconds)
 
     async def download(self, job_id: str) -> bytes:
-        response = await self.http.get(f"/v1/edits/{job_id}/audio", follow_redirects=False)
+        response = await self._request("GET", f"/v1/edits/{job_id}/audio", safe=True,
+                                       follow_redirects=False)
         if response.status_code in (301, 302, 303, 307, 308):
             async with httpx.AsyncClient(timeout=self.http.timeout) as plain:
                 redirected = await plain.get(response.headers["Location"])

@@ -64,7 +64,8 @@ class JobRecord:
 class RawSubmitter:
     """Pre-encoded multipart POSTs over keep-alive asyncio streams (`--raw-submit`).
 
-    The same request `AsyncMusiceditClient.submit` sends, encoded once per clip, so the load
+    The multipart body `AsyncMusiceditClient.submit` sends (without the per-call
+    Idempotency-Key the client adds: like a plain curl user), encoded once per clip, so the load
     generator spends ~0.3 ms of CPU per upload instead of httpx's ~10 ms: on a 2-core machine
     that leaves the cores to the gateway whose capacity is being measured.
     """

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
+
+import httpx
 
 import pytest
 
@@ -87,3 +90,77 @@ def test_async_client(embedded, audio_factory):
             assert len(listed.items) == 2 and listed.next_cursor is not None
 
     asyncio.run(scenario())
+
+
+class LoseFirstAnswer(httpx.HTTPTransport):
+    """A real connection whose first POST reaches the gateway but whose answer is lost on
+    the way back (the connection drops), as with a reset or a closed keep-alive socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posts = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.method == "POST":
+            self.posts += 1
+            if self.posts == 1:
+                response.read()
+                raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+
+class AsyncLoseFirstAnswer(httpx.AsyncHTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.posts = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if request.method == "POST":
+            self.posts += 1
+            if self.posts == 1:
+                await response.aread()
+                raise httpx.RemoteProtocolError("server disconnected", request=request)
+        return response
+
+
+def test_client_retries_a_lost_answer_without_a_second_job(embedded, audio_factory, tmp_path):
+    """The first submit is processed but its answer never arrives; the client retries with the
+    same (auto-generated) Idempotency-Key and gets the job the first attempt created."""
+    transport = LoseFirstAnswer()
+    with MusiceditClient(embedded.url, "alice-secret-key", transport=transport) as client:
+        job = client.submit(audio_factory(seconds=1.0), "Add drums", seed=1)  # a path: reopened
+        assert transport.posts == 2
+        assert [j.id for j in client.list().items] == [job.id]
+    # One job (the replay re-sends its harmless wake-up message: a worker runs a job once).
+    assert embedded.context.store.count_queued() == 1
+
+    async def scenario() -> None:
+        transport = AsyncLoseFirstAnswer()
+        async with AsyncMusiceditClient(embedded.url, "bob-secret-key",
+                                        transport=transport) as client:
+            job = await client.submit(audio_factory(seconds=1.0).read_bytes(), "only piano")
+            assert transport.posts == 2
+            assert [j.id for j in (await client.list()).items] == [job.id]
+
+    asyncio.run(scenario())
+    assert embedded.context.store.count_queued() == 2
+
+
+def test_client_gives_up_after_its_retries(audio_factory):
+    """A refused connection (nothing listens) is retried `retries` times, then surfaces."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    attempts = []
+
+    class Counting(httpx.HTTPTransport):
+        def handle_request(self, request):
+            attempts.append(request.method)
+            return super().handle_request(request)
+
+    with MusiceditClient(f"http://127.0.0.1:{port}", "k", retries=2, transport=Counting()) as client:
+        with pytest.raises(httpx.ConnectError):
+            client.get("some-job")
+    assert attempts == ["GET"] * 3
