@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -150,7 +150,7 @@ class MusiceditClient:
         params = {"seed": seed, "top_k": top_k, "top_p": top_p, "temperature": temperature,
                   "cfg_coef": cfg_coef}
 
-        def build() -> tuple[dict[str, Any], Any]:
+        def build() -> tuple[dict[str, Any], Callable[[], None] | None]:
             part = _file_part(audio, filename)
             return {"files": {"file": part}}, getattr(part[1], "close", None)
 
