@@ -338,8 +338,9 @@ class InstructMusicGen(nn.Module):
             if m == self.num_layers - 1:
                 break  # the last layer's output feeds nothing: only its q'/K'/V' are used
             a = F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask)
-            o = o + layer.layer_scale_1(layer.self_attn.out_proj(self._merge_heads(a)))
-            o = o + layer.layer_scale_2(layer._ff_block(layer.norm2(o)))
+            out_proj = layer.self_attn.out_proj
+            o = o + layer.layer_scale_1(linear(self._merge_heads(a), out_proj.weight, out_proj.bias))
+            o = o + layer.layer_scale_2(feed_forward(layer, layer.norm2(o)))
         return ConditionKV(qs, ks, vs, num_frames, mask)
 
     def text_embeddings(self, texts: tp.Sequence[str | None]) -> list[torch.Tensor]:
