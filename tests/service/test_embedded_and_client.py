@@ -8,7 +8,6 @@ import io
 import socket
 
 import httpx
-
 import pytest
 
 from musicedit.client import ApiError, AsyncMusiceditClient, MusiceditClient
@@ -125,7 +124,7 @@ class AsyncLoseFirstAnswer(httpx.AsyncHTTPTransport):
         return response
 
 
-def test_client_retries_a_lost_answer_without_a_second_job(embedded, audio_factory, tmp_path):
+def test_client_retries_a_lost_answer_without_a_second_job(embedded, audio_factory):
     """The first submit is processed but its answer never arrives; the client retries with the
     same (auto-generated) Idempotency-Key and gets the job the first attempt created."""
     transport = LoseFirstAnswer()
@@ -148,7 +147,7 @@ def test_client_retries_a_lost_answer_without_a_second_job(embedded, audio_facto
     assert embedded.context.store.count_queued() == 2
 
 
-def test_client_gives_up_after_its_retries(audio_factory):
+def test_client_gives_up_after_its_retries():
     """A refused connection (nothing listens) is retried `retries` times, then surfaces."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
