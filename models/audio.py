@@ -1,7 +1,9 @@
 """Audio in and out of the model: decode files, resample to the codec's rate, encode/decode codes.
 
 File validation (format, limits, silence) is :func:`musicedit.audio_probe.probe_audio`, shared with
-the gateway; here we turn an accepted file into the codec's input and codes back into audio.
+the gateway; here we turn an accepted file into the codec's input and codes back into audio, and
+refuse again what the model cannot edit (no samples, NaN/inf, silence), so that callers of the
+model path (the reference edit, the engine) get the same clear errors without the probe.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import torch
 from musicedit.errors import InvalidAudio, UnsupportedAudio
 
 OUTPUT_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16")}
+# Below this absolute peak the input is silent (the default of MUSICEDIT_SILENCE_PEAK_THRESHOLD).
+SILENCE_PEAK_THRESHOLD = 1e-4
 
 
 def read_audio(source: str | Path | tp.BinaryIO) -> tuple[np.ndarray, int]:
@@ -26,17 +30,19 @@ def read_audio(source: str | Path | tp.BinaryIO) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.T), int(rate)
 
 
-def to_codec_input(wav: np.ndarray | torch.Tensor, sample_rate: int, target_rate: int) -> torch.Tensor:
+def to_codec_input(wav: np.ndarray | torch.Tensor, sample_rate: int, target_rate: int,
+                   silence_peak_threshold: float = SILENCE_PEAK_THRESHOLD) -> torch.Tensor:
     """Mix down to mono and resample.
 
     Args:
         wav: ``[C, N]`` float samples in [-1, 1].
         sample_rate: rate of ``wav``.
         target_rate: the codec's rate (32 kHz for MusicGen).
+        silence_peak_threshold: inputs whose absolute peak is below this are silent.
     Returns:
         ``[1, 1, N']`` float32 at ``target_rate``.
     Raises:
-        InvalidAudio: empty or non-finite samples.
+        InvalidAudio: empty, non-finite or silent samples.
     """
     import julius
     x = torch.as_tensor(wav, dtype=torch.float32)
@@ -46,6 +52,11 @@ def to_codec_input(wav: np.ndarray | torch.Tensor, sample_rate: int, target_rate
         raise InvalidAudio("the audio has no samples")
     if not bool(torch.isfinite(x).all()):
         raise InvalidAudio("the audio contains NaN or infinite samples")
+    peak = float(x.abs().max())
+    if peak < silence_peak_threshold:
+        raise InvalidAudio(f"the audio is silent (peak {peak:.2e}, threshold "
+                           f"{silence_peak_threshold:.0e} of full scale): send a clip with "
+                           "audible content")
     x = x.mean(dim=0, keepdim=True)
     if sample_rate != target_rate:
         x = julius.resample_frac(x, sample_rate, target_rate)

@@ -6,7 +6,9 @@ A model is three parts, each a file or directory in the layout its publisher use
   ``compression_state_dict.bin`` (EnCodec), as in ``facebook/musicgen-large``;
 - T5: a ``save_pretrained`` directory (``t5-base`` on the hub);
 - the adapter: the released Lightning checkpoint ``finetuned.ckpt``
-  (``ldzhangyx/instruct-MusicGen``), key layout in ``shared/reference/instruct-musicgen-facts.md``.
+  (``ldzhangyx/instruct-MusicGen``), key layout in ``shared/reference/instruct-musicgen-facts.md``,
+  optionally with a ``musicedit.json`` beside it naming the stems the adapter was trained on
+  (``{"stems": ["Drums", "Bass", "Piano", "Guitar"]}``; without it, the release's four).
 
 Every file is read with :func:`models.checkpoint.read_checkpoint` (no code runs). Missing,
 unexpected or mis-shaped keys raise :class:`CheckpointError` naming the key and the file.
@@ -14,13 +16,16 @@ Random-weight presets are written in exactly this layout and come back through t
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import typing as tp
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download, snapshot_download
 from omegaconf import OmegaConf
 
 from .checkpoint import CheckpointError, read_checkpoint
@@ -31,7 +36,16 @@ log = logging.getLogger(__name__)
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
 ADAPTER_FILE = "finetuned.ckpt"
+METADATA_FILE = "musicedit.json"
 T5_DIR = "t5"
+# The stems of the released model (Slakh2100 classes), for an adapter without METADATA_FILE.
+RELEASE_STEMS = ("Drums", "Bass", "Piano", "Guitar")
+# What the T5 encoder needs from a hub repo: config, tokenizer and one copy of the PyTorch
+# weights, safetensors else .bin (``t5-base`` also holds TensorFlow, Flax, Rust and ONNX copies).
+T5_HUB_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "spiece.model")
+T5_HUB_WEIGHTS = (("model.safetensors", "model.safetensors.index.json", "model-*.safetensors"),
+                  ("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"))
 
 # Prefixes of the released checkpoint (see the facts file).
 _CP = "model.cp_transformer."
@@ -48,6 +62,10 @@ class ModelFiles:
     adapter: str | None  # finetuned.ckpt path, or "repo_id:filename"; None = untrained adapter
 
 
+class UnsupportedStems(ValueError):
+    """Stems were asked for that the loaded model was not trained on."""
+
+
 @dataclass
 class LoadedModel:
     """An Instruct-MusicGen ready for inference, with the codec that turns audio into codes."""
@@ -57,6 +75,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     files: ModelFiles
+    stems: tuple[str, ...]  # what instructions may name, as the templates spell them
 
     @property
     def sample_rate(self) -> int:
@@ -78,7 +97,6 @@ def _local_or_hub_file(source: str, filename: str) -> Path:
         return path
     if local.is_file():
         return local
-    from huggingface_hub import hf_hub_download
     try:
         return Path(hf_hub_download(repo_id=source, filename=filename))
     except Exception as exc:
@@ -86,16 +104,23 @@ def _local_or_hub_file(source: str, filename: str) -> Path:
                               f"hub download failed ({exc})") from exc
 
 
-def _local_or_hub_dir(source: str) -> Path:
+def _t5_dir(source: str) -> Path:
+    """A T5 ``save_pretrained`` directory: ``source`` itself, or the files of hub repo ``source``
+    the encoder needs (:data:`T5_HUB_FILES` and the safetensors weights, else the .bin ones)."""
     local = Path(source)
     if local.is_dir():
         return local
-    from huggingface_hub import snapshot_download
-    try:
-        return Path(snapshot_download(repo_id=source))
-    except Exception as exc:
-        raise CheckpointError(f"cannot get {source!r}: not a local directory and the hub "
-                              f"download failed ({exc})") from exc
+    for weights in T5_HUB_WEIGHTS:
+        try:
+            directory = Path(snapshot_download(repo_id=source,
+                                               allow_patterns=[*T5_HUB_FILES, *weights]))
+        except Exception as exc:
+            raise CheckpointError(f"cannot get {source!r}: not a local directory and the hub "
+                                  f"download failed ({exc})") from exc
+        if any((directory / name).is_file() for name in weights if "*" not in name):
+            return directory
+    raise CheckpointError(f"{source!r} on the hub has no PyTorch weights (model.safetensors or "
+                          "pytorch_model.bin): point the T5 at a save_pretrained directory")
 
 
 def _adapter_file(spec: str) -> Path:
@@ -144,9 +169,6 @@ def build_lm(cfg: tp.Any, device: str | torch.device = "meta") -> tp.Any:
     cfg.device = str(device)
     cfg.dtype = "float32"
     cfg.conditioners = {}
-    for key in ("merge_text_conditions_p", "drop_desc_p"):
-        if "args" in cfg.get("conditioners", {}) and key in cfg.conditioners.args:
-            del cfg.conditioners.args[key]
     return builders.get_lm_model(cfg)
 
 
@@ -197,29 +219,49 @@ def release_key_layout(num_layers: int) -> dict[str, tuple[str, int | None]]:
     return layout
 
 
-# Keys the release holds that inference does not need: frozen copies of MusicGen's weights
-# (identical to facebook/musicgen-large) and split self-attention projections it never used.
-_IGNORED_RELEASE_KEYS = re.compile(
-    r"^(model\.peft_model\.lm\.|model\.cp_transformer\.layers\.\d+\.)")
+def frozen_release_keys(model: InstructMusicGen) -> set[str]:
+    """Keys the release holds that inference does not read (facts file): a frozen copy of every
+    MusicGen LM weight under the peft prefix (identical to facebook/musicgen-large) and the
+    split self-attention projections it never used."""
+    keys = {f"{_PEFT_LAYERS}{i}.self_attn.{proj}_proj.weight"
+            for i in range(model.num_layers) for proj in "qkv"}
+    for name in model.lm.state_dict():
+        if name.startswith("transformer.layers."):
+            keys.add(_PEFT_LAYERS + name[len("transformer.layers."):])
+        else:
+            keys.add(_PEFT_LM + name)
+    return keys
+
+
+# The condition path's duplicates of each layer's shared modules, also frozen copies; the
+# facts file names them only as ``layers.{i}.*``.
+_CONDITION_LAYER_COPIES = re.compile(r"^model\.cp_transformer\.layers\.\d+\.")
 
 
 def load_adapter(model: InstructMusicGen, file: Path) -> None:
     """Load the released adapter checkpoint into ``model`` (fusion, LoRA, cross-attn q/k/v).
 
-    The base cross-attention q/k/v are taken from this checkpoint: in the release they are
-    separate tensors that were never loaded from MusicGen-large, so the model only works with
-    the checkpoint's own.
+    The base cross-attention q/k/v are taken from this checkpoint when it holds them: in the
+    release they are separate tensors that were never loaded from MusicGen-large, so the
+    released model only works with the checkpoint's own. A checkpoint without any of them keeps
+    MusicGen's (with a warning); one holding only some of them is an error.
     """
     pkg = read_checkpoint(file)
     state = pkg.get("state_dict")
     if not isinstance(state, dict):
         raise CheckpointError(f"{file}: expected a Lightning checkpoint with a 'state_dict'")
     layout = release_key_layout(model.num_layers)
+    if not any(key in state for key, (_, block) in layout.items() if block is not None):
+        log.warning("adapter checkpoint has no base cross-attention q/k/v: keeping MusicGen's",
+                    extra={"adapter": str(file)})
+        layout = {key: target for key, target in layout.items() if target[1] is None}
     missing = [k for k in layout if k not in state]
     if missing:
         raise CheckpointError(f"{file}: adapter checkpoint is missing key {missing[0]!r}"
                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    unexpected = [k for k in state if k not in layout and not _IGNORED_RELEASE_KEYS.match(k)]
+    frozen = frozen_release_keys(model)
+    unexpected = [k for k in state if k not in layout and k not in frozen
+                  and not _CONDITION_LAYER_COPIES.match(k)]
     if unexpected:
         raise CheckpointError(f"{file}: adapter checkpoint has unexpected key {unexpected[0]!r}")
     params = dict(model.named_parameters())
@@ -279,6 +321,41 @@ def save_release_checkpoint(model: InstructMusicGen, path: Path,
                path)
 
 
+# ----------------------------------------------------------------- metadata
+def model_stems(files: ModelFiles) -> tuple[str, ...]:
+    """The stems the model was trained on: from :data:`METADATA_FILE` beside a local adapter
+    checkpoint, else the release's (:data:`RELEASE_STEMS`). Reads no weights.
+
+    Raises:
+        CheckpointError: the metadata file is not ``{"stems": [names...]}``.
+    """
+    if files.adapter is None or not Path(files.adapter).is_file():
+        return RELEASE_STEMS
+    file = Path(files.adapter).with_name(METADATA_FILE)
+    if not file.is_file():
+        return RELEASE_STEMS
+    try:
+        metadata = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file}: cannot read the model metadata ({exc}); write it as "
+                              '{"stems": ["Drums", "Bass", ...]}') from exc
+    stems = metadata.get("stems") if isinstance(metadata, dict) else None
+    if (not isinstance(stems, list) or not stems or len(set(stems)) != len(stems)
+            or not all(isinstance(s, str) and s.strip() == s and s for s in stems)):
+        raise CheckpointError(f"{file}: 'stems' must be a list of distinct, non-empty stem names "
+                              '(as the templates spell them), e.g. {"stems": ["Drums", "Bass"]}')
+    extra = sorted(set(metadata) - {"stems"})
+    if extra:
+        raise CheckpointError(f"{file}: unexpected key {extra[0]!r}; the metadata holds only "
+                              "'stems'")
+    return tuple(stems)
+
+
+def write_metadata(directory: Path, stems: Sequence[str]) -> None:
+    """Write :data:`METADATA_FILE` (the adapter's stems) into ``directory``."""
+    (directory / METADATA_FILE).write_text(json.dumps({"stems": list(stems)}, indent=2) + "\n")
+
+
 # ------------------------------------------------------------------ entry
 def default_dtype(device: torch.device) -> torch.dtype:
     """fp16 on CUDA (the release's precision), float32 on the CPU."""
@@ -295,14 +372,18 @@ def load_model(files: ModelFiles, device: str | torch.device = "cpu",
         dtype: LM precision; default fp16 on CUDA, float32 on CPU. EnCodec stays float32.
         merge_lora: fold LoRA into the cross-attention weights (serving); keep False to
             compare merged and unmerged models.
+    Raises:
+        CheckpointError: a part cannot be read or does not match the model (the message names
+            the key and the file), or the metadata beside the adapter is malformed.
     """
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
+    stems = model_stems(files)
     lm_file = _local_or_hub_file(files.base, LM_FILE)
     pkg = read_checkpoint(lm_file)
     cfg = _experiment_cfg(pkg, lm_file)
     lm = build_lm(cfg, device="meta")
-    attach_text_conditioner(lm, _local_or_hub_dir(files.t5), device)
+    attach_text_conditioner(lm, _t5_dir(files.t5), device)
     _load_state(lm, dict(pkg["best_state"]), lm_file, "the MusicGen LM")
     del pkg
     adapter_cfg = AdapterConfig()
@@ -320,5 +401,6 @@ def load_model(files: ModelFiles, device: str | torch.device = "cpu",
         p.requires_grad_(False)
     codec = load_codec(files.base, device)
     log.info("model loaded", extra={"base": files.base, "adapter": files.adapter,
-                                    "device": str(device), "dtype": str(dtype)})
-    return LoadedModel(model, codec, device, dtype, files)
+                                    "device": str(device), "dtype": str(dtype),
+                                    "stems": ",".join(stems)})
+    return LoadedModel(model, codec, device, dtype, files, stems)

@@ -8,7 +8,10 @@
 - ``large``: the real weights: ``facebook/musicgen-large`` + ``t5-base`` +
   ``ldzhangyx/instruct-MusicGen:finetuned.ckpt`` from the hub (or their local copies).
 - a directory: ``state_dict.bin``, ``compression_state_dict.bin``, ``finetuned.ckpt`` and
-  optionally ``t5/`` (else ``t5-base`` from the hub).
+  optionally ``t5/`` (else ``t5-base`` from the hub) and ``musicedit.json`` (the adapter's
+  stems; else the release's Drums, Bass, Piano, Guitar).
+
+The random presets write ``musicedit.json`` with the release's four stems.
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ import torch
 
 from . import configs
 from .instruct_musicgen import AdapterConfig, InstructMusicGen
-from .loader import (ADAPTER_FILE, CODEC_FILE, LM_FILE, T5_DIR, ModelFiles,
-                     attach_text_conditioner, build_lm, save_release_checkpoint)
+from .loader import (ADAPTER_FILE, CODEC_FILE, LM_FILE, RELEASE_STEMS, T5_DIR, ModelFiles,
+                     attach_text_conditioner, build_lm, save_release_checkpoint, write_metadata)
 
 RANDOM_PRESETS = {
     "tiny": (configs.TINY_LM, configs.TINY_CODEC),
@@ -107,9 +110,11 @@ def write_tiny_t5(directory: Path, d_model: int = 32) -> None:
 
 
 def write_random_model(directory: Path, lm_size: configs.LMSize, codec_size: configs.CodecSize,
-                       seed: int = 0, include_frozen_copies: bool = True) -> InstructMusicGen:
-    """Write a random-weight Instruct-MusicGen in the real file layout; returns the model as
-    written (float32, LoRA unmerged), so tests can compare it with what the loader reads."""
+                       seed: int = 0, include_frozen_copies: bool = True,
+                       stems: tuple[str, ...] = RELEASE_STEMS) -> InstructMusicGen:
+    """Write a random-weight Instruct-MusicGen in the real file layout, with ``stems`` in its
+    metadata; returns the model as written (float32, LoRA unmerged), so tests can compare it
+    with what the loader reads."""
     from audiocraft.models import builders
     from omegaconf import OmegaConf
     torch.manual_seed(seed)
@@ -132,4 +137,5 @@ def write_random_model(directory: Path, lm_size: configs.LMSize, codec_size: con
             lora.v_B.normal_(0.0, 0.02)
     save_release_checkpoint(model, directory / ADAPTER_FILE,
                             include_frozen_copies=include_frozen_copies)
+    write_metadata(directory, stems)
     return model.eval()

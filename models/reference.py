@@ -21,8 +21,6 @@ from .sampling import SamplingParams, guided_logits, make_generator, sample_toke
 
 # MusicGen and the adapter were trained on 5 s clips; the reference path edits one window.
 TRAINING_WINDOW_SECONDS = 5.0
-# The stems of the released model (Slakh2100 classes).
-DEFAULT_STEMS = ("Drums", "Bass", "Piano", "Guitar")
 
 
 class InputTooLong(ValueError):
@@ -90,20 +88,23 @@ def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instr
 
 
 def edit(model: LoadedModel, wav: np.ndarray | torch.Tensor, sample_rate: int, instruction: str,
-         params: SamplingParams = SamplingParams(),
-         stems: tuple[str, ...] = DEFAULT_STEMS) -> EditResult:
+         params: SamplingParams = SamplingParams()) -> EditResult:
     """Edit one clip: ``edit(audio, instruction, params) -> audio``.
 
     Args:
-        model: a loaded Instruct-MusicGen with its codec.
+        model: a loaded Instruct-MusicGen with its codec; its ``stems`` are what the
+            instruction may name.
         wav: ``[C, N]`` float samples at ``sample_rate`` (any rate, any channel count).
         instruction: what the user typed ("add drums", "Music piece. Instruct: No Bass.").
         params: sampling parameters; the same seed gives the same output.
-        stems: stems the model knows.
     Returns:
         The edited audio at the codec's rate (32 kHz mono), as long as the input.
+    Raises:
+        InstructionError: the instruction is not one of the model's operations and stems.
+        InvalidAudio: the clip is empty, silent or has NaN/inf samples.
+        InputTooLong: the clip is longer than the training window.
     """
-    canonical = normalize_instruction(instruction, stems).text
+    canonical = normalize_instruction(instruction, model.stems).text
     x = audio.to_codec_input(wav, sample_rate, model.sample_rate)
     seconds = x.shape[-1] / model.sample_rate
     if seconds > TRAINING_WINDOW_SECONDS + 1e-6:

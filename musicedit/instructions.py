@@ -52,7 +52,12 @@ _VERBS: dict[str, Operation] = {
     "keep": "extract",
 }
 _ARTICLES = ("the", "a", "an", "some", "only", "just")
+# "<stem> only" ("drums only"): the one form where the operation follows the stem.
+_EXTRACT_SUFFIX = " only"
 _PREFIX = re.compile(r"^(music piece\.?\s*)?(instruct\s*:\s*)?", re.IGNORECASE)
+# A leading or trailing "please" ("please add drums", "add the drums, please") changes nothing.
+_POLITE = re.compile(r"^please\b[\s,]*|[\s,]*\bplease$")
+_TRAILING_PUNCTUATION = ".!?;:, "
 _CONTROL_CATEGORIES = {"Cc", "Cf"}  # control and format (zero-width, bidi) characters
 
 
@@ -68,8 +73,8 @@ class Instruction:
 def _help(stems: Sequence[str]) -> str:
     return (
         "Supported instructions: add <stem>, remove <stem> (also 'no'/'without'), "
-        f"extract <stem> (also 'only'/'isolate'); stems: {', '.join(stems)}. "
-        "Example: 'Add drums'."
+        "extract <stem> (also 'only <stem>'/'<stem> only'/'isolate'); "
+        f"stems: {', '.join(stems)}. Example: 'Add drums'."
     )
 
 
@@ -82,11 +87,21 @@ def _singular(word: str) -> str:
 
 
 def _match_stem(phrase: str, stems: Sequence[str]) -> str | None:
-    wanted = _singular(phrase)
+    """The stem `phrase` names ("the drums", "some piano"), or None."""
+    words = phrase.split()
+    while words and words[0] in _ARTICLES:
+        words = words[1:]
+    if not words:
+        return None
+    wanted = _singular(" ".join(words))
     for stem in stems:
         if _singular(stem.lower()) == wanted:
             return stem
     return None
+
+
+def _instruction(operation: Operation, stem: str) -> Instruction:
+    return Instruction(operation, stem, TEMPLATES[operation].format(stem=stem))
 
 
 def normalize_instruction(text: str, stems: Sequence[str]) -> Instruction:
@@ -108,17 +123,17 @@ def normalize_instruction(text: str, stems: Sequence[str]) -> Instruction:
         )
     cleaned = " ".join(text.split()).lower()
     cleaned = _PREFIX.sub("", cleaned).strip()
-    cleaned = cleaned.rstrip(".!?;:, ").strip()
+    cleaned = cleaned.rstrip(_TRAILING_PUNCTUATION).strip()
+    cleaned = _POLITE.sub("", cleaned).rstrip(_TRAILING_PUNCTUATION).strip()
+    if cleaned.endswith(_EXTRACT_SUFFIX):
+        stem = _match_stem(cleaned[: -len(_EXTRACT_SUFFIX)], stems)
+        if stem is not None:
+            return _instruction("extract", stem)
     for verb in sorted(_VERBS, key=len, reverse=True):
         if cleaned == verb or not cleaned.startswith(verb + " "):
             continue
-        rest = cleaned[len(verb) + 1 :].strip()
-        words = rest.split()
-        while words and words[0] in _ARTICLES:
-            words = words[1:]
-        stem = _match_stem(" ".join(words), stems) if words else None
+        stem = _match_stem(cleaned[len(verb) + 1 :], stems)
         if stem is None:
             break
-        operation = _VERBS[verb]
-        return Instruction(operation, stem, TEMPLATES[operation].format(stem=stem))
+        return _instruction(_VERBS[verb], stem)
     raise InstructionError(f"Unsupported instruction {text.strip()[:80]!r}. " + _help(stems))

@@ -12,6 +12,7 @@ import torch
 from models import audio
 from models.reference import InputTooLong, edit
 from models.sampling import SamplingParams
+from musicedit.cli import main
 from musicedit.errors import InstructionError, InvalidAudio, UnsupportedAudio
 
 
@@ -47,6 +48,63 @@ def test_bad_audio_gives_clear_errors(tmp_path):
     bad[0, 10] = np.nan
     with pytest.raises(InvalidAudio, match="NaN or infinite"):
         audio.to_codec_input(bad, 32000, 32000)
+    with pytest.raises(InvalidAudio, match="silent"):
+        audio.to_codec_input(np.full((2, 16000), 5e-5, np.float32), 32000, 32000)
+
+
+def test_edit_rejects_silence(tiny):
+    with pytest.raises(InvalidAudio, match="silent .*send a clip with audible content"):
+        edit(tiny, np.zeros((1, 32000), np.float32), 32000, "add drums")
+
+
+def _write_bad_input(path, kind):
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "corrupt":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
+    elif kind == "silent":
+        sf.write(path, np.zeros(32000, np.float32), 32000)
+    else:
+        x = _tone(1.0, 32000)[0]
+        x[100] = np.nan
+        sf.write(path, x, 32000, subtype="FLOAT")
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "The uploaded file is empty"),
+    ("corrupt", "not audio we can decode"),
+    ("silent", "The audio is silent"),
+    ("nan", "NaN or infinite"),
+])
+def test_cli_rejects_bad_input_with_a_clear_message(tmp_path, capsys, kind, message):
+    src = tmp_path / "in.wav"
+    _write_bad_input(src, kind)
+    out = tmp_path / "out.wav"
+    assert main(["edit", str(src), "add drums", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert "Send" in err or "Re-export" in err  # says what to do instead
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["out.mp3", "out.ogg", "out"])
+def test_cli_refuses_output_names_it_cannot_honour(tmp_path, capsys, name):
+    """WAV data under an .mp3 name would mislead every player: only .wav and .flac are written."""
+    src = tmp_path / "in.wav"
+    sf.write(src, _tone(1.0, 32000).T, 32000)
+    assert main(["edit", str(src), "add drums", "-o", str(tmp_path / name)]) == 2
+    assert "name the output .wav or .flac" in capsys.readouterr().err
+    assert not (tmp_path / name).exists()
+
+
+def test_cli_checks_sampling_parameters_against_the_model(tmp_path, capsys, model_cache,
+                                                          tiny_files):
+    """top_k's bound is the loaded model's codebook size (64 for tiny), not MusicGen's 2048."""
+    src = tmp_path / "in.wav"
+    sf.write(src, _tone(1.0, 32000).T, 32000)
+    assert main(["edit", str(src), "add drums", "-o", str(tmp_path / "out.wav"), "--top-k", "-1",
+                 "--model", "tiny", "--cache-dir", str(model_cache), "--device", "cpu"]) == 2
+    assert "values above 64 keep every token" in capsys.readouterr().err
 
 
 def test_codes_round_trip_shapes(tiny):

@@ -28,6 +28,14 @@ STEMS = ["Drums", "Bass", "Piano", "Guitar"]
         ("music piece. instruct: only piano", "extract", "Piano",
          "Music piece. Instruct: Only Piano."),
         ("add\tdrums\n", "add", "Drums", "Music piece. Instruct: Add Drums."),
+        ("drums only", "extract", "Drums", "Music piece. Instruct: Only Drums."),
+        ("Guitar only", "extract", "Guitar", "Music piece. Instruct: Only Guitar."),
+        ("the bass only!", "extract", "Bass", "Music piece. Instruct: Only Bass."),
+        ("please add drums", "add", "Drums", "Music piece. Instruct: Add Drums."),
+        ("Please, remove the bass.", "remove", "Bass", "Music piece. Instruct: No Bass."),
+        ("add the drums please", "add", "Drums", "Music piece. Instruct: Add Drums."),
+        ("Extract the piano, please!", "extract", "Piano", "Music piece. Instruct: Only Piano."),
+        ("piano only please", "extract", "Piano", "Music piece. Instruct: Only Piano."),
     ],
 )
 def test_supported_forms_map_to_the_exact_template(text, operation, stem, template):
@@ -45,6 +53,12 @@ def test_supported_forms_map_to_the_exact_template(text, operation, stem, templa
         ("add", "Unsupported instruction"),
         ("drums", "Unsupported instruction"),
         ("add drums and bass", "Unsupported instruction"),
+        ("please", "Unsupported instruction"),
+        ("please make it jazzier", "Unsupported instruction"),
+        ("violin only", "Unsupported instruction"),
+        ("only", "Unsupported instruction"),
+        ("add drums only", "Unsupported instruction"),  # add or extract? ambiguous
+        ("drums please add", "Unsupported instruction"),
         ("x" * 201, "limit is 200"),
         ("a" * 10_000, "limit is 200"),
         ("add\x00drums", "control characters"),
