@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -22,32 +23,38 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 def _edit(args: argparse.Namespace) -> int:
     import torch
 
-    from models.audio import read_audio, write_audio
+    from models.audio import OUTPUT_FORMATS, SILENCE_PEAK_THRESHOLD, read_audio, write_audio
+    from models.checkpoint import CheckpointError
     from models.engine import EditEngine, EditRequest, EngineConfig
-    from models.loader import load_model
+    from models.loader import load_model, model_stems
     from models.presets import resolve_model
-    from models.reference import DEFAULT_STEMS
     from models.sampling import SamplingParams
     from musicedit.audio_probe import AudioLimits, probe_audio
     from musicedit.errors import MusiceditError
     from musicedit.instructions import normalize_instruction
 
     limits = AudioLimits(min_seconds=0.05, max_seconds=args.max_seconds, max_sample_rate=768_000,
-                         max_channels=64, silence_peak_threshold=1e-4)
+                         max_channels=64, silence_peak_threshold=SILENCE_PEAK_THRESHOLD)
+    # Everything that needs no weights is checked before the (possibly minutes-long) model load.
     try:
+        fmt = _output_format(args.output, OUTPUT_FORMATS)
         info = probe_audio(args.input, limits)
-        instruction = normalize_instruction(args.instruction, DEFAULT_STEMS)
+        files = resolve_model(args.model, args.cache_dir)
+        instruction = normalize_instruction(args.instruction, model_stems(files))
         params = SamplingParams(seed=args.seed, top_k=args.top_k, top_p=args.top_p,
                                 temperature=args.temperature, cfg_coef=args.cfg)
-        params.validate(card=2048)
-    except (MusiceditError, OSError, ValueError) as exc:
+    except (MusiceditError, CheckpointError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()
-    model = load_model(resolve_model(args.model, args.cache_dir), device=device)
+    try:
+        model = load_model(files, device=device)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     loaded = time.perf_counter()
     # The engine edits any length (5 s windows, each continuing the previous one's output);
     # for one window it computes exactly the reference path (models.reference.edit).
@@ -58,7 +65,7 @@ def _edit(args: argparse.Namespace) -> int:
         print(f"\r{done}/{total} frames", end="", file=sys.stderr, flush=True)
 
     engine.start()
-    try:
+    try:  # submit checks the sampling parameters against the model's codebook size
         handle = engine.submit(EditRequest("cli", wav, rate, instruction.text, params, progress))
         result = handle.result()
     except (ValueError, MusiceditError) as exc:
@@ -68,12 +75,25 @@ def _edit(args: argparse.Namespace) -> int:
         engine.stop()
     print(file=sys.stderr)
     out_rate = info.sample_rate if args.keep_rate else None
-    fmt = args.format or ("flac" if args.output.suffix.lower() == ".flac" else "wav")
     write_audio(args.output, result.audio, model.sample_rate, fmt, output_rate=out_rate)
     done = time.perf_counter()
     print(f"{args.output}: {info.duration_seconds:.2f} s edited with '{instruction.text}' "
           f"(model load {loaded - started:.1f} s, edit {done - loaded:.1f} s)")
     return 0
+
+
+def _output_format(output: Path, formats: Iterable[str]) -> str:
+    """The output format the file's extension names (``.wav`` -> ``wav``).
+
+    Raises:
+        ValueError: the extension is not one of ``formats`` (the data would not match the name).
+    """
+    suffix = output.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise ValueError(f"cannot write {output.name!r}: edits are written as "
+                         f"{' or '.join(f.upper() for f in formats)}; name the output "
+                         f"{' or '.join(f'.{f}' for f in formats)}")
+    return suffix
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -102,9 +122,19 @@ def _dev_api_key(data_dir: Path) -> str:
     return key
 
 
-def _usage_banner(base_url: str, api_key: str | None) -> str:
+def _usage_banner(base_url: str, api_key: str | None, storage_backend: str = "local") -> str:
     key = api_key or "<one of your MUSICEDIT_API_KEYS secrets>"
     auth = f'-H "Authorization: Bearer {key}"'
+    audio_url = f"{base_url}/v1/edits/JOB_ID/audio"
+    if storage_backend == "s3":
+        # 302 to a presigned URL: fetch it without the key (curl -L before 7.83 forwards the
+        # Authorization header to the same host on another port, and S3 refuses both at once)
+        download = [
+            f"  URL=$(curl -s -o /dev/null -w '%{{redirect_url}}' {auth} {audio_url})",
+            '  curl -s -o edited.wav "$URL"',
+        ]
+    else:  # local storage: the gateway answers with the file itself
+        download = [f"  curl -s {auth} -o edited.wav {audio_url}"]
     return "\n".join([
         f"musicedit is ready on {base_url} (API docs: {base_url}/docs)",
         *([f"dev API key (saved in the data dir): {api_key}"] if api_key else []),
@@ -113,7 +143,7 @@ def _usage_banner(base_url: str, api_key: str | None) -> str:
         "poll it (use the id from the answer):",
         f"  curl -s {auth} {base_url}/v1/edits/JOB_ID",
         "download the result:",
-        f"  curl -sL {auth} -o edited.wav {base_url}/v1/edits/JOB_ID/audio",
+        *download,
         "Ctrl-C stops the gateway and the worker.",
     ])
 
@@ -164,7 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
                 except MusiceditError:
                     ready = False
                 if ready:
-                    print(_usage_banner(base_url, dev_key), flush=True)
+                    print(_usage_banner(base_url, dev_key, settings.storage_backend), flush=True)
                     announced = True
             time.sleep(0.5)
         if worker.poll() is not None and not server.should_exit:
@@ -198,15 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     edit_p = sub.add_parser("edit", help="edit one audio file offline")
     edit_p.add_argument("input", type=Path, help="WAV, FLAC, OGG or MP3 file")
     edit_p.add_argument("instruction", help='for example "Add drums", "Remove the bass", "Only guitar"')
-    edit_p.add_argument("-o", "--output", type=Path, required=True, help="output .wav or .flac")
+    edit_p.add_argument("-o", "--output", type=Path, required=True,
+                        help="output file: .wav or .flac (the extension sets the format)")
     _add_model_args(edit_p)
     edit_p.add_argument("--seed", type=int, default=0)
     edit_p.add_argument("--top-k", type=int, default=100)
     edit_p.add_argument("--top-p", type=float, default=0.0)
     edit_p.add_argument("--temperature", type=float, default=1.0)
     edit_p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance coefficient")
-    edit_p.add_argument("--format", choices=["wav", "flac"], default=None,
-                        help="output format (default: from the output file's extension)")
     edit_p.add_argument("--keep-rate", action="store_true",
                         help="write at the input's sample rate instead of 32 kHz")
     edit_p.add_argument("--max-seconds", type=float, default=300.0,
