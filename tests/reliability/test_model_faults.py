@@ -1,47 +1,40 @@
 """One job that makes the model itself raise fails alone; the jobs decoding in the same batch
-complete. The worker path (`run_edit_job`) on the real engine with the `tiny` model."""
+complete and their results land in S3. Real Redis (job store and broker) and SeaweedFS S3
+from the session fixtures, the real engine with the `tiny` model: once in-process through the
+worker path (`run_edit_job`), once through the gateway and a real Celery worker process.
+
+How the fault is made: tests/reliability/model_fault.py.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
-from models.sampling import SamplingParams
+import pytest
+from e2e_services import (REPO, WORKER_READY_TIMEOUT, WorkerProcess, make_settings_from,
+                          service_values, subprocess_env, wait_terminal)
+from model_fault import FAULT_SEED, ParamsSlippedPastValidation
+
+from musicedit.client import MusiceditClient
+from musicedit.job_store import make_job_store
 from musicedit.jobs import JobState
 from worker.edit_job import JobOutcome, run_edit_job
 
-
-@dataclasses.dataclass(frozen=True)
-class UncheckedParams(SamplingParams):
-    """Parameters whose validation was skipped: both the gateway and the engine reject a
-    non-finite cfg_coef, so only a bug in both could let one through."""
-
-    def validate(self, card: int) -> None:
-        return None
+MODEL_ERROR = "The model failed on this input (NonFiniteLogits)"
 
 
-class ParamsSlippedPastValidation:
-    """The worker's real engine, except that job `job_id` reaches it with `cfg_coef=inf`, as if
-    that value had slipped past every validation: the model then produces non-finite logits
-    for that row of the batch, and only that row."""
-
-    def __init__(self, engine, job_id: str) -> None:
-        self.engine = engine
-        self.job_id = job_id
-
-    def submit(self, request):
-        if request.job_id == self.job_id:
-            fields = dataclasses.asdict(request.params) | {"cfg_coef": float("inf")}
-            request = dataclasses.replace(request, params=UncheckedParams(**fields))
-        return self.engine.submit(request)
-
-    def __getattr__(self, name: str):
-        return getattr(self.engine, name)
+def result_keys(s3_client, bucket: str) -> list[str]:
+    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix="results/")
+    return sorted(item["Key"] for item in listing.get("Contents", []))
 
 
-def test_a_job_the_model_raises_on_fails_alone_and_is_dead_lettered(harness, audio_factory,
-                                                                    shared):
-    h = harness()
+def test_a_job_the_model_raises_on_fails_alone_and_is_dead_lettered(
+        harness, audio_factory, shared, redis_url, s3_server, s3_bucket):
+    h = harness(redis_url=redis_url, s3=(s3_server, s3_bucket))
     good = [h.submit(audio_factory(seconds=15.0, sample_rate=16000, channels=1), seed=i)
             for i in range(2)]
     bad = h.submit(audio_factory(seconds=4.0, sample_rate=16000, channels=1), seed=9)
@@ -66,11 +59,77 @@ def test_a_job_the_model_raises_on_fails_alone_and_is_dead_lettered(harness, aud
     assert outcomes == {**{j.id: JobOutcome.succeeded for j in good}, bad.id: JobOutcome.failed}
     failed = h.store.get(bad.id)
     assert failed.state is JobState.failed and failed.dead_lettered
-    assert "The model failed on this input (NonFiniteLogits)" in failed.error
+    assert MODEL_ERROR in failed.error
     assert [j.id for j in h.store.dead_letters()] == [bad.id]
     for job in good:
         done = h.store.get(job.id)
         assert done.state is JobState.succeeded and done.attempts == 1
         assert done.progress.frames_done == done.progress.frames_total > 0
-    assert h.storage.list_keys("results/") == sorted(f"results/{j.id}.wav" for j in good)
+    assert result_keys(s3_server.client(), s3_bucket) == sorted(
+        f"results/{j.id}.wav" for j in good)
     assert h.deps.engine.stats().active_jobs == 0
+
+
+@dataclasses.dataclass
+class ModelFaultWorker(WorkerProcess):
+    """`musicedit worker` whose engine runs jobs submitted with seed `FAULT_SEED` at
+    `cfg_coef=inf` (`python tests/reliability/model_fault.py`)."""
+
+    def start(self) -> "ModelFaultWorker":
+        env = subprocess_env({**self.values, "worker_metrics_port": str(self.metrics_port)})
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("model_fault.py"))], cwd=REPO,
+                env=env, stdout=out, stderr=subprocess.STDOUT)
+
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"worker exited with {self.process.returncode}; see {self.log}")
+            return any(e.get("message", "").endswith(" ready.") for e in self.events())
+
+        self.shared.wait_until(ready, WORKER_READY_TIMEOUT, "celery worker", self.log)
+        return self
+
+
+@pytest.mark.slow
+def test_a_job_the_model_raises_on_in_a_worker_process_fails_alone_and_the_rest_land_in_s3(
+        shared, redis_url, s3_server, s3_bucket, model_cache, run_gateway, audio_factory,
+        tmp_path: Path) -> None:
+    values = service_values(shared, tmp_path / "var", redis_url=redis_url,
+                            s3=(s3_server, s3_bucket), max_batch_size="4", model="tiny",
+                            model_cache_dir=str(model_cache))
+    worker = ModelFaultWorker(values, tmp_path / "worker.log", shared.free_port(), shared)
+    try:
+        worker.start()
+        gateway = run_gateway(make_settings_from(values))
+        with MusiceditClient(gateway.url, shared.API_KEYS["alice"]) as client:
+            good = [client.submit(audio_factory(seconds=6.0, sample_rate=16000, channels=1),
+                                  "Add drums", seed=i) for i in range(2)]
+            shared.wait_until(lambda: all(client.get(j.id).progress.frames_done > 0
+                                          for j in good), 60, "the good jobs decoding")
+            bad = client.submit(audio_factory(seconds=2.0, sample_rate=16000, channels=1),
+                                "Add drums", seed=FAULT_SEED)
+            views = wait_terminal(client, [bad.id, *(j.id for j in good)], timeout=120)
+            assert worker.process.poll() is None  # the worker survived its model raising
+
+        failed = views[bad.id]
+        assert failed.status is JobState.failed and MODEL_ERROR in failed.error
+        assert "resubmit" in failed.error
+        assert [views[j.id].status for j in good] == [JobState.succeeded, JobState.succeeded]
+        # same worker, same engine, and the failing job started and ended while both of the
+        # others were decoding: it was in their batch
+        for job in good:
+            timings = views[job.id].timings
+            assert timings.started_at < failed.timings.started_at
+            assert failed.timings.finished_at < timings.finished_at
+        assert [e["error"] for e in worker.events("job_model_error", bad.id)] == [
+            "NonFiniteLogits"]
+        assert [j.id for j in make_job_store(make_settings_from(values)).dead_letters()] == [
+            bad.id]
+        s3 = s3_server.client()
+        assert result_keys(s3, s3_bucket) == sorted(f"results/{j.id}.wav" for j in good)
+        for job in good:
+            result = s3.get_object(Bucket=s3_bucket, Key=f"results/{job.id}.wav")["Body"].read()
+            assert result.startswith(b"RIFF") and len(result) > 44
+    finally:
+        worker.stop()

@@ -1,6 +1,7 @@
-"""Who can see what: key isolation on every route, short-lived presigned URLs refused by the
-real S3 server once expired, no secrets in gateway or worker logs, CORS and size limits from
-settings. Real Redis and SeaweedFS behind every gateway; a real worker for the full job.
+"""Who can see what: API keys compared with every configured key in constant time, key
+isolation on every route, short-lived presigned URLs refused by the real S3 server once
+expired, no secrets in gateway or worker logs, CORS and size limits from settings. Real Redis
+and SeaweedFS behind every gateway; a real worker for the full job.
 
 Already covered elsewhere (not repeated): 401 on every route for missing/unknown keys and
 the basic 404 for another key's job (tests/service/test_gateway.py), keys kept only as
@@ -54,6 +55,49 @@ def job_routes(app) -> list[tuple[str, str]]:
     """(METHOD, path template) of every route in the OpenAPI schema that names a job."""
     return [(method.upper(), path) for path, operations in app.openapi()["paths"].items()
             if "{job_id}" in path for method in operations]
+
+
+THREE_KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key", "carol": "carol-secret-key"}
+
+
+@pytest.mark.parametrize("presented, owner", [
+    ("alice-secret-key", "alice"), ("carol-secret-key", "carol"), ("alice-secret-kez", None),
+    ("x", None)], ids=["first key", "last key", "unknown key", "short unknown key"])
+def test_a_presented_key_is_compared_with_every_key_in_constant_time(
+        make_settings, monkeypatch, presented, owner):
+    """The route dependency compares the presented key with every configured key through
+    `hmac.compare_digest`, on equal-length digests, with no early exit: how long it takes does
+    not tell which key matched or whether any did."""
+    import hmac
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from musicedit.errors import Unauthorized
+    from musicedit.settings import hash_api_key
+    from service.dependencies import get_api_key
+
+    settings = make_settings(api_keys=",".join(f"{n}:{s}" for n, s in THREE_KEYS.items()))
+    compared: list[tuple[str, str]] = []
+    compare_digest = hmac.compare_digest
+
+    def counting_compare_digest(a, b):
+        compared.append((a, b))
+        return compare_digest(a, b)
+
+    monkeypatch.setattr("musicedit.settings.hmac.compare_digest", counting_compare_digest)
+    request = Request({"type": "http", "headers": [
+        (b"authorization", f"Bearer {presented}".encode())]})
+    context = SimpleNamespace(settings=settings)
+    if owner is None:
+        with pytest.raises(Unauthorized):
+            get_api_key(request, context)
+    else:
+        assert get_api_key(request, context).name == owner
+    assert [stored for _, stored in compared] == [k.secret_sha256 for k in settings.api_keys]
+    # the presented key's digest, never the key itself, and always as long as a stored hash
+    assert {given for given, _ in compared} == {hash_api_key(presented)}
+    assert all(len(given) == len(stored) == 64 for given, stored in compared)
 
 
 def test_no_route_lets_one_key_read_cancel_or_list_another_keys_job(gateway, audio_factory):
