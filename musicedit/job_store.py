@@ -72,7 +72,8 @@ class JobStore(Protocol):
     """What the gateway and the worker may do with jobs."""
 
     # gateway side
-    def admit(self, owner: str, limit_per_minute: int, max_queued: int) -> None: ...
+    def admit(self, owner: str, limit_per_minute: int, max_queued: int,
+              idempotency_key: str | None = None) -> bool: ...
     def create(self, job: EditJob, *, max_queued_per_owner: int | None = None) -> tuple[EditJob, bool]: ...
     def create_with_position(self, job: EditJob, *, max_queued_per_owner: int | None = None) -> CreatedJob: ...
     def find_idempotent(self, owner: str, idempotency_key: str, request_hash: str) -> EditJob | None: ...
@@ -80,10 +81,12 @@ class JobStore(Protocol):
     def list_jobs(self, owner: str, limit: int = 20, before: int | None = None) -> list[EditJob]: ...
     def queue_position(self, job_id: str) -> int | None: ...
     def count_queued(self, owner: str | None = None) -> int: ...
+    def count_by_state(self) -> dict[JobState, int]: ...
     def request_cancel(self, job_id: str, owner: str | None = None) -> EditJob: ...
     def check_rate_limit(self, owner: str, limit_per_minute: int) -> None: ...
     def discard(self, job_id: str) -> None: ...
-    def expire_jobs(self) -> list[str]: ...
+    def expired_jobs(self, limit: int = 1000) -> list[EditJob]: ...
+    def remove_expired(self, job_id: str) -> None: ...
     def live_workers(self, ttl_seconds: float) -> list[dict[str, Any]]: ...
     def ping(self) -> None: ...
     # worker side
@@ -121,9 +124,10 @@ class BaseJobStore(ABC):
         and read the queue position of the job returned."""
 
     @abstractmethod
-    def _count_submission(self, owner: str) -> tuple[int, int]:
+    def _count_submission(self, owner: str, idempotency_key: str | None) -> tuple[int, int] | None:
         """Count one submission in the owner's current rate window; return (submissions in the
-        window including this one, the owner's queued jobs)."""
+        window including this one, the owner's queued jobs). None, counting nothing, when the
+        owner already used `idempotency_key` (the request is a retry)."""
 
     @abstractmethod
     def _idempotency_record(self, owner: str, idempotency_key: str) -> tuple[str, str] | None:
@@ -133,17 +137,27 @@ class BaseJobStore(ABC):
     def _load(self, job_id: str) -> EditJob | None: ...
 
     # --- gateway side ----------------------------------------------------------------
-    def admit(self, owner: str, limit_per_minute: int, max_queued: int) -> None:
+    def admit(
+        self, owner: str, limit_per_minute: int, max_queued: int,
+        idempotency_key: str | None = None,
+    ) -> bool:
         """Before an upload is read: count it against the owner's per-minute rate limit
         (`RateLimited`), then check the owner's queued-jobs cap (`TooManyQueuedJobs`).
 
-        One round trip; `create` checks the cap again atomically when it writes the job.
+        A request whose `idempotency_key` the owner already used is a retry: it is neither
+        counted nor capped (its answer is the earlier job, or `IdempotencyConflict` for another
+        body, once the body is read) and the result is True. One round trip; `create` checks
+        the cap again atomically when it writes the job.
         """
-        count, queued = self._count_submission(owner)
+        counted = self._count_submission(owner, idempotency_key)
+        if counted is None:
+            return True
+        count, queued = counted
         if count > limit_per_minute:
             raise self._rate_limited(limit_per_minute)
         if queued >= max_queued:
             raise _queue_full(queued, max_queued)
+        return False
 
     def create(
         self, job: EditJob, *, max_queued_per_owner: int | None = None
@@ -404,10 +418,6 @@ def _idempotency_conflict(key: str) -> IdempotencyConflict:
     )
 
 
-def _object_keys(job: EditJob) -> list[str]:
-    return [key for key in (job.input_key, job.result_key) if key]
-
-
 # =========================================================================================
 # Redis
 # =========================================================================================
@@ -464,6 +474,16 @@ return {'created', seq, redis.call('ZRANK', KEYS[2], job_id)}
 """
 
 
+# `_count_submission` in one round trip. KEYS: the owner's rate-window counter, the owner's
+# queued set, [the idempotency record]. ARGV: the counter's TTL in seconds.
+_ADMIT_SCRIPT = """
+if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return false end
+local count = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {count, redis.call('SCARD', KEYS[2])}
+"""
+
+
 class RedisJobStore(BaseJobStore):
     """Jobs as JSON strings; indexes as sorted sets, all under `prefix`."""
 
@@ -480,6 +500,7 @@ class RedisJobStore(BaseJobStore):
         self.redis = client
         self.p = prefix
         self._insert_script = client.register_script(_INSERT_SCRIPT)
+        self._admit_script = client.register_script(_ADMIT_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, settings: Settings, clock: Clock = time.time) -> "RedisJobStore":
@@ -596,15 +617,15 @@ class RedisJobStore(BaseJobStore):
         return CreatedJob(job.model_copy(update={"seq": int(reply[1])}), True, position)
 
     @_redis_errors
-    def _count_submission(self, owner: str) -> tuple[int, int]:
+    def _count_submission(self, owner: str, idempotency_key: str | None) -> tuple[int, int] | None:
         window = int(self.clock() // RATE_WINDOW_SECONDS)
-        key = f"{self.p}rate:{owner}:{window}"
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, RATE_WINDOW_SECONDS * 2)
-            pipe.scard(self._owner_queued(owner))
-            count, _, queued = pipe.execute()
-        return int(count), int(queued)
+        keys = [f"{self.p}rate:{owner}:{window}", self._owner_queued(owner)]
+        if idempotency_key:
+            keys.append(self._idem(owner, idempotency_key))
+        reply = self._admit_script(keys=keys, args=[RATE_WINDOW_SECONDS * 2])
+        if reply is None:
+            return None
+        return int(reply[0]), int(reply[1])
 
     @_redis_errors
     def discard(self, job_id: str) -> None:
@@ -661,6 +682,15 @@ class RedisJobStore(BaseJobStore):
         return int(self.redis.scard(self._owner_queued(owner)))
 
     @_redis_errors
+    def count_by_state(self) -> dict[JobState, int]:
+        """Jobs queued and running now (finished ones are counted when they finish)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self._queued)
+            pipe.zcard(self._running)
+            queued, running = pipe.execute()
+        return {JobState.queued: int(queued), JobState.running: int(running)}
+
+    @_redis_errors
     def check_rate_limit(self, owner: str, limit_per_minute: int) -> None:
         """Count one submission in the current one-minute window; raise `RateLimited` if over."""
         window = int(self.clock() // RATE_WINDOW_SECONDS)
@@ -687,23 +717,31 @@ class RedisJobStore(BaseJobStore):
         return self._load_many(self.redis.zrevrange(self._dead, 0, limit - 1))
 
     @_redis_errors
-    def expire_jobs(self) -> list[str]:
-        """Delete jobs finished more than `retention_seconds` ago; return their object keys."""
+    def expired_jobs(self, limit: int = 1000) -> list[EditJob]:
+        """Up to `limit` jobs finished more than `retention_seconds` ago, oldest first. They
+        stay stored until `remove_expired`: the caller deletes their objects first."""
         cutoff = self.clock() - self.retention_seconds
-        keys: list[str] = []
-        for raw_id in self.redis.zrangebyscore(self._finished, "-inf", cutoff):
-            job_id = raw_id.decode()
-            job = self._load(job_id)
-            with self.redis.pipeline() as pipe:
-                pipe.delete(self._job(job_id))
-                pipe.zrem(self._finished, job_id)
-                pipe.zrem(self._dead, job_id)
-                if job is not None:
-                    pipe.zrem(self._owner_jobs(job.owner), job_id)
-                pipe.execute()
+        ids = [j.decode() for j in
+               self.redis.zrangebyscore(self._finished, "-inf", cutoff, start=0, num=limit)]
+        jobs = self._load_many(ids)
+        gone = set(ids) - {job.id for job in jobs}
+        if gone:  # removed by another sweeper between the two reads
+            self.redis.zrem(self._finished, *gone)
+        return jobs
+
+    @_redis_errors
+    def remove_expired(self, job_id: str) -> None:
+        """Delete a finished job's record and index entries (its objects are gone already)."""
+        job = self._load(job_id)
+        if job is not None and not job.state.terminal:
+            return
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self._job(job_id))
+            pipe.zrem(self._finished, job_id)
+            pipe.zrem(self._dead, job_id)
             if job is not None:
-                keys.extend(_object_keys(job))
-        return keys
+                pipe.zrem(self._owner_jobs(job.owner), job_id)
+            pipe.execute()
 
     @_redis_errors
     def register_worker_heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
@@ -959,6 +997,16 @@ class SqliteJobStore(BaseJobStore):
         return int(rows[0][0])
 
     @_sqlite_errors
+    def count_by_state(self) -> dict[JobState, int]:
+        """Jobs queued and running now (finished ones are counted when they finish)."""
+        rows = self._select(
+            "SELECT state, count(*) AS n FROM jobs WHERE state IN ('queued', 'running') "
+            "GROUP BY state", ())
+        counts = {JobState.queued: 0, JobState.running: 0}
+        counts.update({JobState(row["state"]): int(row["n"]) for row in rows})
+        return counts
+
+    @_sqlite_errors
     def check_rate_limit(self, owner: str, limit_per_minute: int) -> None:
         """Count one submission in the current one-minute window; raise `RateLimited` if over."""
         with self._write_tx() as conn:
@@ -967,8 +1015,13 @@ class SqliteJobStore(BaseJobStore):
             raise self._rate_limited(limit_per_minute)
 
     @_sqlite_errors
-    def _count_submission(self, owner: str) -> tuple[int, int]:
+    def _count_submission(self, owner: str, idempotency_key: str | None) -> tuple[int, int] | None:
         with self._write_tx() as conn:
+            if idempotency_key and conn.execute(
+                "SELECT 1 FROM idempotency WHERE owner=? AND key=? AND expires_at >= ?",
+                (owner, idempotency_key, self.clock()),
+            ).fetchone():
+                return None
             count = self._count_in_window(conn, owner)
             (queued,) = conn.execute(
                 "SELECT count(*) FROM jobs WHERE owner=? AND state='queued'", (owner,)
@@ -1012,21 +1065,21 @@ class SqliteJobStore(BaseJobStore):
         return [_row_job(row) for row in rows]
 
     @_sqlite_errors
-    def expire_jobs(self) -> list[str]:
-        """Delete jobs finished more than `retention_seconds` ago; return their object keys."""
-        cutoff = self.clock() - self.retention_seconds
+    def expired_jobs(self, limit: int = 1000) -> list[EditJob]:
+        """Up to `limit` jobs finished more than `retention_seconds` ago, oldest first. They
+        stay stored until `remove_expired`: the caller deletes their objects first."""
+        rows = self._select(
+            "SELECT seq, data FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
+            "ORDER BY finished_at LIMIT ?",
+            (self.clock() - self.retention_seconds, limit),
+        )
+        return [_row_job(row) for row in rows]
+
+    @_sqlite_errors
+    def remove_expired(self, job_id: str) -> None:
+        """Delete a finished job's record (its objects are gone already)."""
         with self._write_tx() as conn:
-            rows = conn.execute(
-                "SELECT seq, data FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?",
-                (cutoff,),
-            ).fetchall()
-            conn.execute(
-                "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,)
-            )
-        keys: list[str] = []
-        for row in rows:
-            keys.extend(_object_keys(_row_job(row)))
-        return keys
+            conn.execute("DELETE FROM jobs WHERE id=? AND finished_at IS NOT NULL", (job_id,))
 
     @_sqlite_errors
     def register_worker_heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:

@@ -1,18 +1,30 @@
 """The Celery app: messages carry only a job id and wake a worker up.
 
-Queue settings and why (issue 3):
+Queue settings and why (issue 3). The three goals: (a) a worker can form batches of the
+engine's size, (b) a job held by a worker killed with `kill -9` runs again within 60 s,
+(c) a redelivered job never produces two results.
+- Prefetch (a): `worker_prefetch_multiplier=1` with worker concurrency = `max_batch_size`
+  (threads pool, `worker/app.py`): with `task_acks_late` a running task keeps its message
+  unacked, so each worker reserves exactly `max_batch_size` messages, one per task thread,
+  and every one of them is a job submitted to the worker's one engine.
 - `task_acks_late` + `task_reject_on_worker_lost`: a message is acked only after the job
-  finished, so a crash never silently drops it.
-- `worker_prefetch_multiplier=1` with worker concurrency = `max_batch_size`: each worker
-  slot holds at most one unacked message, so a worker holds exactly the batch it can form.
-  The worker engineer sets `worker_prefetch_multiplier` * concurrency >= `max_batch_size`.
-- Visibility timeout (Redis broker, `broker_visibility_timeout_seconds`, default 1 h): it is
-  deliberately NOT what brings back the jobs of a `kill -9`'d worker. The job store's lease
-  (`lease_seconds`, 30 s) expires and the reaper (every `reaper_interval_seconds`, 10 s)
-  re-enqueues the job, so it runs again within ~40 s. A late redelivery after the visibility
-  timeout is harmless: `JobStore.claim` refuses jobs that are terminal or leased by a live
-  worker, so no job produces two results. The SQLAlchemy transport has no visibility timeout
-  (its transport options go to `create_engine`), the lease covers that case the same way.
+  finished or was handed back, so a crash never silently drops it.
+- Visibility timeout (Redis broker, `broker_visibility_timeout_seconds`, default 1 h) and
+  restore interval: kombu 5.7's Redis transport keeps every delivered, unacked message in
+  its `unacked` hash; a consumer's event loop calls `restore_visible` every
+  `unacked_restore_interval` s and scans on every `unacked_restore_throttle`-th call
+  (defaults 10 s and 10: one scan per ~100 s), putting back messages delivered more than the
+  visibility timeout ago. We set the interval to 10 s and the throttle to 1, so an orphaned
+  message is back in the queue at most visibility timeout + 10 s after its delivery (one
+  ZRANGE under a Redis mutex per worker every 10 s).
+  Neither is what gives (b): a visibility timeout short enough for 60 s would redeliver every
+  job that decodes for longer than it. The job store's lease (`lease_seconds`, 30 s) expires
+  and a worker's reaper (every `reaper_interval_seconds`, 10 s) re-enqueues the job, so it
+  runs again within ~40 s. The message restored an hour later, like any redelivery, is (c)
+  harmless: `JobStore.claim` refuses jobs that are terminal or leased by a live worker, and
+  only the lease holder can `complete`, so no job produces two results.
+- The SQLAlchemy transport (embedded default) has neither option (its transport options go
+  to `create_engine`); the lease covers that case the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from musicedit.settings import Settings
 EDIT_TASK = "musicedit.edit"
 EDIT_QUEUE = "musicedit.edits"
 RETRY_AFTER_UNAVAILABLE = 5
+UNACKED_RESTORE_INTERVAL_SECONDS = 10
 
 
 class _RedisChannel(kombu_redis.Channel):
@@ -76,6 +89,10 @@ def make_celery(settings: Settings, name: str = "musicedit") -> Celery:
         app.conf.broker_transport = f"{__name__}:RedisTransport"
         transport_options = {
             "visibility_timeout": settings.broker_visibility_timeout_seconds,
+            # the restore sweep (see above): every 10 s, a scan each time; a backstop for
+            # orphaned messages only, the lease reaper brings killed workers' jobs back
+            "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_SECONDS,
+            "unacked_restore_throttle": 1,
             "socket_timeout": settings.redis_socket_timeout_seconds,
             "socket_connect_timeout": settings.redis_socket_timeout_seconds,
         }

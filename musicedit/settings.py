@@ -67,7 +67,9 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated allowed CORS origins (none = no CORS)."
     )
     public_base_url: str | None = Field(
-        None, description="Base URL used in status links; default: taken from the request."
+        None, description="Base URL of links to jobs. Unset: answers use the request's own "
+        "URL and webhook bodies `http://HOST:PORT`; set it when clients reach the gateway "
+        "through a proxy or load balancer."
     )
 
     # --- embedded defaults, queue, job store -----------------------------------------
@@ -79,7 +81,8 @@ class Settings(BaseSettings):
         3600,
         ge=60,
         description="Redis broker visibility timeout. Recovery of killed workers does not "
-        "depend on it (see lease_seconds); it only bounds how long an unacked message waits.",
+        "depend on it (see lease_seconds); it only bounds how long an unacked message waits "
+        "(restored up to 10 s after it, by any worker).",
     )
     job_store_url: str | None = Field(
         None, description="`redis://...` or `sqlite:///path`; default `<data_dir>/jobs.sqlite`."
@@ -126,7 +129,8 @@ class Settings(BaseSettings):
         86400, ge=1, description="Finished jobs, inputs and results are deleted after this."
     )
     retention_sweep_interval_seconds: float = Field(
-        60.0, gt=0, description="How often the gateway deletes expired jobs."
+        60.0, gt=0, description="How often the gateway and every worker delete expired jobs "
+        "and their objects."
     )
     lease_seconds: int = Field(
         30, ge=1, description="Worker lease per job; renewed while running. A job whose "
@@ -161,7 +165,6 @@ class Settings(BaseSettings):
     cuda_graphs: bool = Field(True, description="Capture and replay the decode step as CUDA "
                               "graphs (one per padded batch size). CUDA only.")
     torch_compile: bool = Field(False, description="torch.compile the decode step (slow start).")
-    worker_concurrency: int = Field(1, ge=1, description="Worker processes per host.")
     worker_metrics_host: str = Field("127.0.0.1", description="Worker /metrics bind address.")
     worker_metrics_port: int = Field(
         9101, ge=0, le=65535, description="Worker Prometheus port; 0 disables the endpoint."

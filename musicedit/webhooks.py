@@ -1,8 +1,14 @@
-"""Signed webhook delivery: URL policy, signing, verification and a retrying sender.
+"""Signed webhook delivery: URL policy, signing, verification, a retrying sender and the
+notifier that sends a finished job's event off the caller's thread.
 
-Signature header: `X-Musicedit-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` over
-`f"{t}.{body}"`, keyed with the API key's webhook secret
-(`musicedit.settings.webhook_secret_from_api_key(api_key)`, which the key's owner can compute).
+Headers of every POST:
+- `X-Musicedit-Timestamp: <unix seconds>`, the time of signing;
+- `X-Musicedit-Signature: t=<the same unix seconds>,v1=<hex HMAC-SHA256>` over
+  `f"{t}.{body}"`, keyed with the API key's webhook secret
+  (`musicedit.settings.webhook_secret_from_api_key(api_key)`, which the key's owner can
+  compute).
+A receiver recomputes the HMAC over the timestamp, a dot and the raw body, compares it in
+constant time and refuses timestamps more than five minutes old (`verify`).
 """
 
 from __future__ import annotations
@@ -14,15 +20,18 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from urllib.parse import urlsplit
 
 import httpx
 
 from musicedit.errors import WebhookUrlRejected
+from musicedit.jobs import EditJob, WebhookEvent
 from musicedit.logs import log_event
 from musicedit.settings import Settings
 
 SIGNATURE_HEADER = "X-Musicedit-Signature"
+TIMESTAMP_HEADER = "X-Musicedit-Timestamp"
 DEFAULT_TOLERANCE_SECONDS = 300
 log = logging.getLogger("musicedit.webhooks")
 
@@ -32,6 +41,12 @@ def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
     t = int(time.time()) if timestamp is None else timestamp
     mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={t},v1={mac}"
+
+
+def signed_headers(body: bytes, secret: str, timestamp: int | None = None) -> dict[str, str]:
+    """The timestamp and signature headers of one delivery attempt of `body`."""
+    t = int(time.time()) if timestamp is None else timestamp
+    return {TIMESTAMP_HEADER: str(t), SIGNATURE_HEADER: sign(body, secret, t)}
 
 
 def verify(
@@ -135,7 +150,7 @@ class WebhookSender:
             try:
                 # re-checked on every attempt: DNS may have changed since submission
                 check_webhook_url(url, self.allow_private)
-                headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, secret)}
+                headers = {"Content-Type": "application/json", **signed_headers(body, secret)}
                 response = self.client.post(url, content=body, headers=headers)
             except WebhookUrlRejected as exc:
                 log_event(log, "webhook_refused", logging.WARNING, job_id=job_id, reason=exc.message)
@@ -158,3 +173,45 @@ class WebhookSender:
 
     def close(self) -> None:
         self.client.close()
+
+
+class WebhookNotifier:
+    """Sends the signed event of a finished job from a small thread pool.
+
+    Delivery retries with backoff (up to about half a minute) and must hold neither an engine
+    slot (worker) nor a request (gateway: the `edit.canceled` of a job canceled while queued).
+    Pending retries live only in this process's memory: `close` waits a bounded time for them,
+    a killed process loses them.
+    """
+
+    def __init__(self, settings: Settings, sender: WebhookSender | None = None,
+                 max_parallel: int = 4) -> None:
+        self.settings = settings
+        self.sender = sender or WebhookSender.from_settings(settings)
+        # status links in the body point at the gateway; there is no request to take them from
+        self.base_url = settings.public_base_url or f"http://{settings.host}:{settings.port}"
+        self._executor = ThreadPoolExecutor(max_parallel, thread_name_prefix="webhook")
+        self._pending: set[Future[bool]] = set()
+
+    def notify(self, job: EditJob) -> Future[bool] | None:
+        """Queue the webhook of a terminal `job`, if it has a webhook URL."""
+        if not job.webhook_url:
+            return None
+        secret = self.settings.webhook_secret_for(job.owner)
+        if secret is None:
+            log_event(log, "webhook_skipped", logging.WARNING, job_id=job.id,
+                      reason="the job's API key is no longer configured")
+            return None
+        body = WebhookEvent.for_job(job, self.base_url).model_dump_json().encode()
+        future = self._executor.submit(self.sender.send, job.webhook_url, body, secret, job.id)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        return future
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Wait up to `timeout` for deliveries in flight, then stop."""
+        _, unfinished = wait(list(self._pending), timeout=timeout)
+        if unfinished:
+            log_event(log, "webhooks_abandoned", logging.WARNING, count=len(unfinished))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.sender.close()

@@ -18,6 +18,7 @@ from musicedit.queue import make_celery
 from musicedit.retention import sweep_expired
 from musicedit.settings import Settings, get_settings
 from musicedit.storage import ObjectStorage, make_storage
+from musicedit.webhooks import WebhookNotifier
 from service.dependencies import ServiceContext
 from service.metrics import GatewayMetrics, RequestMetricsMiddleware
 from service.problems import install_problem_handlers
@@ -58,7 +59,8 @@ def create_app(
         store=store,
         storage=storage or make_storage(settings),
         celery=celery or make_celery(settings),
-        metrics=GatewayMetrics(queue_size=store.count_queued),
+        metrics=GatewayMetrics(queue_size=store.count_queued, jobs_by_state=store.count_by_state),
+        notifier=WebhookNotifier(settings),
     )
 
     @contextlib.asynccontextmanager
@@ -72,6 +74,7 @@ def create_app(
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            await run_in_threadpool(context.notifier.close)
 
     app = FastAPI(
         title="musicedit",

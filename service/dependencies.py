@@ -1,4 +1,5 @@
-"""Everything routes need, injected: settings, the authenticated key, job store, storage, queue.
+"""Everything routes need, injected: settings, the authenticated key, job store, storage, queue,
+webhook notifier.
 
 `ServiceContext` is built once per app by `create_app` and stored on `app.state`; tests can
 build their own from real services.
@@ -16,6 +17,7 @@ from musicedit.errors import Unauthorized
 from musicedit.job_store import BaseJobStore
 from musicedit.settings import ApiKey, Settings
 from musicedit.storage import ObjectStorage
+from musicedit.webhooks import WebhookNotifier
 from service.metrics import GatewayMetrics
 
 
@@ -26,6 +28,7 @@ class ServiceContext:
     storage: ObjectStorage
     celery: Celery
     metrics: GatewayMetrics
+    notifier: WebhookNotifier
 
 
 def get_context(request: Request) -> ServiceContext:

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from musicedit.jobs import JobState
 from musicedit.logs import log_event
 
 log = logging.getLogger("musicedit.service")
 
 
 class GatewayMetrics:
-    def __init__(self, queue_size: Callable[[], int]) -> None:
+    """`queue_size` and `jobs_by_state` are read from the job store at every scrape."""
+
+    def __init__(
+        self,
+        queue_size: Callable[[], int],
+        jobs_by_state: Callable[[], Mapping[JobState, int]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "musicedit_requests_total",
@@ -45,6 +52,8 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_QueueSizeCollector(queue_size))
+        if jobs_by_state is not None:
+            self.registry.register(_JobsByStateCollector(jobs_by_state))
 
 
 class _QueueSizeCollector(Collector):
@@ -64,6 +73,32 @@ class _QueueSizeCollector(Collector):
             log_event(log, "metrics_queue_size_unavailable", logging.WARNING,
                       error=type(exc).__name__)
             return []
+        return [family]
+
+
+class _JobsByStateCollector(Collector):
+    """`musicedit_num_jobs{state="queued"|"running"}`: unfinished jobs of all workers, read
+    from the job store at scrape time (finished ones are `musicedit_jobs_total` counters)."""
+
+    NAME = "musicedit_num_jobs"
+    HELP = "Jobs queued or running now, from the job store."
+
+    def __init__(self, jobs_by_state: Callable[[], Mapping[JobState, int]]) -> None:
+        self.jobs_by_state = jobs_by_state
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["state"])]
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["state"])
+        try:
+            counts = self.jobs_by_state()
+        except Exception as exc:  # a scrape must not fail because Redis is down
+            log_event(log, "metrics_jobs_by_state_unavailable", logging.WARNING,
+                      error=type(exc).__name__)
+            return []
+        for state, count in counts.items():
+            family.add_metric([state.value], float(count))
         return [family]
 
 

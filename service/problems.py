@@ -153,8 +153,42 @@ PROBLEM_SCHEMA = {
 }
 
 
+def _example(status: int, title: str, detail: str, instance: str = "/v1/edits",
+             **extensions: Any) -> dict[str, Any]:
+    """A problem body exactly as `problem_response` builds it."""
+    return {"type": f"urn:musicedit:problem:{_slug(title)}", "title": title, "status": status,
+            "detail": detail, "instance": instance, **extensions}
+
+
+_JOB_PATH = "/v1/edits/3f0c2a9e5b7d4c1e8a6f0b2d4e6f8a1c"
+
+# One typical answer per status for the OpenAPI schema; the details are the real messages.
+PROBLEM_EXAMPLES: dict[int, dict[str, Any]] = {
+    400: _example(400, "Malformed request", "The request body must be multipart/form-data with "
+                  "a `file` part and an `instruction` field."),
+    401: _example(401, "Unauthorized",
+                  "Unknown API key; check the key you send as `Authorization: Bearer`."),
+    404: _example(404, "Job not found", "No edit job '3f0c2a9e5b7d4c1e8a6f0b2d4e6f8a1c' for this "
+                  "API key; check the id.", _JOB_PATH),
+    409: _example(409, "Idempotency key reused", "Idempotency-Key 'order-42' was already used "
+                  "with a different request; use a new key for a different request, or resend "
+                  "the identical request."),
+    413: _example(413, "Upload too large", "The upload is larger than the limit of 104857600 "
+                  "bytes (104.9 MB); send a shorter or compressed (FLAC/MP3) file.",
+                  limit_bytes=104857600),
+    415: _example(415, "Unsupported audio", "The uploaded file is empty. Send a WAV, FLAC, OGG "
+                  "(Vorbis/Opus) or MP3 file."),
+    422: _example(422, "Invalid request", "output_format must be one of wav, flac, got 'mp3'.",
+                  errors=[{"loc": ["body", "output_format"], "msg": "unsupported value"}]),
+    429: _example(429, "Rate limit exceeded", "This API key sent more than 60 submissions this "
+                  "minute; wait for the indicated delay.", retry_after=37),
+    503: _example(503, "Job store unavailable", "The job store (Redis) is unreachable; retry "
+                  "after the indicated delay.", retry_after=5),
+}
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for the given problem statuses."""
+    """OpenAPI `responses` entries (schema and example) for the given problem statuses."""
     descriptions = {
         400: "Malformed multipart body",
         401: "Missing or unknown API key",
@@ -169,7 +203,8 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
         status: {
             "description": descriptions[status],
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA}},
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA,
+                                             "example": PROBLEM_EXAMPLES[status]}},
         }
         for status in statuses
     }

@@ -39,6 +39,38 @@ _JOB_EXAMPLE = {
     "audio_url": None,
 }
 
+_SUCCEEDED_EXAMPLE = {
+    **_JOB_EXAMPLE,
+    "id": "9b1d7e3c5a2f4e6d8c0b1a3e5f7d9c2b",
+    "status": "succeeded",
+    "progress": {"frames_done": 500, "frames_total": 500},
+    "queue_position": None,
+    "timings": {"created_at": 1766000000.0, "started_at": 1766000001.5,
+                "finished_at": 1766000004.2},
+    "attempts": 1,
+    "status_url": "http://127.0.0.1:8000/v1/edits/9b1d7e3c5a2f4e6d8c0b1a3e5f7d9c2b",
+    "audio_url": "http://127.0.0.1:8000/v1/edits/9b1d7e3c5a2f4e6d8c0b1a3e5f7d9c2b/audio",
+}
+
+_LIST_EXAMPLE = {"items": [_JOB_EXAMPLE, _SUCCEEDED_EXAMPLE], "next_cursor": 41}
+
+_CANCEL_EXAMPLES = {
+    "canceled": {
+        "summary": "A queued job, canceled at once",
+        "value": {**_JOB_EXAMPLE, "status": "canceled", "queue_position": None,
+                  "timings": {"created_at": 1766000000.0, "started_at": None,
+                              "finished_at": 1766000002.0}},
+    },
+    "cancel_requested": {
+        "summary": "A running job, stopped at the worker's next decode step",
+        "value": {**_JOB_EXAMPLE, "status": "running", "queue_position": None,
+                  "progress": {"frames_done": 120, "frames_total": 500},
+                  "timings": {"created_at": 1766000000.0, "started_at": 1766000001.5,
+                              "finished_at": None},
+                  "attempts": 1, "cancel_requested": True},
+    },
+}
+
 _SUBMIT_BODY = {
     "required": True,
     "content": {
@@ -107,7 +139,8 @@ async def create_edit(
     "",
     response_model=EditJobList,
     summary="List your jobs, newest first",
-    responses=problem_responses(401, 422, 503),
+    responses={200: {"content": {"application/json": {"example": _LIST_EXAMPLE}}},
+               **problem_responses(401, 422, 503)},
 )
 async def list_edits(
     request: Request,
@@ -183,7 +216,11 @@ async def get_edit_audio(
     status_code=202,
     response_model=EditJobView,
     summary="Cancel a queued or running job",
-    responses=problem_responses(401, 404, 409, 503),
+    responses={
+        202: {"description": "Canceled (queued job) or cancel requested (running job)",
+              "content": {"application/json": {"examples": _CANCEL_EXAMPLES}}},
+        **problem_responses(401, 404, 409, 503),
+    },
 )
 async def cancel_edit(
     request: Request, job_id: str, context: Context, key: CallerKey
@@ -192,6 +229,9 @@ async def cancel_edit(
     request.scope["musicedit.job_id"] = job_id
     job = await run_in_threadpool(context.store.request_cancel, job_id, key.name)
     if job.state is JobState.canceled:
+        # no worker will see this job again, so its `edit.canceled` webhook goes from here
+        # (sent from the notifier's threads; the answer does not wait for it)
+        context.notifier.notify(job)
         context.metrics.jobs.labels(JobState.canceled.value).inc()
         try:
             await run_in_threadpool(context.storage.delete, job.input_key)

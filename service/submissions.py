@@ -1,7 +1,7 @@
 """The submit workflow behind `POST /v1/edits`.
 
 Order matters: everything that can reject the request (caps, multipart, fields, instruction,
-webhook URL, audio probe, idempotency) runs before anything is written, so a rejected request
+idempotency, webhook URL, audio probe) runs before anything is written, so a rejected request
 leaves nothing in storage and nothing in the queue. Only then: store the input, create the
 job, enqueue the wake-up message; a failure in those steps undoes the earlier ones.
 
@@ -9,6 +9,13 @@ Thread-pool hops cost CPU on a busy gateway, so a submission makes two: the admi
 (rate limit and queued cap, one job-store round trip) before the body is read, so a caller
 over its limits never makes us read its upload; and everything after the body, in one
 `_submit_upload` call.
+
+A retry is not a new submission: when the caller already used the request's
+`Idempotency-Key`, admission counts and caps nothing (the same round trip tells), so a retry
+of the job that filled the queued-jobs cap, or that used the last of the minute's quota, gets
+that job back instead of `429`; another body with the key is still `409`. The key is looked
+up as soon as the fields are read, before the webhook URL's DNS lookup and the audio probe:
+a retry costs the gateway the upload and a hash, not a probe, whether it replays or conflicts.
 """
 
 from __future__ import annotations
@@ -128,8 +135,8 @@ async def submit_edit(
     settings = context.settings
     idempotency_key = _check_idempotency_key(idempotency_key)
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
-    await run_in_threadpool(context.store.admit, key.name, settings.rate_limit_per_minute,
-                            settings.max_queued_jobs_per_key)
+    retry = await run_in_threadpool(context.store.admit, key.name, settings.rate_limit_per_minute,
+                                    settings.max_queued_jobs_per_key, idempotency_key)
     upload = await receive_multipart(
         request.headers.get("content-type"),
         request.stream(),
@@ -139,7 +146,7 @@ async def submit_edit(
     )
     try:
         return await run_in_threadpool(
-            _submit_upload, context, key, idempotency_key, upload, request.scope
+            _submit_upload, context, key, idempotency_key, upload, request.scope, retry
         )
     finally:
         upload.cleanup()
@@ -151,15 +158,15 @@ def _submit_upload(
     idempotency_key: str | None,
     upload: MultipartUpload,
     scope: MutableMapping[str, Any],
+    retry: bool,
 ) -> Submission:
-    """Validate, probe, store the input, create the job, send its message (one thread)."""
+    """Validate, probe, store the input, create the job, send its message (one thread).
+
+    `retry`: admission skipped the limits because the caller had used the key already.
+    """
     settings, store = context.settings, context.store
     try:
         instruction, params, output_format, webhook_url = _validate_fields(upload, context)
-        if webhook_url:
-            check_webhook_url(webhook_url, settings.webhook_allow_private)
-        assert upload.file_path is not None
-        info = probe_audio(upload.file_path, AudioLimits.from_settings(settings))
         request_hash = _request_hash(upload, instruction, params, output_format, webhook_url)
         if idempotency_key:
             existing = store.find_idempotent(key.name, idempotency_key, request_hash)
@@ -172,6 +179,13 @@ def _submit_upload(
                     enqueue_edit(context.celery, existing.id)
                     position = store.queue_position(existing.id)
                 return Submission(existing, created=False, queue_position=position)
+            if retry:  # the key's record expired since admission: a new submission after all
+                store.admit(key.name, settings.rate_limit_per_minute,
+                            settings.max_queued_jobs_per_key)
+        if webhook_url:
+            check_webhook_url(webhook_url, settings.webhook_allow_private)
+        assert upload.file_path is not None
+        info = probe_audio(upload.file_path, AudioLimits.from_settings(settings))
 
         job_id = uuid.uuid4().hex
         scope["musicedit.job_id"] = job_id

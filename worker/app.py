@@ -8,7 +8,8 @@ decides who runs a job, so a redelivered message never makes a second result.
   reserves exactly as many messages as the engine has slots, and every reserved message is at
   once a task thread that has submitted its job to the one shared engine, which batches them.
 - `task_acks_late`: a message is acked after its job finished or was handed back, so a crash
-  before that redelivers it (Redis: after the visibility timeout).
+  before that redelivers it (Redis: the restore sweep, every 10 s, puts back messages older
+  than the visibility timeout; `musicedit/queue.py` has the numbers).
 - Recovery from `kill -9` does not wait for redelivery: the lease reaper of any live worker
   re-enqueues jobs whose lease expired (lease 30 s + reaper period 10 s < 60 s).
 """

@@ -34,9 +34,9 @@ from musicedit.jobs import EditJob, JobState
 from musicedit.logs import log_event
 from musicedit.settings import Settings
 from musicedit.storage import ObjectStorage, result_key
+from musicedit.webhooks import WebhookNotifier
 from worker.housekeeping import ShutdownSignal
 from worker.metrics import WorkerMetrics
-from worker.notifications import WebhookNotifier
 
 if TYPE_CHECKING:
     from models.engine import EditEngine, EditHandle, EditOutput
@@ -164,6 +164,7 @@ def run_edit_job(job_id: str, deps: EditJobDeps) -> JobOutcome:
     if job is None:
         log_event(log, "job_skipped", job_id=job_id, reason="finished, canceled or held elsewhere")
         return JobOutcome.skipped
+    deps.metrics.jobs.labels(JobState.running.value).inc()
     if job.attempts == 1:
         deps.metrics.time_in_queue_seconds.observe(max(0.0, time.time() - job.timings.created_at))
     log_event(log, "job_started", job_id=job.id, attempt=job.attempts,

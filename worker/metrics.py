@@ -41,7 +41,8 @@ class WorkerMetrics:
         self.model_load_seconds = Gauge(
             "musicedit_model_load_seconds", "Time this worker took to load its model.", registry=r)
         self.jobs = Counter(
-            "musicedit_jobs", "Jobs this worker moved into a state.", ["state"], registry=r)
+            "musicedit_jobs", "Jobs this worker moved into a state (running: each claim).",
+            ["state"], registry=r)
         self.engine_active_jobs = Gauge(
             "musicedit_engine_active_jobs", "Jobs inside the engine (decoding or waiting).",
             registry=r)

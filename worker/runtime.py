@@ -23,7 +23,7 @@ from musicedit.storage import make_storage
 from worker.edit_job import EditJobDeps
 from worker.housekeeping import LeaseReaper, PeriodicThread, ShutdownSignal
 from worker.metrics import WorkerMetrics
-from worker.notifications import WebhookNotifier
+from musicedit.webhooks import WebhookNotifier
 
 log = logging.getLogger("musicedit.worker")
 
@@ -44,11 +44,16 @@ class WorkerRuntime:
     @classmethod
     def start(cls, settings: Settings, requeue: Callable[[str], None],
               queue_depth: Callable[[], int] | None = None) -> "WorkerRuntime":
-        """Load the model, start the engine, the metrics endpoint and the background threads."""
+        """Load the model, start the engine, the metrics endpoint and the background threads.
+
+        Raises:
+            UnsupportedStems: `MUSICEDIT_STEMS` names a stem the model was not trained on (the
+                gateway would accept instructions the model cannot follow).
+        """
         import torch
 
         from models.engine import EditEngine, EngineConfig
-        from models.loader import load_model
+        from models.loader import UnsupportedStems, load_model
         from models.presets import resolve_model
 
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -58,6 +63,11 @@ class WorkerRuntime:
         started = time.perf_counter()
         model = load_model(resolve_model(settings.model, settings.effective_model_cache_dir),
                            device=device, dtype=dtype)
+        unsupported = [stem for stem in settings.stems if stem not in model.stems]
+        if unsupported:
+            raise UnsupportedStems(
+                f"MUSICEDIT_STEMS lists {', '.join(unsupported)}, which model {settings.model!r} "
+                f"was not trained on; set MUSICEDIT_STEMS to some of {','.join(model.stems)}")
         load_seconds = time.perf_counter() - started
         metrics.model_load_seconds.set(load_seconds)
         log_event(log, "model_loaded", model=settings.model, device=device,

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import time
 
 import httpx
 import pytest
@@ -280,6 +281,30 @@ def test_idempotency_same_body_same_job_other_body_409(gw, audio_factory):
     assert_problem(submit(gw, clip, headers={**ALICE, "Idempotency-Key": "has space"}), 422)
 
 
+@pytest.mark.parametrize("limits", [{"max_queued_jobs_per_key": 1},
+                                    {"rate_limit_per_minute": 1}], ids=["queued cap", "rate"])
+def test_a_retry_at_the_limits_gets_its_job_not_429(gateway, audio_factory, limits):
+    """The client resends a submit whose answer was lost, with the same Idempotency-Key: the
+    job that filled the queued cap (or used the minute's quota) comes back, not a 429."""
+    gw = gateway(**limits)
+    clip = audio_factory().read_bytes()
+    headers = {**ALICE, "Idempotency-Key": "order-7"}
+    first = submit(gw, clip, headers=headers, seed=3)
+    assert first.status_code == 202, first.text
+    for _ in range(3):
+        again = submit(gw, clip, headers=headers, seed=3)
+        assert again.status_code == 202, again.text
+        assert again.json()["id"] == first.json()["id"]
+        assert again.headers["idempotent-replayed"] == "true"
+    assert_problem(submit(gw, clip, headers=headers, seed=4), 409, "different request")
+    # the key is checked before the audio probe: reusing it is 409 whatever the body holds
+    assert_problem(submit(gw, b"not audio", headers=headers), 409, "different request")
+    if "max_queued_jobs_per_key" in limits:  # a new key is a new submission, capped as ever
+        assert_problem(submit(gw, clip, headers={**ALICE, "Idempotency-Key": "order-8"}), 429)
+    assert gw.context.store.count_queued() == 1
+    assert gw.context.storage.list_keys() == [f"inputs/{first.json()['id']}"]
+
+
 def test_every_route_hides_other_keys_jobs(gw, audio_factory):
     job = submit(gw, audio_factory()).json()
     job_url = f"{gw.url}/v1/edits/{job['id']}"
@@ -351,6 +376,26 @@ def test_audio_redirects_to_a_short_lived_presigned_url(gateway, audio_factory):
     assert httpx.get(location).content == b"edited audio bytes"
 
 
+def test_serve_banner_download_commands_fetch_a_presigned_result(gateway, audio_factory):
+    """With S3 storage the banner of `musicedit serve` prints the two-step download (the
+    redirect URL is fetched without the key); run it with the real curl."""
+    import shlex
+    import subprocess
+
+    from musicedit.cli import _usage_banner
+
+    gw = gateway()
+    job = submit(gw, audio_factory()).json()
+    finish_job(gw, job["id"], payload=b"edited audio bytes")
+    banner = _usage_banner(gw.url, "alice-secret-key", "s3")
+    lines = banner[banner.index("download the result:"):].splitlines()[1:3]
+    assert "Authorization" not in lines[1]
+    script = "\n".join(lines).replace("JOB_ID", job["id"]).replace(
+        "edited.wav", shlex.quote(str(gw.context.settings.data_dir / "edited.wav")))
+    subprocess.run(["bash", "-euo", "pipefail", "-c", script], check=True, timeout=30)
+    assert (gw.context.settings.data_dir / "edited.wav").read_bytes() == b"edited audio bytes"
+
+
 def test_cancel_queued_job_deletes_its_input(gw, audio_factory):
     job = submit(gw, audio_factory()).json()
     response = httpx.delete(job["status_url"], headers=ALICE)
@@ -358,6 +403,33 @@ def test_cancel_queued_job_deletes_its_input(gw, audio_factory):
     assert gw.context.store.count_queued() == 0
     assert gw.context.storage.list_keys() == []
     assert_problem(httpx.delete(job["status_url"], headers=ALICE), 409, "already canceled")
+
+
+def test_cancel_of_a_queued_job_sends_its_signed_webhook(gateway, audio_factory,
+                                                        webhook_receiver):
+    """No worker ever sees a job canceled while queued, so the gateway sends its
+    `edit.canceled`; a running job's comes from the worker that stops it."""
+    from musicedit.settings import webhook_secret_from_api_key
+    from musicedit.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+
+    gw = gateway(webhook_allow_private=True)
+    clip = audio_factory().read_bytes()
+    queued = submit(gw, clip, webhook_url=webhook_receiver.url).json()
+    running = submit(gw, clip, webhook_url=webhook_receiver.url).json()
+    gw.context.store.claim(running["id"], "w1", 30)
+
+    assert httpx.delete(queued["status_url"], headers=ALICE).json()["status"] == "canceled"
+    assert httpx.delete(running["status_url"], headers=ALICE).json()["cancel_requested"]
+    webhook_receiver.wait_for(1)
+    [(headers, body)] = webhook_receiver.events_for(queued["id"])
+    event = json.loads(body)
+    assert event["event"] == "edit.canceled" and event["job"]["status"] == "canceled"
+    assert verify(body, headers[SIGNATURE_HEADER.lower()],
+                  webhook_secret_from_api_key("alice-secret-key"))
+    assert f"t={headers[TIMESTAMP_HEADER.lower()]}," in headers[SIGNATURE_HEADER.lower()]
+    assert_problem(httpx.delete(queued["status_url"], headers=ALICE), 409)  # no second event
+    time.sleep(0.5)
+    assert len(webhook_receiver.received) == 1
 
 
 def test_cancel_running_job_flags_it_for_the_worker(gw, audio_factory):
@@ -406,6 +478,7 @@ def test_metrics_by_route_and_status(gateway, audio_factory):
     gw = gateway()  # fresh registry: exact counts
     submit(gw, audio_factory())
     httpx.get(f"{gw.url}/v1/edits/nope", headers=ALICE)
+    assert 'musicedit_num_jobs{state="running"} 0.0' in httpx.get(f"{gw.url}/metrics").text
     text = httpx.get(f"{gw.url}/metrics").text
     assert ('musicedit_requests_total{method="POST",route="/v1/edits",status="202"} 1.0' in text)
     assert ('musicedit_requests_total{method="GET",route="/v1/edits/{job_id}",status="404"} 1.0'
@@ -414,6 +487,19 @@ def test_metrics_by_route_and_status(gateway, audio_factory):
     assert 'musicedit_jobs_total{state="queued"} 1.0' in text
     assert "musicedit_queue_size 1.0" in text
     assert "musicedit_upload_bytes_count 1.0" in text
+    assert 'musicedit_num_jobs{state="queued"} 1.0' in text
+
+
+def test_jobs_by_state_gauge_reads_the_job_store(gateway, audio_factory):
+    """Jobs queued and running across all workers, read at scrape time."""
+    gw = gateway()
+    clip = audio_factory().read_bytes()
+    ids = [submit(gw, clip).json()["id"] for _ in range(3)]
+    gw.context.store.claim(ids[0], "w1", 30)  # as a worker does (on another host)
+    text = httpx.get(f"{gw.url}/metrics").text
+    assert 'musicedit_num_jobs{state="queued"} 2.0' in text
+    assert 'musicedit_num_jobs{state="running"} 1.0' in text
+    assert "# TYPE musicedit_num_jobs gauge" in text
 
 
 def test_logs_name_the_job_but_never_keys_or_presigned_urls(gw, audio_factory, caplog):
@@ -440,7 +526,7 @@ def test_cors_preflight_uses_configured_origins(gateway):
     assert "access-control-allow-origin" not in other.headers
 
 
-def test_openapi_documents_the_api(gw):
+def test_openapi_documents_the_api(gw, audio_factory):
     schema = httpx.get(f"{gw.url}/openapi.json").json()
     post = schema["paths"]["/v1/edits"]["post"]
     form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
@@ -449,3 +535,25 @@ def test_openapi_documents_the_api(gw):
     assert {"202", "413", "415", "422", "429", "503"} <= set(post["responses"])
     assert "example" in post["responses"]["202"]["content"]["application/json"]
     assert JobState.queued.value in json.dumps(schema)
+    listing = schema["paths"]["/v1/edits"]["get"]["responses"]["200"]["content"]
+    assert listing["application/json"]["example"]["items"][0]["status_url"]
+    cancel = schema["paths"]["/v1/edits/{job_id}"]["delete"]["responses"]["202"]["content"]
+    examples = cancel["application/json"]["examples"]
+    assert {e["value"]["status"] for e in examples.values()} == {"canceled", "running"}
+    # every documented problem status has an application/problem+json example of its own
+    problems = {}
+    for path in schema["paths"].values():
+        for operation in path.values():
+            for code, response in operation["responses"].items():
+                if code.startswith(("4", "5")) and "application/problem+json" in response.get(
+                        "content", {}):
+                    example = response["content"]["application/problem+json"]["example"]
+                    assert example["status"] == int(code) and example["detail"]
+                    problems[code] = example
+    assert {"400", "401", "404", "409", "413", "415", "422", "429", "503"} <= set(problems)
+    assert problems["429"]["retry_after"] and problems["413"]["limit_bytes"]
+    # the examples look like the real answers
+    real = httpx.get(f"{gw.url}/v1/edits/3f0c2a9e5b7d4c1e8a6f0b2d4e6f8a1c", headers=ALICE)
+    assert {k: real.json()[k] for k in ("type", "title", "status")} == {
+        k: problems["404"][k] for k in ("type", "title", "status")}
+    assert submit(gw, audio_factory(), output_format="mp3").json() == problems["422"]

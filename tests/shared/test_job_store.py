@@ -209,19 +209,33 @@ def test_complete_after_cancel_request_records_no_result(store):
     assert finished.state is JobState.canceled and finished.result_key is None
 
 
-def test_retention_expires_finished_jobs_and_returns_object_keys(store, clock):
+def test_retention_lists_expired_jobs_until_they_are_removed(store, clock):
     done, _ = store.create(new_job(idempotency_key="k", request_hash="h"))
     store.claim(done.id, "w1", 30)
     store.complete(done.id, "w1", f"results/{done.id}.wav")
+    clock.advance(1)
+    failed, _ = store.create(new_job())
+    store.claim(failed.id, "w1", 30)
+    store.fail(failed.id, "w1", "model raised", dead_letter=True)
     pending, _ = store.create(new_job())
-    clock.advance(3599)
-    assert store.expire_jobs() == []
-    clock.advance(2)
-    assert sorted(store.expire_jobs()) == sorted([f"inputs/{done.id}", f"results/{done.id}.wav"])
+    clock.advance(3598)
+    assert store.expired_jobs() == []
+    clock.advance(3)
+    expired = store.expired_jobs()
+    assert [j.id for j in expired] == [done.id, failed.id]
+    assert expired[0].result_key == f"results/{done.id}.wav"
+    # listing deletes nothing: the sweeper deletes the objects first, then the record
+    assert [j.id for j in store.expired_jobs(limit=1)] == [done.id]
+    assert store.get(done.id).state is JobState.succeeded
+    store.remove_expired(done.id)
+    store.remove_expired(failed.id)
+    store.remove_expired(failed.id)  # a second sweeper's removal is harmless
+    assert store.expired_jobs() == [] and store.dead_letters() == []
     with pytest.raises(JobNotFound):
         store.get(done.id)
     assert [j.id for j in store.list_jobs("alice")] == [pending.id]
-    assert store.get(pending.id).state is JobState.queued  # unfinished jobs are kept
+    store.remove_expired(pending.id)  # only finished jobs are ever removed
+    assert store.get(pending.id).state is JobState.queued
 
 
 def test_rate_limit_fixed_window(store, clock):
@@ -252,6 +266,30 @@ def test_admit_counts_the_rate_window_then_checks_the_queued_cap(store, clock):
         store.check_rate_limit("bob", 2)
     clock.advance(50)
     store.admit("alice", 3, max_queued=2)
+
+
+def test_admit_lets_a_retry_of_a_used_idempotency_key_through_uncounted(store, clock):
+    """A retry of the job that filled the queued cap, or used the minute's last submission,
+    is not refused: the gateway answers it with that job (or 409 for another body)."""
+    clock.now = 1_800_000_000.0 - (1_800_000_000.0 % 60) + 10
+    assert store.admit("alice", 2, max_queued=1, idempotency_key="k1") is False
+    store.create(new_job("alice", idempotency_key="k1", request_hash="h1"))
+    for _ in range(3):  # cap reached and quota nearly used, yet every retry is admitted
+        assert store.admit("alice", 2, max_queued=1, idempotency_key="k1") is True
+    with pytest.raises(TooManyQueuedJobs):  # a new key is a new submission: capped
+        store.admit("alice", 2, max_queued=1, idempotency_key="k2")
+    with pytest.raises(RateLimited):  # and counted: the retries spent no quota, these two did
+        store.admit("alice", 2, max_queued=5)
+    assert store.admit("bob", 2, max_queued=1, idempotency_key="k1") is False  # per owner
+
+
+def test_count_by_state_counts_queued_and_running_jobs(store):
+    jobs = [store.create(new_job())[0] for _ in range(3)]
+    assert store.count_by_state() == {JobState.queued: 3, JobState.running: 0}
+    store.claim(jobs[0].id, "w1", 30)
+    store.claim(jobs[1].id, "w1", 30)
+    store.complete(jobs[1].id, "w1", "results/x.wav")
+    assert store.count_by_state() == {JobState.queued: 1, JobState.running: 1}
 
 
 def test_create_with_position_reads_the_position_in_the_same_call(store):

@@ -2,37 +2,81 @@
 
 import io
 
+import pytest
 import redis
 
+from musicedit.errors import JobNotFound
 from musicedit.job_store import RedisJobStore
 from musicedit.jobs import EditJob, InputAudio, NormalizedInstruction
 from musicedit.retention import sweep_expired
 from musicedit.storage import S3Storage
 
 
-def test_sweep_deletes_expired_jobs_and_their_objects(make_settings, redis_url, s3_server,
-                                                      s3_bucket):
-    now = [1_800_000_000.0]
-    store = RedisJobStore(redis.Redis.from_url(redis_url), retention_seconds=60, max_attempts=3,
-                          clock=lambda: now[0])
-    storage = S3Storage.from_settings(make_settings(s3=(s3_server, s3_bucket)))
-    ids = []
-    for n in range(2):
-        job = EditJob(
-            id=f"job{n}", owner="alice",
-            instruction=NormalizedInstruction(operation="add", stem="Drums",
-                                              text="Music piece. Instruct: Add Drums."),
-            input_key=f"inputs/job{n}",
-            input=InputAudio(format="WAV", sample_rate=32000, channels=1, duration_seconds=1.0,
-                             size_bytes=3),
-        )
-        store.create(job)
-        storage.put_file(job.input_key, io.BytesIO(b"in"))
-        ids.append(job.id)
-    store.claim("job0", "w1", 30)
-    storage.put_file("results/job0.wav", io.BytesIO(b"out"))
-    store.complete("job0", "w1", "results/job0.wav")
-    now[0] += 61
+@pytest.fixture
+def clock():
+    return [1_800_000_000.0]
+
+
+@pytest.fixture
+def store(redis_url, clock):
+    return RedisJobStore(redis.Redis.from_url(redis_url), retention_seconds=60, max_attempts=3,
+                         clock=lambda: clock[0])
+
+
+@pytest.fixture
+def storage(make_settings, s3_server, s3_bucket):
+    return S3Storage.from_settings(make_settings(s3=(s3_server, s3_bucket)))
+
+
+def stored_job(store, storage, job_id: str) -> EditJob:
+    job = EditJob(
+        id=job_id, owner="alice",
+        instruction=NormalizedInstruction(operation="add", stem="Drums",
+                                          text="Music piece. Instruct: Add Drums."),
+        input_key=f"inputs/{job_id}",
+        input=InputAudio(format="WAV", sample_rate=32000, channels=1, duration_seconds=1.0,
+                         size_bytes=3),
+    )
+    store.create(job)
+    storage.put_file(job.input_key, io.BytesIO(b"in"))
+    return job
+
+
+def succeed(store, storage, job_id: str) -> None:
+    store.claim(job_id, "w1", 30)
+    storage.put_file(f"results/{job_id}.wav", io.BytesIO(b"out"))
+    store.complete(job_id, "w1", f"results/{job_id}.wav")
+
+
+def test_sweep_deletes_expired_jobs_and_their_objects(store, storage, clock):
+    stored_job(store, storage, "job0")
+    stored_job(store, storage, "job1")
+    succeed(store, storage, "job0")
+    clock[0] += 61
     assert sweep_expired(store, storage) == 2
     assert storage.list_keys() == ["inputs/job1"]  # the unfinished job keeps its input
     assert [j.id for j in store.list_jobs("alice")] == ["job1"]
+
+
+def test_a_failed_object_delete_keeps_the_job_for_the_next_sweep(
+        store, storage, clock, make_settings, s3_server, s3_bucket):
+    """The record names the objects: it goes only after they did, so a storage failure
+    orphans nothing and a later sweep deletes both."""
+    stored_job(store, storage, "job0")
+    succeed(store, storage, "job0")
+    clock[0] += 61
+    refused = S3Storage.from_settings(make_settings(  # the S3 server refuses these requests
+        s3=(s3_server, s3_bucket), s3_secret_access_key="not-the-secret"))
+
+    assert sweep_expired(store, refused) == 0
+
+    assert storage.list_keys() == ["inputs/job0", "results/job0.wav"]
+    assert store.get("job0").result_key == "results/job0.wav"  # still findable
+    assert [j.id for j in store.expired_jobs()] == ["job0"]
+
+    assert sweep_expired(store, storage) == 2  # storage is back: objects, then the record
+    assert storage.list_keys() == []
+    with pytest.raises(JobNotFound):
+        store.get("job0")
+    assert store.expired_jobs() == [] and store.list_jobs("alice") == []
+    assert sweep_expired(store, storage) == 0

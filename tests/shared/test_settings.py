@@ -44,3 +44,15 @@ def test_api_keys_are_kept_only_as_hashes():
 def test_malformed_api_keys_are_refused(value):
     with pytest.raises(ValidationError):
         Settings(api_keys=value)
+
+
+def test_every_setting_is_read_by_the_code():
+    """A setting nobody reads is a promise the README cannot keep (as `worker_concurrency` was)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = "".join(path.read_text() for package in ("musicedit", "service", "worker", "models")
+                   for path in (root / package).rglob("*.py"))
+    unread = [name for name in Settings.model_fields if not re.search(rf"\.{name}\b", code)]
+    assert unread == []

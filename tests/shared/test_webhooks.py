@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import time
 
 import pytest
 
 from musicedit.errors import WebhookUrlRejected
 from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction, WebhookEvent
 from musicedit.settings import Settings, webhook_secret_from_api_key
-from musicedit.webhooks import SIGNATURE_HEADER, WebhookSender, check_webhook_url, sign, verify
+from musicedit.webhooks import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookSender,
+    check_webhook_url,
+    sign,
+    verify,
+)
 
 
 @pytest.fixture
@@ -63,6 +73,25 @@ def test_delivery_is_signed_with_the_keys_webhook_secret(receiver_factory):
     assert event["event"] == "edit.succeeded" and event["job"]["id"] == "job123"
     assert event["job"]["audio_url"] == "http://gw/v1/edits/job123/audio"
     assert "result_key" not in event["job"] and "owner" not in event["job"]
+
+
+def test_every_attempt_carries_a_timestamp_header_the_signature_covers(receiver_factory):
+    """The documented recipe, without this package: HMAC-SHA256 of "{timestamp}.{body}" with
+    the key's webhook secret equals the signature's v1; the timestamp is fresh."""
+    receiver = receiver_factory([503, 200])
+    secret = webhook_secret_from_api_key("alice-secret-key")
+    sender = WebhookSender(timeout_seconds=2, retries=1, backoff_seconds=0, allow_private=True)
+    assert sender.send(receiver.url, b'{"event": "edit.canceled"}', secret, job_id="j")
+    assert len(receiver.received) == 2
+    for headers, body in receiver.received:
+        timestamp = headers[TIMESTAMP_HEADER.lower()]
+        assert abs(time.time() - int(timestamp)) < 60
+        fields = dict(part.split("=", 1) for part in headers[SIGNATURE_HEADER.lower()].split(","))
+        assert fields["t"] == timestamp  # the signature format is unchanged: t=...,v1=...
+        expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body,
+                            hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(expected, fields["v1"])
+        assert verify(body, headers[SIGNATURE_HEADER.lower()], secret)
 
 
 def test_retries_5xx_with_backoff_then_delivers(receiver_factory):
