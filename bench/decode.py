@@ -128,7 +128,7 @@ def run_engine(model, batch: int, codes: torch.Tensor, use_cuda_graphs: bool = T
 
 
 def bench_preset(name: str, device: torch.device, batches: list[int], seconds_audio: float,
-                 cache_dir: Path | None, rows: list[dict], use_graphs_options=(True,),
+                 cache_dir: Path, rows: list[dict], use_graphs_options=(True,),
                  repeat: int = 1) -> None:
     model = load_model(resolve_model(name, cache_dir), device=device)
     frames = int(round(seconds_audio * model.frame_rate))
@@ -190,7 +190,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="clip length; 2 s = 100 frames = 103 decode steps")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=Path("var/models"),
+                        help="where random presets are written (default: make serve's)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run every measurement N times and keep the fastest")
     args = parser.parse_args()

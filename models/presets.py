@@ -15,7 +15,6 @@ The random presets write ``musicedit.json`` with the release's four stems.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,16 +46,12 @@ _CORPUS = [
 ]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "musicedit" / "models"
-
-
-def resolve_model(name: str, cache_dir: str | Path | None = None) -> ModelFiles:
+def resolve_model(name: str, cache_dir: str | Path) -> ModelFiles:
     """Turn a preset name or a directory into the files the loader reads (writing random
-    presets on first use)."""
+    presets under `cache_dir` on first use: the worker passes
+    ``Settings.effective_model_cache_dir``)."""
     if name in RANDOM_PRESETS:
-        root = Path(cache_dir) if cache_dir else default_cache_dir()
-        return ensure_random_preset(name, root)
+        return ensure_random_preset(name, Path(cache_dir))
     if name == "large":
         return LARGE
     path = Path(name)

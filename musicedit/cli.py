@@ -16,7 +16,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny",
                         help="tiny | small-random | large | a model directory (default: tiny)")
     parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where random presets are written (default ~/.cache/musicedit/models)")
+                        help="where random presets are written (default: the worker's, "
+                        "MUSICEDIT_MODEL_CACHE_DIR or <MUSICEDIT_DATA_DIR>/models)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
 
 
@@ -32,6 +33,7 @@ def _edit(args: argparse.Namespace) -> int:
     from musicedit.audio_probe import AudioLimits, probe_audio
     from musicedit.errors import MusiceditError
     from musicedit.instructions import normalize_instruction
+    from musicedit.settings import Settings
 
     limits = AudioLimits(min_seconds=0.05, max_seconds=args.max_seconds, max_sample_rate=768_000,
                          max_channels=64, silence_peak_threshold=SILENCE_PEAK_THRESHOLD)
@@ -39,7 +41,7 @@ def _edit(args: argparse.Namespace) -> int:
     try:
         fmt = _output_format(args.output, OUTPUT_FORMATS)
         info = probe_audio(args.input, limits)
-        files = resolve_model(args.model, args.cache_dir)
+        files = resolve_model(args.model, args.cache_dir or Settings().effective_model_cache_dir)
         instruction = normalize_instruction(args.instruction, model_stems(files))
         params = SamplingParams(seed=args.seed, top_k=args.top_k, top_p=args.top_p,
                                 temperature=args.temperature, cfg_coef=args.cfg)

@@ -113,11 +113,13 @@ class Settings(BaseSettings):
         "surround (6 or 8 channels) must be downmixed by the client."
     )
     silence_peak_threshold: float = Field(
-        1e-4, ge=0, description="Inputs whose absolute peak is below this are 'silent'."
+        1e-4, ge=0, description="Inputs whose absolute peak is below this are 'silent' "
+        "(refused by the gateway and, for clips already queued, by the worker)."
     )
     stems: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["Drums", "Bass", "Piano", "Guitar"],
-        description="Comma-separated stems the model was trained on.",
+        description="Comma-separated stems the gateway accepts in instructions; each must be "
+        "one of the model's stems (a worker refuses to start otherwise).",
     )
 
     # --- abuse limits ------------------------------------------------------------------

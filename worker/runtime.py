@@ -78,6 +78,7 @@ class WorkerRuntime:
             max_input_seconds=settings.max_input_seconds,
             use_cuda_graphs=settings.cuda_graphs,
             compile=settings.torch_compile,
+            silence_peak_threshold=settings.silence_peak_threshold,
             on_step=metrics.on_step,
         ))
         engine.start()

@@ -85,6 +85,8 @@ class EngineConfig:
         condition_batch_size: most windows whose condition paths run in one forward when
             several are admitted at the same step boundary (one pass over the weights for
             all of them instead of one per window).
+        silence_peak_threshold: inputs whose absolute peak is below this are refused as
+            silent (the worker passes the gateway's ``MUSICEDIT_SILENCE_PEAK_THRESHOLD``).
         on_step: called after every decode step with a :class:`StepInfo`.
     """
 
@@ -99,6 +101,7 @@ class EngineConfig:
     compile: bool = False
     progress_every_steps: int = 10
     condition_batch_size: int = 16
+    silence_peak_threshold: float = audio.SILENCE_PEAK_THRESHOLD
     on_step: tp.Callable[[StepInfo], None] | None = None
 
 
@@ -242,7 +245,8 @@ class EditEngine:
             InputTooLong, musicedit.errors.InvalidAudio, ValueError: the request cannot run.
         """
         request.params.validate(self.lm.card)
-        x = audio.to_codec_input(request.wav, request.sample_rate, self.model.sample_rate)
+        x = audio.to_codec_input(request.wav, request.sample_rate, self.model.sample_rate,
+                                 self.config.silence_peak_threshold)
         self._check_length(x.shape[-1] / self.model.sample_rate)
         codes = audio.encode(self.model.codec, x)[0].to(self.device)
         return self.submit_codes(request, codes, num_samples=x.shape[-1])

@@ -168,6 +168,20 @@ def test_background_loop_and_input_limits(tiny):
     assert all(o.sample_rate == 32000 and torch.isfinite(o.audio).all() for o in outs)
 
 
+def test_silence_threshold_comes_from_the_config(tiny):
+    """The worker passes the gateway's MUSICEDIT_SILENCE_PEAK_THRESHOLD: both sides refuse
+    the same clips."""
+    from musicedit.errors import InvalidAudio
+
+    quiet = _clip(0.5, 1) * 1e-3  # peak ~3e-4: audible by the default 1e-4
+    strict = EditEngine(tiny, EngineConfig(max_batch_size=1, silence_peak_threshold=1e-3, **SMALL))
+    with pytest.raises(InvalidAudio, match="silent"):
+        strict.submit(EditRequest("q", quiet, 32000, ADD))
+    default = EditEngine(tiny, EngineConfig(max_batch_size=1, **SMALL))
+    default.submit(EditRequest("q", quiet, 32000, ADD))
+    _run(default)
+
+
 def test_budget_and_buckets(tiny):
     geometry = SlotGeometry.for_model(tiny.lm, 250, 64)
     per_slot = geometry.bytes_per_slot(torch.float32)

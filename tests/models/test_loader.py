@@ -205,8 +205,8 @@ def test_t5_key_errors_name_key_and_file(written, tmp_path, mutation, message):
     assert str(copy_dir / "t5" / "model.safetensors") in str(err.value)
 
 
-def test_large_preset_names_the_released_weights():
-    assert resolve_model("large") == LARGE == ModelFiles(
+def test_large_preset_names_the_released_weights(tmp_path):
+    assert resolve_model("large", tmp_path) == LARGE == ModelFiles(
         base="facebook/musicgen-large", t5="t5-base",
         adapter="ldzhangyx/instruct-MusicGen:finetuned.ckpt")
 
@@ -233,12 +233,12 @@ def _fetched(patterns, name):
     return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
 
 
-def test_large_preset_downloads_the_released_files(written, monkeypatch):
+def test_large_preset_downloads_the_released_files(written, monkeypatch, tmp_path):
     directory, original = written
     hub = _FakeHub(directory, [directory / "t5"])
     monkeypatch.setattr(loader, "hf_hub_download", hub.hf_hub_download)
     monkeypatch.setattr(loader, "snapshot_download", hub.snapshot_download)
-    loaded = load_model(resolve_model("large"), merge_lora=False)
+    loaded = load_model(resolve_model("large", tmp_path), merge_lora=False)
     assert sorted(hub.files) == [("facebook/musicgen-large", CODEC_FILE),
                                  ("facebook/musicgen-large", LM_FILE),
                                  ("ldzhangyx/instruct-MusicGen", ADAPTER_FILE)]
@@ -331,6 +331,6 @@ def test_checkpoint_reader_runs_no_code(tmp_path, call, where):
     assert isinstance(loaded[where]["hostile"], OpaqueObject)  # inert, nothing was called
 
 
-def test_unknown_model_name_lists_the_choices():
+def test_unknown_model_name_lists_the_choices(tmp_path):
     with pytest.raises(ValueError, match="tiny, small-random, large"):
-        resolve_model("/no/such/dir")
+        resolve_model("/no/such/dir", tmp_path)
