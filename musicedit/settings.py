@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     storage_backend: Literal["local", "s3"] = Field("local", description="`local` or `s3`.")
     local_storage_dir: Path | None = Field(None, description="Default `<data_dir>/objects`.")
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint; None = AWS.")
+    s3_public_endpoint_url: str | None = Field(
+        None, description="S3 endpoint written into presigned download URLs, as API clients "
+        "reach it (e.g. `http://localhost:9000` when the services use `http://minio:9000`); "
+        "None = `S3_ENDPOINT_URL`."
+    )
     s3_region: str = Field("us-east-1", description="S3 region.")
     s3_bucket: str = Field("musicedit", description="S3 bucket for inputs and results.")
     s3_access_key_id: str | None = Field(None, description="S3 access key id.")

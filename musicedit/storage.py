@@ -196,6 +196,7 @@ class S3Storage:
         access_key_id: str | None,
         secret_access_key: str | None,
         path_style: bool,
+        public_endpoint_url: str | None = None,
         chunk_bytes: int = 8 * 1024 * 1024,
         connect_timeout: float = 5.0,
         max_attempts: int = 3,
@@ -226,6 +227,19 @@ class S3Storage:
         )
         # After botocore's own `before-call.s3` handler that adds the header.
         self.client.meta.events.register_last("before-call.s3", _no_expect_continue)
+        # Presigned URLs are signed for the host clients will send them to (SigV4 signs the
+        # Host header), which differs from ours when S3 sits on an internal network. Signing
+        # makes no request, so this client never connects anywhere.
+        self.presign_client = self.client
+        if public_endpoint_url and public_endpoint_url != endpoint_url:
+            self.presign_client = boto3.session.Session().client(
+                "s3",
+                endpoint_url=public_endpoint_url,
+                region_name=region,
+                aws_access_key_id=access_key_id,
+                aws_secret_access_key=secret_access_key,
+                config=config,
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "S3Storage":
@@ -237,6 +251,7 @@ class S3Storage:
             access_key_id=settings.s3_access_key_id,
             secret_access_key=secret.get_secret_value() if secret else None,
             path_style=settings.s3_path_style,
+            public_endpoint_url=settings.s3_public_endpoint_url,
             chunk_bytes=settings.s3_multipart_chunk_bytes,
         )
 
@@ -304,7 +319,7 @@ class S3Storage:
         return True
 
     def presigned_get_url(self, key: str, expires_in: int) -> str | None:
-        return self.client.generate_presigned_url(
+        return self.presign_client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": check_key(key)}, ExpiresIn=expires_in
         )
 

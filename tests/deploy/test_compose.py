@@ -91,6 +91,13 @@ def test_stack_services():
         assert services[name]["healthcheck"]["test"][-1] == name
     env = services["gateway"]["environment"]
     assert env["MUSICEDIT_S3_ENDPOINT_URL"] == "http://minio:9000"
+    # clients follow presigned redirects to a host they can reach, on a published port
+    public_s3 = env["MUSICEDIT_S3_PUBLIC_ENDPOINT_URL"]
+    assert public_s3 == "http://localhost:9000"
+    assert any(p["target"] == 9000 and p["published"] == "9000" for p in services["minio"]["ports"])
+    # workers send webhooks too: their links point at the gateway's public address
+    for name in ("gateway", "worker"):
+        assert services[name]["environment"]["MUSICEDIT_PUBLIC_BASE_URL"] == "http://localhost:8000"
     assert env["MUSICEDIT_JOB_STORE_URL"].startswith("redis://redis:6379")
 
 

@@ -376,6 +376,21 @@ def test_audio_redirects_to_a_short_lived_presigned_url(gateway, audio_factory):
     assert httpx.get(location).content == b"edited audio bytes"
 
 
+def test_presigned_url_is_signed_for_the_public_s3_endpoint(gateway, s3_server, audio_factory):
+    """Behind compose the services reach S3 as `minio:9000` and clients as `localhost:9000`:
+    the redirect names the public host and its signature holds there (SigV4 signs Host)."""
+    public = s3_server.endpoint_url.replace("127.0.0.1", "localhost")
+    gw = gateway(s3_public_endpoint_url=public)
+    job = submit(gw, audio_factory()).json()
+    finish_job(gw, job["id"], payload=b"edited audio bytes")
+    location = httpx.get(f"{job['status_url']}/audio", headers=ALICE).headers["location"]
+    assert location.startswith(f"{public}/")
+    assert httpx.get(location).content == b"edited audio bytes"
+    # the same signature sent to another host name is refused, as it would be from outside
+    refused = httpx.get(location.replace(public, s3_server.endpoint_url))
+    assert refused.status_code == 403
+
+
 def test_serve_banner_download_commands_fetch_a_presigned_result(gateway, audio_factory):
     """With S3 storage the banner of `musicedit serve` prints the two-step download (the
     redirect URL is fetched without the key); run it with the real curl."""
