@@ -124,10 +124,10 @@ class BaseJobStore(ABC):
         and read the queue position of the job returned."""
 
     @abstractmethod
-    def _count_submission(self, owner: str, idempotency_key: str | None) -> tuple[int, int] | None:
+    def _count_submission(self, owner: str, idempotency_key: str | None) -> tuple[int, int, bool]:
         """Count one submission in the owner's current rate window; return (submissions in the
-        window including this one, the owner's queued jobs). None, counting nothing, when the
-        owner already used `idempotency_key` (the request is a retry)."""
+        window including this one, the owner's queued jobs, whether the owner already used
+        `idempotency_key`: the request is a retry)."""
 
     @abstractmethod
     def _idempotency_record(self, owner: str, idempotency_key: str) -> tuple[str, str] | None:
@@ -144,17 +144,19 @@ class BaseJobStore(ABC):
         """Before an upload is read: count it against the owner's per-minute rate limit
         (`RateLimited`), then check the owner's queued-jobs cap (`TooManyQueuedJobs`).
 
-        A request whose `idempotency_key` the owner already used is a retry: it is neither
-        counted nor capped (its answer is the earlier job, or `IdempotencyConflict` for another
-        body, once the body is read) and the result is True. One round trip; `create` checks
-        the cap again atomically when it writes the job.
+        A request whose `idempotency_key` the owner already used is a retry: its answer is the
+        earlier job (or `IdempotencyConflict` for another body, once the body is read), so the
+        queued cap, which that job may fill, does not apply, and it counts in a rate window of
+        its own with the same limit: a retry of the submission that used the minute's last
+        slot still gets its job, and retries (each still an upload to read and hash) cannot
+        exceed the limit either. The result says whether it is a retry. One round trip;
+        `create` checks the cap again atomically when it writes the job.
         """
-        counted = self._count_submission(owner, idempotency_key)
-        if counted is None:
-            return True
-        count, queued = counted
+        count, queued, retry = self._count_submission(owner, idempotency_key)
         if count > limit_per_minute:
             raise self._rate_limited(limit_per_minute)
+        if retry:
+            return True
         if queued >= max_queued:
             raise _queue_full(queued, max_queued)
         return False
@@ -477,10 +479,12 @@ return {'created', seq, redis.call('ZRANK', KEYS[2], job_id)}
 # `_count_submission` in one round trip. KEYS: the owner's rate-window counter, the owner's
 # queued set, [the idempotency record]. ARGV: the counter's TTL in seconds.
 _ADMIT_SCRIPT = """
-if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return false end
-local count = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return {count, redis.call('SCARD', KEYS[2])}
+local retry = 0
+if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then retry = 1 end
+local window = KEYS[1 + 2 * retry]
+local count = redis.call('INCR', window)
+redis.call('EXPIRE', window, ARGV[1])
+return {count, redis.call('SCARD', KEYS[2]), retry}
 """
 
 
@@ -617,15 +621,14 @@ class RedisJobStore(BaseJobStore):
         return CreatedJob(job.model_copy(update={"seq": int(reply[1])}), True, position)
 
     @_redis_errors
-    def _count_submission(self, owner: str, idempotency_key: str | None) -> tuple[int, int] | None:
+    def _count_submission(self, owner: str, idempotency_key: str | None) -> tuple[int, int, bool]:
         window = int(self.clock() // RATE_WINDOW_SECONDS)
-        keys = [f"{self.p}rate:{owner}:{window}", self._owner_queued(owner)]
+        keys = [f"{self.p}rate:{owner}:{window}", self._owner_queued(owner),
+                f"{self.p}rate-retry:{owner}:{window}"]
         if idempotency_key:
             keys.append(self._idem(owner, idempotency_key))
-        reply = self._admit_script(keys=keys, args=[RATE_WINDOW_SECONDS * 2])
-        if reply is None:
-            return None
-        return int(reply[0]), int(reply[1])
+        count, queued, retry = self._admit_script(keys=keys, args=[RATE_WINDOW_SECONDS * 2])
+        return int(count), int(queued), bool(retry)
 
     @_redis_errors
     def discard(self, job_id: str) -> None:
@@ -1015,18 +1018,18 @@ class SqliteJobStore(BaseJobStore):
             raise self._rate_limited(limit_per_minute)
 
     @_sqlite_errors
-    def _count_submission(self, owner: str, idempotency_key: str | None) -> tuple[int, int] | None:
+    def _count_submission(self, owner: str, idempotency_key: str | None) -> tuple[int, int, bool]:
         with self._write_tx() as conn:
-            if idempotency_key and conn.execute(
+            retry = bool(idempotency_key) and conn.execute(
                 "SELECT 1 FROM idempotency WHERE owner=? AND key=? AND expires_at >= ?",
                 (owner, idempotency_key, self.clock()),
-            ).fetchone():
-                return None
-            count = self._count_in_window(conn, owner)
+            ).fetchone() is not None
+            # retries count in a window of their own (owner names hold no NUL)
+            count = self._count_in_window(conn, f"{owner}\0retry" if retry else owner)
             (queued,) = conn.execute(
                 "SELECT count(*) FROM jobs WHERE owner=? AND state='queued'", (owner,)
             ).fetchone()
-        return count, int(queued)
+        return count, int(queued), retry
 
     def _count_in_window(self, conn: sqlite3.Connection, owner: str) -> int:
         window = int(self.clock() // RATE_WINDOW_SECONDS)

@@ -149,10 +149,16 @@ async def list_edits(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     before: Annotated[int | None, Query(ge=1, description="`next_cursor` of the previous page")] = None,
 ) -> EditJobList:
-    jobs = await run_in_threadpool(context.store.list_jobs, key.name, limit + 1, before)
+    def page_with_positions() -> tuple[list[EditJob], list[int | None]]:
+        jobs = context.store.list_jobs(key.name, limit + 1, before)
+        # one rank lookup per queued job: at most MAX_QUEUED_JOBS_PER_KEY of them
+        return jobs, [context.store.queue_position(job.id) if job.state is JobState.queued
+                      else None for job in jobs[:limit]]
+
+    jobs, positions = await run_in_threadpool(page_with_positions)
     page = jobs[:limit]
     return EditJobList(
-        items=[_view(request, context, job) for job in page],
+        items=[_view(request, context, job, position) for job, position in zip(page, positions)],
         next_cursor=page[-1].seq if len(jobs) > limit else None,
     )
 

@@ -11,9 +11,10 @@ over its limits never makes us read its upload; and everything after the body, i
 `_submit_upload` call.
 
 A retry is not a new submission: when the caller already used the request's
-`Idempotency-Key`, admission counts and caps nothing (the same round trip tells), so a retry
-of the job that filled the queued-jobs cap, or that used the last of the minute's quota, gets
-that job back instead of `429`; another body with the key is still `409`. The key is looked
+`Idempotency-Key` (the same round trip tells), admission skips the queued-jobs cap and counts
+the request in a per-minute window of its own, so a retry of the job that filled the cap, or
+that used the last of the minute's quota, gets that job back instead of `429`, while retries
+still cannot send more than the rate limit of uploads; another body with the key is `409`. The key is looked
 up as soon as the fields are read, before the webhook URL's DNS lookup and the audio probe:
 a retry costs the gateway the upload and a hash, not a probe, whether it replays or conflicts.
 """
@@ -135,7 +136,7 @@ async def submit_edit(
     settings = context.settings
     idempotency_key = _check_idempotency_key(idempotency_key)
     check_content_length(request.headers.get("content-length"), settings.max_upload_bytes)
-    retry = await run_in_threadpool(context.store.admit, key.name, settings.rate_limit_per_minute,
+    await run_in_threadpool(context.store.admit, key.name, settings.rate_limit_per_minute,
                                     settings.max_queued_jobs_per_key, idempotency_key)
     upload = await receive_multipart(
         request.headers.get("content-type"),
@@ -146,7 +147,7 @@ async def submit_edit(
     )
     try:
         return await run_in_threadpool(
-            _submit_upload, context, key, idempotency_key, upload, request.scope, retry
+            _submit_upload, context, key, idempotency_key, upload, request.scope
         )
     finally:
         upload.cleanup()
@@ -158,11 +159,9 @@ def _submit_upload(
     idempotency_key: str | None,
     upload: MultipartUpload,
     scope: MutableMapping[str, Any],
-    retry: bool,
 ) -> Submission:
     """Validate, probe, store the input, create the job, send its message (one thread).
 
-    `retry`: admission skipped the limits because the caller had used the key already.
     """
     settings, store = context.settings, context.store
     try:
@@ -179,9 +178,8 @@ def _submit_upload(
                     enqueue_edit(context.celery, existing.id)
                     position = store.queue_position(existing.id)
                 return Submission(existing, created=False, queue_position=position)
-            if retry:  # the key's record expired since admission: a new submission after all
-                store.admit(key.name, settings.rate_limit_per_minute,
-                            settings.max_queued_jobs_per_key)
+            # A retry whose key record expired since admission is a new submission after
+            # all: it was rate-counted at admission, and `create` below applies the cap.
         if webhook_url:
             check_webhook_url(webhook_url, settings.webhook_allow_private)
         assert upload.file_path is not None

@@ -268,19 +268,24 @@ def test_admit_counts_the_rate_window_then_checks_the_queued_cap(store, clock):
     store.admit("alice", 3, max_queued=2)
 
 
-def test_admit_lets_a_retry_of_a_used_idempotency_key_through_uncounted(store, clock):
+def test_admit_counts_retries_of_a_used_idempotency_key_apart(store, clock):
     """A retry of the job that filled the queued cap, or used the minute's last submission,
-    is not refused: the gateway answers it with that job (or 409 for another body)."""
+    is not refused: the gateway answers it with that job (or 409 for another body). Retries
+    have a rate window of their own with the same limit: each is an upload to read."""
     clock.now = 1_800_000_000.0 - (1_800_000_000.0 % 60) + 10
     assert store.admit("alice", 2, max_queued=1, idempotency_key="k1") is False
     store.create(new_job("alice", idempotency_key="k1", request_hash="h1"))
-    for _ in range(3):  # cap reached and quota nearly used, yet every retry is admitted
+    for _ in range(2):  # cap reached, yet retries are admitted, up to the limit
         assert store.admit("alice", 2, max_queued=1, idempotency_key="k1") is True
+    with pytest.raises(RateLimited):  # a third retry in the minute is one too many
+        store.admit("alice", 2, max_queued=1, idempotency_key="k1")
     with pytest.raises(TooManyQueuedJobs):  # a new key is a new submission: capped
         store.admit("alice", 2, max_queued=1, idempotency_key="k2")
-    with pytest.raises(RateLimited):  # and counted: the retries spent no quota, these two did
+    with pytest.raises(RateLimited):  # and counted: the retries spent none of this quota
         store.admit("alice", 2, max_queued=5)
     assert store.admit("bob", 2, max_queued=1, idempotency_key="k1") is False  # per owner
+    clock.advance(60)  # a new minute: retries are admitted again
+    assert store.admit("alice", 2, max_queued=1, idempotency_key="k1") is True
 
 
 def test_count_by_state_counts_queued_and_running_jobs(store):
