@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from enum import Enum
 from typing import Literal
@@ -31,11 +32,21 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed; None = random.")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1,
+        description="Random seed. Left out on submit, one is drawn for the job (from its id) "
+        "and shown here, so any result can be reproduced by resubmitting with it.",
+    )
     top_k: int = Field(100, ge=0, le=2048, description="Top-k sampling; 0 disables it.")
     top_p: float = Field(0.0, ge=0.0, le=1.0, description="Nucleus sampling; 0 disables it.")
     temperature: float = Field(1.0, gt=0.0, le=10.0, description="Softmax temperature.")
     cfg_coef: float = Field(3.0, ge=0.0, le=20.0, description="Classifier-free guidance scale.")
+
+
+def seed_for_job(job_id: str) -> int:
+    """The seed of a job submitted without one: derived from its id, so every attempt (and
+    every reader) agrees on it."""
+    return int(hashlib.sha256(job_id.encode()).hexdigest()[:15], 16)
 
 
 class NormalizedInstruction(BaseModel):

@@ -22,7 +22,7 @@ from musicedit.webhooks import WebhookNotifier
 from service.dependencies import ServiceContext
 from service.metrics import GatewayMetrics, RequestMetricsMiddleware
 from service.problems import install_problem_handlers
-from service.routes import edits, health
+from service.routes import edits, health, webhooks
 
 log = logging.getLogger("musicedit.service")
 
@@ -86,6 +86,7 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(edits)
     app.include_router(health)
+    app.webhooks.include_router(webhooks)
     app.add_middleware(RequestMetricsMiddleware, metrics=context.metrics)
     if settings.cors_origins:
         app.add_middleware(

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from musicedit.errors import Unauthorized
 from musicedit.job_store import BaseJobStore
@@ -39,13 +40,22 @@ def get_settings(context: Annotated[ServiceContext, Depends(get_context)]) -> Se
     return context.settings
 
 
+# Declares the scheme in the OpenAPI schema (`/docs` gets its "Authorize" button, generated
+# clients send the key); errors stay ours (problem+json 401), hence auto_error=False.
+bearer = HTTPBearer(
+    scheme_name="ApiKey", bearerFormat="API key", auto_error=False,
+    description="`Authorization: Bearer <API key>`; keys are set with `MUSICEDIT_API_KEYS`.",
+)
+
+
 def get_api_key(
-    request: Request, context: Annotated[ServiceContext, Depends(get_context)]
+    request: Request,
+    context: Annotated[ServiceContext, Depends(get_context)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> ApiKey:
     """The caller's key from `Authorization: Bearer <key>` (hash compared in constant time)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
+    secret = credentials.credentials.strip() if credentials is not None else ""
+    if not secret:
         raise Unauthorized("Send your API key as `Authorization: Bearer <key>`.")
     if not context.settings.api_keys:
         raise Unauthorized(

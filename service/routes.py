@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from musicedit.errors import JobNotFinished, MusiceditError
-from musicedit.jobs import EditJob, EditJobList, EditJobView, JobState
+from musicedit.jobs import EditJob, EditJobList, EditJobView, JobState, WebhookEvent
 from musicedit.queue import queue_depth
 from service.dependencies import CallerKey, Context, base_url
 from service.problems import problem_responses
@@ -182,6 +182,8 @@ async def get_edit(request: Request, job_id: str, context: Context, key: CallerK
 @edits.get(
     "/{job_id}/audio",
     summary="Download the result",
+    description="The edited audio in the job's `output_format`: mono, 32 kHz (the model's "
+    "output rate), 16-bit, as long as the input, whatever the input's rate and channels.",
     response_class=Response,
     responses={
         200: {"description": "The audio (local storage)",
@@ -289,3 +291,49 @@ async def readyz(context: Context) -> JSONResponse:
 async def metrics(context: Context) -> Response:
     payload = await run_in_threadpool(generate_latest, context.metrics.registry)
     return Response(payload, media_type=CONTENT_TYPE_LATEST)
+
+
+# --- webhooks (documented in the OpenAPI schema's `webhooks`; sent by musicedit.webhooks) ----
+webhooks = APIRouter()
+_WEBHOOK_EXAMPLE = {"event": "edit.succeeded",
+                    "job": {**_SUCCEEDED_EXAMPLE,
+                            "webhook_url": "https://app.example.com/hooks/musicedit"}}
+_WEBHOOK_DESCRIPTION = """
+POSTed to the job's `webhook_url` once, when it reaches a final state: `edit.succeeded` and
+`edit.failed` by the worker that ran it, `edit.canceled` by the worker that stopped it or, for
+a job canceled while queued, by the gateway. The body is the job as `GET status_url` shows it.
+
+Verify it before trusting it: `X-Musicedit-Signature` is `t=<unix time>,v1=<hex>` where hex is
+`HMAC-SHA256(secret, "<t>." + raw body)` and `secret` is your API key's webhook secret,
+`hex(HMAC-SHA256(key=api_key, msg="musicedit-webhook-v1"))` (`musicedit.webhooks.verify` does
+all of it, including a 5-minute timestamp tolerance against replays). Answer `2xx` quickly;
+network errors, `429` and `5xx` are retried with backoff, other `4xx` are not. A retry after a
+timeout can deliver twice (deduplicate on `job.id` + `event`), and a webhook is a fast path,
+not the record: the job's status URL always has the final state.
+"""
+
+
+def _webhook_doc(event: str):
+    @webhooks.post(
+        event,
+        summary=f"{event}: a job {event.split('.')[1]}",
+        description=_WEBHOOK_DESCRIPTION,
+        openapi_extra={"requestBody": {"content": {"application/json": {
+            "example": {**_WEBHOOK_EXAMPLE, "event": event}}}}},
+        responses={200: {"description": "Received (any 2xx)."}},
+    )
+    def receive(
+        body: WebhookEvent,
+        signature: Annotated[str, Header(alias="X-Musicedit-Signature",
+                                         description="`t=<unix time>,v1=<HMAC-SHA256 hex>`")],
+        timestamp: Annotated[str, Header(alias="X-Musicedit-Timestamp",
+                                         description="Unix time of this delivery attempt "
+                                         "(the signature's `t`).")],
+    ) -> None:
+        """Implemented by your application, not by musicedit."""
+
+    return receive
+
+
+for _event in ("edit.succeeded", "edit.failed", "edit.canceled"):
+    _webhook_doc(_event)

@@ -37,7 +37,8 @@ from starlette.concurrency import run_in_threadpool
 from musicedit.audio_probe import MEDIA_TYPES, AudioLimits, probe_audio
 from musicedit.errors import InvalidRequest, MusiceditError
 from musicedit.instructions import normalize_instruction
-from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction, SamplingParams
+from musicedit.jobs import (EditJob, InputAudio, JobState, NormalizedInstruction, SamplingParams,
+                            seed_for_job)
 from musicedit.logs import log_event
 from musicedit.queue import enqueue_edit
 from musicedit.settings import ApiKey
@@ -187,6 +188,8 @@ def _submit_upload(
 
         job_id = uuid.uuid4().hex
         scope["musicedit.job_id"] = job_id
+        if params.seed is None:  # shown in the job, so the result can be reproduced
+            params = params.model_copy(update={"seed": seed_for_job(job_id)})
         job = EditJob(
             id=job_id,
             owner=key.name,

@@ -9,7 +9,6 @@ this process is running.
 from __future__ import annotations
 
 import enum
-import hashlib
 import logging
 import tempfile
 import threading
@@ -30,7 +29,7 @@ from musicedit.errors import (
     StoreUnavailable,
 )
 from musicedit.job_store import BaseJobStore
-from musicedit.jobs import EditJob, JobState
+from musicedit.jobs import EditJob, JobState, seed_for_job
 from musicedit.logs import log_event
 from musicedit.settings import Settings
 from musicedit.storage import ObjectStorage, result_key
@@ -144,7 +143,7 @@ def job_seed(job: EditJob) -> int:
     """The job's seed; without one, a seed derived from the job id (same on every attempt)."""
     if job.params.seed is not None:
         return job.params.seed
-    return int(hashlib.sha256(job.id.encode()).hexdigest()[:15], 16)
+    return seed_for_job(job.id)  # a job queued before gateways filled the seed in
 
 
 def run_edit_job(job_id: str, deps: EditJobDeps) -> JobOutcome:

@@ -68,6 +68,7 @@ def test_a_presented_key_is_compared_with_every_key_in_constant_time(
     """The route dependency compares the presented key with every configured key through
     `hmac.compare_digest`, on equal-length digests, with no early exit: how long it takes does
     not tell which key matched or whether any did."""
+    import asyncio
     import hmac
     from types import SimpleNamespace
 
@@ -75,7 +76,7 @@ def test_a_presented_key_is_compared_with_every_key_in_constant_time(
 
     from musicedit.errors import Unauthorized
     from musicedit.settings import hash_api_key
-    from service.dependencies import get_api_key
+    from service.dependencies import bearer, get_api_key
 
     settings = make_settings(api_keys=",".join(f"{n}:{s}" for n, s in THREE_KEYS.items()))
     compared: list[tuple[str, str]] = []
@@ -89,11 +90,12 @@ def test_a_presented_key_is_compared_with_every_key_in_constant_time(
     request = Request({"type": "http", "headers": [
         (b"authorization", f"Bearer {presented}".encode())]})
     context = SimpleNamespace(settings=settings)
+    credentials = asyncio.run(bearer(request))  # the header, as FastAPI's dependency reads it
     if owner is None:
         with pytest.raises(Unauthorized):
-            get_api_key(request, context)
+            get_api_key(request, context, credentials)
     else:
-        assert get_api_key(request, context).name == owner
+        assert get_api_key(request, context, credentials).name == owner
     assert [stored for _, stored in compared] == [k.secret_sha256 for k in settings.api_keys]
     # the presented key's digest, never the key itself, and always as long as a stored hash
     assert {given for given, _ in compared} == {hash_api_key(presented)}

@@ -86,6 +86,22 @@ def finish_job(gw, job_id, payload=b"RIFF-result", worker="w1"):
     return ctx.store.complete(job_id, worker, key)
 
 
+def test_a_job_without_a_seed_shows_the_one_it_runs_with(gw, audio_factory):
+    """Left out, the seed is drawn at submit time and shown, so a result the user likes can
+    be reproduced; an idempotent retry (also without a seed) still matches its job."""
+    from musicedit.jobs import seed_for_job
+
+    clip = audio_factory().read_bytes()
+    headers = {**ALICE, "Idempotency-Key": "no-seed"}
+    body = submit(gw, clip, headers=headers).json()
+    assert body["params"]["seed"] == seed_for_job(body["id"]) >= 0
+    assert httpx.get(body["status_url"], headers=ALICE).json()["params"] == body["params"]
+    again = submit(gw, clip, headers=headers)
+    assert again.status_code == 202 and again.json()["id"] == body["id"]
+    other = submit(gw, clip).json()
+    assert other["params"]["seed"] != body["params"]["seed"]
+
+
 def test_submit_queues_one_job_and_stores_its_input(gw, audio_factory):
     response = submit(gw, audio_factory(seconds=1.0), "add the drums", seed=7, top_k=50,
                       output_format="flac")
@@ -587,3 +603,19 @@ def test_openapi_documents_the_api(gw, audio_factory):
     assert {k: real.json()[k] for k in ("type", "title", "status")} == {
         k: problems["404"][k] for k in ("type", "title", "status")}
     assert submit(gw, audio_factory(), output_format="mp3").json() == problems["422"]
+    # the API key scheme: /docs gets its "Authorize" button, generated clients send the key
+    assert schema["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "http", "scheme": "bearer", "bearerFormat": "API key",
+        "description": schema["components"]["securitySchemes"]["ApiKey"]["description"]}
+    assert post["security"] == [{"ApiKey": []}]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+    # the webhooks a receiver implements: body schema, signature headers, an example
+    assert set(schema["webhooks"]) == {"edit.succeeded", "edit.failed", "edit.canceled"}
+    for event, hook in schema["webhooks"].items():
+        operation = hook["post"]
+        headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+        assert headers == {"X-Musicedit-Signature", "X-Musicedit-Timestamp"}
+        body = operation["requestBody"]["content"]["application/json"]
+        assert body["schema"]["$ref"].endswith("/WebhookEvent")
+        assert body["example"]["event"] == event and body["example"]["job"]["status_url"]
+        assert "HMAC-SHA256" in operation["description"]
