@@ -304,7 +304,7 @@ def audio_factory(tmp_path: Path) -> Callable[..., Path]:
         elif content in ("nan", "inf") and frames:
             data[frames // 2, 0] = np.nan if content == "nan" else np.inf
             subtype = subtype or "FLOAT"
-        extension = {"WAV": "wav", "FLAC": "flac", "OGG": "ogg", "MP3": "mp3"}[format]
+        extension = format.lower()
         path = tmp_path / f"clip-{next(counter)}.{extension}"
         sf.write(str(path), data, sample_rate, format=format, subtype=subtype)
         return path

@@ -153,6 +153,11 @@ BAD_AUDIO = {
     "NaN samples": (lambda f, tmp: f(content="nan").read_bytes(), 422, "NaN"),
     "inf samples": (lambda f, tmp: f(content="inf").read_bytes(), 422, "NaN or infinite"),
     "silence": (lambda f, tmp: f(content="silence").read_bytes(), 422, "silent"),
+    # decodable, but not a format we accept (the message names the ones we do)
+    "AIFF": (lambda f, tmp: f(format="AIFF", subtype="PCM_16").read_bytes(), 415,
+             "format AIFF is not supported. Send a WAV, FLAC, OGG (Vorbis/Opus) or MP3"),
+    "CAF": (lambda f, tmp: f(format="CAF", subtype="PCM_16").read_bytes(), 415,
+            "format CAF is not supported"),
 }
 
 
