@@ -28,7 +28,7 @@ import torch
 from huggingface_hub import hf_hub_download, snapshot_download
 from omegaconf import OmegaConf
 
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import CheckpointError, OpaqueObject, read_checkpoint
 from .instruct_musicgen import AdapterConfig, InstructMusicGen
 
 log = logging.getLogger(__name__)
@@ -276,16 +276,44 @@ def load_adapter(model: InstructMusicGen, file: Path) -> None:
             target.copy_(tensor.to(target.dtype))
 
 
+def _find_hparam(hparams: object, name: str, depth: int = 0) -> object | None:
+    """`name` in the checkpoint's hyper-parameters: plain dicts, searched a few levels deep
+    (classes the release names are inert placeholders whose state is a dict too)."""
+    if depth > 4:
+        return None
+    if isinstance(hparams, OpaqueObject):
+        hparams = getattr(hparams, "state", None)
+    if not isinstance(hparams, dict):
+        return None
+    if name in hparams:
+        return hparams[name]
+    for value in hparams.values():
+        found = _find_hparam(value, name, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
 def adapter_config_from_checkpoint(file: Path, defaults: AdapterConfig = AdapterConfig()) -> AdapterConfig:
-    """Read the adapter sizes (max frames, LoRA rank) from the checkpoint's tensor shapes."""
-    state = read_checkpoint(file).get("state_dict", {})
+    """Read the adapter sizes (max frames, LoRA rank) from the checkpoint's tensor shapes and
+    the LoRA alpha from its hyper-parameters (the release's 64 when they do not say)."""
+    pkg = read_checkpoint(file)
+    state = pkg.get("state_dict", {})
     pos = state.get(_CP + "pos_emb")
     lora = state.get(f"{_PEFT_LAYERS}0.cross_attention.q_proj.lora_A.default.weight")
     if pos is None or lora is None:
         raise CheckpointError(f"{file}: adapter checkpoint is missing key "
                               f"{_CP + 'pos_emb' if pos is None else 'lora_A of layer 0'!r}")
-    return AdapterConfig(max_frames=pos.shape[1] - 1, lora_rank=lora.shape[0],
-                         lora_alpha=defaults.lora_alpha)
+    rank = int(lora.shape[0])
+    alpha = _find_hparam(pkg.get("hyper_parameters"), "lora_alpha")
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0:
+        alpha = float(alpha)
+    else:
+        alpha = defaults.lora_alpha
+        if rank != defaults.lora_rank:  # the scale alpha/rank is then a guess
+            log.warning("adapter checkpoint has LoRA rank %d but no lora_alpha hyper-parameter: "
+                        "assuming alpha %g (scale %.3g)", rank, alpha, alpha / rank)
+    return AdapterConfig(max_frames=pos.shape[1] - 1, lora_rank=rank, lora_alpha=alpha)
 
 
 def save_release_checkpoint(model: InstructMusicGen, path: Path,
@@ -317,7 +345,8 @@ def save_release_checkpoint(model: InstructMusicGen, path: Path,
                 state[f"{_PEFT_LAYERS}{i}.self_attn.{proj}_proj.weight"] = torch.zeros(d, d)
     torch.save({"state_dict": state, "epoch": 0, "global_step": 5000,
                 "pytorch-lightning_version": "2.2.0",
-                "hyper_parameters": {"lr": 1e-4, "lora_rank": model.adapter_config.lora_rank}},
+                "hyper_parameters": {"lr": 1e-4, "lora_rank": model.adapter_config.lora_rank,
+                                     "lora_alpha": model.adapter_config.lora_alpha}},
                path)
 
 

@@ -76,6 +76,72 @@ def test_release_layout_round_trip_gives_identical_logits(written):
     torch.testing.assert_close(_logits(merged.lm), _logits(original), rtol=1e-5, atol=1e-5)
 
 
+def test_release_key_names_are_the_facts_files(written):
+    """The names, written out as ../shared/reference/instruct-musicgen-facts.md spells them
+    (not derived from the code that writes and reads them), are in the file, and the loader
+    reads each one: changing its tensor changes the logits."""
+    directory, original = written
+    keys = set(read_checkpoint(directory / ADAPTER_FILE)["state_dict"])
+    layers = original.num_layers
+    lora = ("model.peft_model.lm.transformer.base_model.model.layers.{n}.cross_attention."
+            "{proj}.lora_{ab}.default.weight")
+    base = "model.peft_model.lm.transformer.base_model.model.layers.{n}.cross_attention.{name}"
+    expected = {"model.cp_transformer.pos_emb", "model.cp_transformer.gates"}
+    for n in range(layers):
+        expected.add(f"model.cp_transformer.merge_linear.{n}.weight")
+        expected |= {lora.format(n=n, proj=proj, ab=ab)
+                     for proj in ("q_proj", "v_proj") for ab in ("A", "B")}
+        expected |= {base.format(n=n, name=name) for name in (
+            "q_proj.base_layer.weight", "v_proj.base_layer.weight", "k_proj.weight")}
+        expected.add(f"model.peft_model.lm.transformer.base_model.model.layers.{n}."
+                     "self_attn.q_proj.weight")  # unused in the release, present in the file
+        expected.add(f"model.cp_transformer.layers.{n}.linear1.weight")  # the shared copies
+    assert expected <= keys, sorted(expected - keys)
+    assert not any("t5" in k for k in keys)  # no T5 weights (its output_proj is the LM's)
+
+    reference = _logits(load_model(_files(directory), merge_lora=False).lm)
+    for key in ("model.peft_model.lm.transformer.base_model.model.layers.1.cross_attention."
+                "v_proj.lora_B.default.weight",
+                "model.peft_model.lm.transformer.base_model.model.layers.0.cross_attention."
+                "q_proj.base_layer.weight",
+                "model.cp_transformer.merge_linear.1.weight",
+                "model.cp_transformer.gates"):
+        state = read_checkpoint(directory / ADAPTER_FILE)["state_dict"]
+        changed = directory.parent / f"changed-{key.replace('.', '_')}"
+        shutil.copytree(directory, changed)
+        _edit_adapter(changed, lambda sd, key=key: sd.__setitem__(
+            key, state[key] + 0.5))
+        assert not torch.allclose(_logits(load_model(_files(changed), merge_lora=False).lm),
+                                  reference), f"{key} is not read"
+
+
+def test_lora_alpha_comes_from_the_hyper_parameters(written, tmp_path, caplog):
+    """The LoRA scale is alpha / rank: alpha is read from the checkpoint's hyper-parameters
+    (also when nested), the release's 64 only when they do not say."""
+    from models.loader import adapter_config_from_checkpoint
+
+    directory, _ = written
+    assert adapter_config_from_checkpoint(directory / ADAPTER_FILE).lora_alpha == 64.0
+    reference = _logits(load_model(_files(directory), merge_lora=False).lm)
+    copy_dir = _copy(written, tmp_path)
+    pkg = torch.load(copy_dir / ADAPTER_FILE, weights_only=True)
+    pkg["hyper_parameters"] = {"lr": 1e-4, "model": {"peft": {"lora_alpha": 16}}}
+    torch.save(pkg, copy_dir / ADAPTER_FILE)
+    assert adapter_config_from_checkpoint(copy_dir / ADAPTER_FILE).lora_alpha == 16.0
+    assert not torch.allclose(_logits(load_model(_files(copy_dir), merge_lora=False).lm),
+                              reference)
+    # no alpha: the release's; with a rank other than the expected one the guess is logged
+    del pkg["hyper_parameters"]
+    torch.save(pkg, copy_dir / ADAPTER_FILE)
+    with caplog.at_level(logging.WARNING, logger="models.loader"):
+        assert adapter_config_from_checkpoint(copy_dir / ADAPTER_FILE).lora_alpha == 64.0
+        assert "no lora_alpha" not in caplog.text  # rank 32, alpha 64: the release's pair
+        config = adapter_config_from_checkpoint(copy_dir / ADAPTER_FILE,
+                                                AdapterConfig(lora_rank=16, lora_alpha=32.0))
+    assert (config.lora_rank, config.lora_alpha) == (32, 32.0)
+    assert "LoRA rank 32 but no lora_alpha hyper-parameter: assuming alpha 32" in caplog.text
+
+
 def test_cross_attention_qkv_come_from_the_adapter_checkpoint(written, tmp_path):
     """The release's split cross-attention q/k/v override MusicGen's in_proj_weight."""
     directory, _ = written
