@@ -179,6 +179,10 @@ def attach_text_conditioner(lm: tp.Any, t5_dir: Path, device: str | torch.device
     lm.condition_provider = ConditioningProvider({"description": conditioner}, device=str(device))
 
 
+_TRUSTED_CODEC_POINTERS = frozenset({"facebook/encodec_32khz", "facebook/encodec_24khz",
+                                     "facebook/encodec_48khz"})
+
+
 def load_codec(source: str, device: torch.device) -> tp.Any:
     """EnCodec from ``compression_state_dict.bin`` (full state, or a 'pretrained' pointer)."""
     from audiocraft.models import builders
@@ -186,7 +190,15 @@ def load_codec(source: str, device: torch.device) -> tp.Any:
     file = _local_or_hub_file(source, CODEC_FILE)
     pkg = read_checkpoint(file)
     if "pretrained" in pkg:
-        return CompressionModel.get_pretrained(pkg["pretrained"], device=device)
+        # audiocraft's export format can point at a published EnCodec instead of holding one;
+        # follow only Meta's (loaded by transformers from the hub), never a name the file picks
+        pointer = pkg["pretrained"]
+        if not (isinstance(pointer, str) and pointer in _TRUSTED_CODEC_POINTERS):
+            raise CheckpointError(
+                f"{file}: points at compression model {pointer!r}; only "
+                f"{', '.join(sorted(_TRUSTED_CODEC_POINTERS))} are followed. Put the full "
+                "EnCodec state (best_state + xp.cfg) in the file instead.")
+        return CompressionModel.get_pretrained(pointer, device=device)
     cfg = _experiment_cfg(pkg, file)
     OmegaConf.set_struct(cfg, False)
     cfg.device = "cpu"

@@ -224,6 +224,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from musicedit.jobs import SamplingParams
+
     parser = argparse.ArgumentParser(prog="musicedit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -233,11 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     edit_p.add_argument("-o", "--output", type=Path, required=True,
                         help="output file: .wav or .flac (the extension sets the format)")
     _add_model_args(edit_p)
+    defaults = SamplingParams()  # the API's defaults (the paper's), without importing torch
     edit_p.add_argument("--seed", type=int, default=0)
-    edit_p.add_argument("--top-k", type=int, default=100)
-    edit_p.add_argument("--top-p", type=float, default=0.0)
-    edit_p.add_argument("--temperature", type=float, default=1.0)
-    edit_p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance coefficient")
+    edit_p.add_argument("--top-k", type=int, default=defaults.top_k)
+    edit_p.add_argument("--top-p", type=float, default=defaults.top_p)
+    edit_p.add_argument("--temperature", type=float, default=defaults.temperature)
+    edit_p.add_argument("--cfg", type=float, default=defaults.cfg_coef,
+                        help="classifier-free guidance coefficient")
     edit_p.add_argument("--keep-rate", action="store_true",
                         help="write at the input's sample rate instead of 32 kHz")
     edit_p.add_argument("--max-seconds", type=float, default=300.0,

@@ -183,3 +183,31 @@ def test_cli_edits_a_long_file_at_full_length(tmp_path, model_cache, tiny_files)
     assert info.samplerate == 32000 and abs(info.duration - 12.3) < 0.01
     data, _ = sf.read(out)
     assert np.isfinite(data).all() and np.abs(data).max() > 0
+
+
+def test_console_script_is_installed_and_shares_the_api_defaults(monkeypatch):
+    """`musicedit` (pyproject's console script, in the venv's bin) runs; the CLI's sampling
+    defaults are the API's and the engine's."""
+    from pathlib import Path
+
+    import musicedit.cli as cli
+    from musicedit.jobs import SamplingParams as ApiParams
+
+    script = Path(sys.executable).parent / "musicedit"
+    assert script.is_file(), "pip install -e . (make setup) installs the musicedit script"
+    out = subprocess.run([str(script), "edit", "--help"], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert "--top-k" in out and "--cfg" in out and ".wav or .flac" in out
+    api, engine = ApiParams(), SamplingParams()
+    for name in ("top_k", "top_p", "temperature", "cfg_coef"):
+        assert getattr(api, name) == getattr(engine, name), name
+    parser_defaults = {}
+
+    def capture(args):
+        parser_defaults.update(vars(args))
+        return 0
+
+    monkeypatch.setattr(cli, "_edit", capture)
+    assert cli.main(["edit", "in.wav", "add drums", "-o", "out.wav"]) == 0
+    assert (parser_defaults["top_k"], parser_defaults["top_p"], parser_defaults["temperature"],
+            parser_defaults["cfg"]) == (api.top_k, api.top_p, api.temperature, api.cfg_coef)

@@ -397,6 +397,16 @@ def test_checkpoint_reader_runs_no_code(tmp_path, call, where):
     assert isinstance(loaded[where]["hostile"], OpaqueObject)  # inert, nothing was called
 
 
+def test_codec_pointer_to_an_untrusted_model_is_refused(written, tmp_path):
+    """audiocraft's exported codec file may name a published model instead of holding one;
+    only Meta's EnCodec names are followed, anything else is an error naming the file."""
+    copy_dir = _copy(written, tmp_path)
+    torch.save({"pretrained": "someone/evil-codec"}, copy_dir / CODEC_FILE)
+    with pytest.raises(CheckpointError, match=r"compression_state_dict.bin: points at "
+                       r"compression model 'someone/evil-codec'; only facebook/encodec_24khz"):
+        load_model(_files(copy_dir))
+
+
 def test_unknown_model_name_lists_the_choices(tmp_path):
     with pytest.raises(ValueError, match="tiny, small-random, large"):
         resolve_model("/no/such/dir", tmp_path)
