@@ -78,11 +78,26 @@ def test_every_condition_frame_reaches_every_position(tiny_unmerged):
             assert diff > 1e-4, f"condition frame {frame} does not reach position {probe}"
 
 
-def test_condition_query_alignment():
-    """Sequence position p uses condition frame p, clamped to the last real frame."""
-    positions = torch.arange(8).view(1, -1).expand(2, -1)
-    idx = condition_query_index(positions, torch.tensor([5, 3]))
-    assert idx[0].tolist() == [0, 1, 2, 3, 4, 4, 4, 4]
+def test_condition_query_alignment(tiny_unmerged):
+    """Sequence position p uses the query of the condition frame whose codebook-0 token p
+    predicts, clamped to the last real frame. Which frame that is comes from audiocraft's
+    own pattern (how it aligns model outputs with frames), not from our formula."""
+    model = tiny_unmerged.lm
+    for frames in (1, 5, 12):
+        pattern = model.lm.pattern_provider.get_pattern(frames)
+        steps = len(pattern.layout)  # the LM's input sequence for `frames` frames
+        # logits [B, card, K, S] whose value is their own sequence position, reverted the
+        # way audiocraft reverts model outputs: by_frame[.., k, t] = position predicting (k, t)
+        logits = torch.arange(steps, dtype=torch.float).view(1, 1, 1, -1).expand(
+            1, 1, model.num_codebooks, -1).contiguous()
+        by_frame, _, mask = pattern.revert_pattern_logits(logits, float("nan"))
+        predicts = {int(by_frame[0, 0, 0, t]): t for t in range(frames) if mask[0, t]}
+        assert sorted(predicts.values()) == list(range(frames))
+        expected = [min(predicts.get(p, frames - 1), frames - 1) for p in range(steps)]
+        got = condition_query_index(torch.arange(steps).view(1, -1), torch.tensor([frames]))
+        assert got[0].tolist() == expected
+    # rows of a batch clamp to their own length
+    idx = condition_query_index(torch.arange(8).view(1, -1).expand(2, -1), torch.tensor([5, 3]))
     assert idx[1].tolist() == [0, 1, 2, 2, 2, 2, 2, 2]
 
 
@@ -164,3 +179,23 @@ def test_decode_step_linear_equals_f_linear():
             out = linear(x, weight, b)
             assert out.shape == (*shape[:-1], 48)
             torch.testing.assert_close(out, F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
+
+
+def test_reference_decoding_equals_audiocraft_generate(tiny_unmerged):
+    """With the adapter switched off, the reference decode loop (delay pattern, KV cache,
+    classifier-free guidance on the text, the engine's ground truth) produces exactly what
+    audiocraft's own `LMModel.generate` produces (greedy, so no sampler is involved)."""
+    from models.reference import generate_codes
+    from models.sampling import SamplingParams
+
+    model = _neutral_copy(tiny_unmerged.lm)
+    frames = 12
+    for text, cfg in ((TEXTS[0], 3.0), (TEXTS[1], 1.0)):
+        ours = generate_codes(model, _random_codes(model, 1, frames, seed=2), text,
+                              SamplingParams(seed=0, top_k=1, cfg_coef=cfg))
+        with torch.no_grad():
+            theirs = model.lm.generate(
+                None, [ConditioningAttributes(text={"description": text})], num_samples=1,
+                max_gen_len=frames, use_sampling=False, cfg_coef=cfg)
+        assert ours.shape == theirs.shape == (1, model.num_codebooks, frames)
+        assert torch.equal(ours, theirs)
