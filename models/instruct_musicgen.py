@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import typing as tp
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -232,7 +233,8 @@ class InstructMusicGen(nn.Module):
         adapter: sizes of the additions.
     """
 
-    def __init__(self, lm: LMModel, adapter: AdapterConfig = AdapterConfig()):
+    def __init__(self, lm: LMModel, adapter: AdapterConfig = AdapterConfig(),
+                 adapter_device: str | torch.device | None = None):
         super().__init__()
         transformer = lm.transformer
         if transformer.positional_embedding != "sin":
@@ -249,10 +251,13 @@ class InstructMusicGen(nn.Module):
         self.dim = lm.dim
         self.num_heads = first.self_attn.num_heads
         self.head_dim = self.dim // self.num_heads
-        self.audio_fusion = AudioFusion(self.num_layers, self.dim, adapter.max_frames)
-        self.text_lora = nn.ModuleList(
-            CrossAttentionLoRA(self.dim, adapter.lora_rank, adapter.lora_alpha)
-            for _ in range(self.num_layers))
+        # `adapter_device="meta"` skips allocating and randomly initialising the additions
+        # (~1 GB float32 for large) when a checkpoint will overwrite all of them anyway.
+        with torch.device(adapter_device) if adapter_device is not None else nullcontext():
+            self.audio_fusion = AudioFusion(self.num_layers, self.dim, adapter.max_frames)
+            self.text_lora = nn.ModuleList(
+                CrossAttentionLoRA(self.dim, adapter.lora_rank, adapter.lora_alpha)
+                for _ in range(self.num_layers))
 
     # ----------------------------------------------------------------- helpers
     @property

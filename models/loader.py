@@ -432,9 +432,16 @@ def load_model(files: ModelFiles, device: str | torch.device = "cpu",
     if files.adapter is not None:
         adapter_file = _adapter_file(files.adapter)
         adapter_cfg = adapter_config_from_checkpoint(adapter_file)
-    model = InstructMusicGen(lm, adapter_cfg)
     if adapter_file is not None:
+        # The checkpoint sets every adapter parameter (a missing one is an error), so they
+        # are allocated uninitialised, straight on the target device: no ~1 GB of random
+        # float32 init in host RAM for large.
+        model = InstructMusicGen(lm, adapter_cfg, adapter_device="meta")
+        model.audio_fusion.to_empty(device=device)
+        model.text_lora.to_empty(device=device)
         load_adapter(model, adapter_file)
+    else:
+        model = InstructMusicGen(lm, adapter_cfg)
     model = model.to(device=device, dtype=dtype).eval()
     if merge_lora:
         model.merge_lora()

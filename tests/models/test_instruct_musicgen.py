@@ -157,10 +157,13 @@ def test_large_adapter_size_matches_paper():
     assert len(model.audio_fusion.merge_linear) == 48
     assert counts["audio_fusion"] == 49 * 501 * 2048 + 48 * 2048 * 2048 + 48 == 251_602_992
     assert counts["text_lora"] == 48 * 2 * 32 * (2048 + 2048) == 12_582_912
-    # The LM without its T5 output projection (768 x 2048, counted with the conditioner).
+    # The LM without its T5 output projection (768 x 2048 + bias, counted with the
+    # conditioner); with it, the README's figures exactly.
     assert counts["base_lm"] == 3_255_382_016
-    share = (counts["audio_fusion"] + counts["text_lora"]) / (counts["base_lm"] + 768 * 2048)
-    assert 0.075 < share < 0.085
+    with_projection = counts["base_lm"] + 768 * 2048 + 2048
+    new = counts["audio_fusion"] + counts["text_lora"]
+    assert (new, with_projection) == (264_185_904, 3_256_956_928)
+    assert round(100 * new / with_projection, 1) == 8.1  # the paper's "about 8 %"
 
 
 def test_decode_step_linear_equals_f_linear():
