@@ -410,3 +410,19 @@ def test_codec_pointer_to_an_untrusted_model_is_refused(written, tmp_path):
 def test_unknown_model_name_lists_the_choices(tmp_path):
     with pytest.raises(ValueError, match="tiny, small-random, large"):
         resolve_model("/no/such/dir", tmp_path)
+
+
+@pytest.mark.slow
+def test_small_random_preset_is_written_and_loaded_by_the_real_loader(tmp_path):
+    """The benchmark preset: MusicGen-small's dimensions and the real EnCodec's, written in
+    the release layout (~2.3 GB) and read back through `load_model` like real weights."""
+    files = resolve_model("small-random", tmp_path)
+    model = load_model(files, merge_lora=False)
+    lm = model.lm
+    assert (lm.num_layers, lm.dim, lm.card, lm.num_codebooks) == (24, 1024, 2048, 4)
+    assert lm.audio_fusion.pos_emb.shape == (25, 501, 1024)
+    assert model.sample_rate == 32000 and model.frame_rate == 50
+    assert model.stems == RELEASE_STEMS
+    assert resolve_model("small-random", tmp_path) == files  # written once, then reused
+    logits = _logits(lm)
+    assert logits.shape[-1] == 2048 and torch.isfinite(logits).all()
