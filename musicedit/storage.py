@@ -217,14 +217,18 @@ class S3Storage:
             request_checksum_calculation="when_required",
             parameter_validation=False,
         )
-        self.client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-            config=config,
-        )
+
+        def client(endpoint: str | None):
+            return boto3.session.Session().client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name=region,
+                aws_access_key_id=access_key_id,
+                aws_secret_access_key=secret_access_key,
+                config=config,
+            )
+
+        self.client = client(endpoint_url)
         # After botocore's own `before-call.s3` handler that adds the header.
         self.client.meta.events.register_last("before-call.s3", _no_expect_continue)
         # Presigned URLs are signed for the host clients will send them to (SigV4 signs the
@@ -232,14 +236,7 @@ class S3Storage:
         # makes no request, so this client never connects anywhere.
         self.presign_client = self.client
         if public_endpoint_url and public_endpoint_url != endpoint_url:
-            self.presign_client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=public_endpoint_url,
-                region_name=region,
-                aws_access_key_id=access_key_id,
-                aws_secret_access_key=secret_access_key,
-                config=config,
-            )
+            self.presign_client = client(public_endpoint_url)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "S3Storage":
