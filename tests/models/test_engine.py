@@ -178,8 +178,9 @@ def test_silence_threshold_comes_from_the_config(tiny):
     with pytest.raises(InvalidAudio, match="silent"):
         strict.submit(EditRequest("q", quiet, 32000, ADD))
     default = EditEngine(tiny, EngineConfig(max_batch_size=1, **SMALL))
-    default.submit(EditRequest("q", quiet, 32000, ADD))
+    handle = default.submit(EditRequest("q", quiet, 32000, ADD))
     _run(default)
+    assert torch.isfinite(handle.result(timeout=1).audio).all()
 
 
 def test_budget_and_buckets(tiny):
