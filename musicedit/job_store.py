@@ -21,6 +21,7 @@ import json
 import math
 import sqlite3
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -83,7 +84,6 @@ class JobStore(Protocol):
     def count_queued(self, owner: str | None = None) -> int: ...
     def count_by_state(self) -> dict[JobState, int]: ...
     def request_cancel(self, job_id: str, owner: str | None = None) -> EditJob: ...
-    def check_rate_limit(self, owner: str, limit_per_minute: int) -> None: ...
     def discard(self, job_id: str) -> None: ...
     def expired_jobs(self, limit: int = 1000) -> list[EditJob]: ...
     def remove_expired(self, job_id: str) -> None: ...
@@ -124,10 +124,13 @@ class BaseJobStore(ABC):
         and read the queue position of the job returned."""
 
     @abstractmethod
-    def _count_submission(self, owner: str, idempotency_key: str | None) -> tuple[int, int, bool]:
-        """Count one submission in the owner's current rate window; return (submissions in the
-        window including this one, the owner's queued jobs, whether the owner already used
-        `idempotency_key`: the request is a retry)."""
+    def _count_submission(
+        self, owner: str, idempotency_key: str | None, limit: int,
+    ) -> tuple[float, int, bool]:
+        """Record one submission in the owner's rate log (the retries' log when the owner
+        already used `idempotency_key`) unless the last `RATE_WINDOW_SECONDS` already hold
+        `limit`; return (seconds until the log's oldest entry leaves the window when it is
+        full, else 0; the owner's queued jobs; whether the request is a retry)."""
 
     @abstractmethod
     def _idempotency_record(self, owner: str, idempotency_key: str) -> tuple[str, str] | None:
@@ -141,20 +144,23 @@ class BaseJobStore(ABC):
         self, owner: str, limit_per_minute: int, max_queued: int,
         idempotency_key: str | None = None,
     ) -> bool:
-        """Before an upload is read: count it against the owner's per-minute rate limit
-        (`RateLimited`), then check the owner's queued-jobs cap (`TooManyQueuedJobs`).
+        """Before an upload is read: count it against the owner's rate limit (`RateLimited`:
+        at most `limit_per_minute` admitted submissions in any 60 s, a sliding window, so no
+        burst of twice the limit across a minute boundary; refused requests are not counted,
+        and `Retry-After` is when the oldest one in the window leaves it), then check the
+        owner's queued-jobs cap (`TooManyQueuedJobs`).
 
         A request whose `idempotency_key` the owner already used is a retry: its answer is the
         earlier job (or `IdempotencyConflict` for another body, once the body is read), so the
         queued cap, which that job may fill, does not apply, and it counts in a rate window of
-        its own with the same limit: a retry of the submission that used the minute's last
+        its own (a log of its own) with the same limit: a retry of the submission that used the minute's last
         slot still gets its job, and retries (each still an upload to read and hash) cannot
         exceed the limit either. The result says whether it is a retry. One round trip;
         `create` checks the cap again atomically when it writes the job.
         """
-        count, queued, retry = self._count_submission(owner, idempotency_key)
-        if count > limit_per_minute:
-            raise self._rate_limited(limit_per_minute)
+        wait, queued, retry = self._count_submission(owner, idempotency_key, limit_per_minute)
+        if wait > 0:
+            raise _rate_limited(limit_per_minute, wait)
         if retry:
             return True
         if queued >= max_queued:
@@ -388,16 +394,13 @@ class BaseJobStore(ABC):
         timings = job.timings.model_copy(update={"finished_at": self.clock()})
         return job.model_copy(update={"state": state, "lease": None, "timings": timings, **changes})
 
-    def _retry_after_window(self) -> int:
-        now = self.clock()
-        return max(1, math.ceil(RATE_WINDOW_SECONDS - now % RATE_WINDOW_SECONDS))
 
-    def _rate_limited(self, limit_per_minute: int) -> RateLimited:
-        return RateLimited(
-            f"This API key sent more than {limit_per_minute} submissions this minute; "
-            "wait for the indicated delay.",
-            self._retry_after_window(),
-        )
+def _rate_limited(limit_per_minute: int, wait: float) -> RateLimited:
+    return RateLimited(
+        f"This API key sent more than {limit_per_minute} submissions in the last minute; "
+        "wait for the indicated delay.",
+        math.ceil(wait),
+    )
 
 
 def _queue_full(queued: int, max_queued: int) -> TooManyQueuedJobs:
@@ -476,15 +479,26 @@ return {'created', seq, redis.call('ZRANK', KEYS[2], job_id)}
 """
 
 
-# `_count_submission` in one round trip. KEYS: the owner's rate-window counter, the owner's
-# queued set, [the idempotency record]. ARGV: the counter's TTL in seconds.
+# `_count_submission` in one round trip. KEYS: the owner's rate log (a sorted set of
+# admission times), the owner's queued set, the owner's retries' rate log, [the idempotency
+# record]. ARGV: now, the window in seconds, the limit, a unique member for this submission.
+# The wait is returned as a string: Redis truncates Lua numbers to integers.
 _ADMIT_SCRIPT = """
 local retry = 0
 if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then retry = 1 end
-local window = KEYS[1 + 2 * retry]
-local count = redis.call('INCR', window)
-redis.call('EXPIRE', window, ARGV[1])
-return {count, redis.call('SCARD', KEYS[2]), retry}
+local log = KEYS[1 + 2 * retry]
+local now = tonumber(ARGV[1])
+local span = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', log, '-inf', now - span)
+local wait = 0
+if redis.call('ZCARD', log) >= tonumber(ARGV[3]) then
+    local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+    wait = tonumber(oldest[2]) + span - now
+else
+    redis.call('ZADD', log, now, ARGV[4])
+    redis.call('EXPIRE', log, math.ceil(span) + 1)
+end
+return {tostring(wait), redis.call('SCARD', KEYS[2]), retry}
 """
 
 
@@ -621,14 +635,16 @@ class RedisJobStore(BaseJobStore):
         return CreatedJob(job.model_copy(update={"seq": int(reply[1])}), True, position)
 
     @_redis_errors
-    def _count_submission(self, owner: str, idempotency_key: str | None) -> tuple[int, int, bool]:
-        window = int(self.clock() // RATE_WINDOW_SECONDS)
-        keys = [f"{self.p}rate:{owner}:{window}", self._owner_queued(owner),
-                f"{self.p}rate-retry:{owner}:{window}"]
+    def _count_submission(
+        self, owner: str, idempotency_key: str | None, limit: int,
+    ) -> tuple[float, int, bool]:
+        keys = [f"{self.p}ratelog:{owner}", self._owner_queued(owner),
+                f"{self.p}ratelog-retry:{owner}"]
         if idempotency_key:
             keys.append(self._idem(owner, idempotency_key))
-        count, queued, retry = self._admit_script(keys=keys, args=[RATE_WINDOW_SECONDS * 2])
-        return int(count), int(queued), bool(retry)
+        wait, queued, retry = self._admit_script(
+            keys=keys, args=[repr(self.clock()), RATE_WINDOW_SECONDS, limit, uuid.uuid4().hex])
+        return float(wait), int(queued), bool(retry)
 
     @_redis_errors
     def discard(self, job_id: str) -> None:
@@ -692,18 +708,6 @@ class RedisJobStore(BaseJobStore):
             pipe.zcard(self._running)
             queued, running = pipe.execute()
         return {JobState.queued: int(queued), JobState.running: int(running)}
-
-    @_redis_errors
-    def check_rate_limit(self, owner: str, limit_per_minute: int) -> None:
-        """Count one submission in the current one-minute window; raise `RateLimited` if over."""
-        window = int(self.clock() // RATE_WINDOW_SECONDS)
-        key = f"{self.p}rate:{owner}:{window}"
-        with self.redis.pipeline() as pipe:
-            pipe.incr(key)
-            pipe.expire(key, RATE_WINDOW_SECONDS * 2)
-            count, _ = pipe.execute()
-        if int(count) > limit_per_minute:
-            raise self._rate_limited(limit_per_minute)
 
     @_redis_errors
     def expired_leases(self) -> list[str]:
@@ -800,12 +804,13 @@ CREATE TABLE IF NOT EXISTS idempotency (
     expires_at REAL NOT NULL,
     PRIMARY KEY (owner, key)
 );
-CREATE TABLE IF NOT EXISTS rate_windows (
+DROP TABLE IF EXISTS rate_windows;
+CREATE TABLE IF NOT EXISTS rate_log (
     owner TEXT NOT NULL,
-    window INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (owner, window)
+    at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS rate_log_owner_at ON rate_log (owner, at);
+CREATE INDEX IF NOT EXISTS rate_log_at ON rate_log (at);
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY,
     info TEXT NOT NULL,
@@ -1010,39 +1015,31 @@ class SqliteJobStore(BaseJobStore):
         return counts
 
     @_sqlite_errors
-    def check_rate_limit(self, owner: str, limit_per_minute: int) -> None:
-        """Count one submission in the current one-minute window; raise `RateLimited` if over."""
-        with self._write_tx() as conn:
-            count = self._count_in_window(conn, owner)
-        if count > limit_per_minute:
-            raise self._rate_limited(limit_per_minute)
-
-    @_sqlite_errors
-    def _count_submission(self, owner: str, idempotency_key: str | None) -> tuple[int, int, bool]:
+    def _count_submission(
+        self, owner: str, idempotency_key: str | None, limit: int,
+    ) -> tuple[float, int, bool]:
         with self._write_tx() as conn:
             retry = bool(idempotency_key) and conn.execute(
                 "SELECT 1 FROM idempotency WHERE owner=? AND key=? AND expires_at >= ?",
                 (owner, idempotency_key, self.clock()),
             ).fetchone() is not None
             # retries count in a window of their own (owner names hold no NUL)
-            count = self._count_in_window(conn, f"{owner}\0retry" if retry else owner)
+            wait = self._log_submission(conn, f"{owner}\0retry" if retry else owner, limit)
             (queued,) = conn.execute(
                 "SELECT count(*) FROM jobs WHERE owner=? AND state='queued'", (owner,)
             ).fetchone()
-        return count, int(queued), retry
+        return wait, int(queued), retry
 
-    def _count_in_window(self, conn: sqlite3.Connection, owner: str) -> int:
-        window = int(self.clock() // RATE_WINDOW_SECONDS)
-        conn.execute("DELETE FROM rate_windows WHERE window < ?", (window - 1,))
-        conn.execute(
-            "INSERT INTO rate_windows VALUES (?, ?, 1) ON CONFLICT (owner, window) "
-            "DO UPDATE SET count = count + 1",
-            (owner, window),
-        )
-        (count,) = conn.execute(
-            "SELECT count FROM rate_windows WHERE owner=? AND window=?", (owner, window)
-        ).fetchone()
-        return int(count)
+    def _log_submission(self, conn: sqlite3.Connection, owner: str, limit: int) -> float:
+        """The sliding-window log (see `admit`): 0 and the submission logged, or the wait."""
+        now = self.clock()
+        conn.execute("DELETE FROM rate_log WHERE at <= ?", (now - RATE_WINDOW_SECONDS,))
+        count, oldest = conn.execute(
+            "SELECT count(*), min(at) FROM rate_log WHERE owner=?", (owner,)).fetchone()
+        if count >= limit:
+            return oldest + RATE_WINDOW_SECONDS - now
+        conn.execute("INSERT INTO rate_log VALUES (?, ?)", (owner, now))
+        return 0.0
 
     @_sqlite_errors
     def expired_leases(self) -> list[str]:

@@ -128,7 +128,8 @@ class Settings(BaseSettings):
     )
 
     # --- abuse limits ------------------------------------------------------------------
-    rate_limit_per_minute: int = Field(60, ge=1, description="Submissions per key per minute.")
+    rate_limit_per_minute: int = Field(
+        60, ge=1, description="Submissions per key in any 60 s (sliding window).")
     max_queued_jobs_per_key: int = Field(20, ge=1, description="Queued jobs per key.")
 
     # --- job lifecycle ---------------------------------------------------------------

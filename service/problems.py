@@ -180,8 +180,8 @@ PROBLEM_EXAMPLES: dict[int, dict[str, Any]] = {
                   "(Vorbis/Opus) or MP3 file."),
     422: _example(422, "Invalid request", "output_format must be one of wav, flac, got 'mp3'.",
                   errors=[{"loc": ["body", "output_format"], "msg": "unsupported value"}]),
-    429: _example(429, "Rate limit exceeded", "This API key sent more than 60 submissions this "
-                  "minute; wait for the indicated delay.", retry_after=37),
+    429: _example(429, "Rate limit exceeded", "This API key sent more than 60 submissions in "
+                  "the last minute; wait for the indicated delay.", retry_after=37),
     503: _example(503, "Job store unavailable", "The job store (Redis) is unreachable; retry "
                   "after the indicated delay.", retry_after=5),
 }

@@ -12,7 +12,7 @@ over its limits never makes us read its upload; and everything after the body, i
 
 A retry is not a new submission: when the caller already used the request's
 `Idempotency-Key` (the same round trip tells), admission skips the queued-jobs cap and counts
-the request in a per-minute window of its own, so a retry of the job that filled the cap, or
+the request in a sliding one-minute window of its own, so a retry of the job that filled the cap, or
 that used the last of the minute's quota, gets that job back instead of `429`, while retries
 still cannot send more than the rate limit of uploads; another body with the key is `409`. The key is looked
 up as soon as the fields are read, before the webhook URL's DNS lookup and the audio probe:
