@@ -1,4 +1,5 @@
-"""`musicedit` command line: edit a file offline, run the service, run a worker.
+"""`musicedit` command line: edit a file offline, run the service, run a worker, handle dead
+letters.
 
 Model code (torch) is imported only by the commands that need it, so the gateway's image can
 install this package without torch.
@@ -223,6 +224,65 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if worker.returncode in (0, -signal.SIGTERM) else 1
 
 
+def _dead_letters(args: argparse.Namespace) -> int:
+    """Inspect, requeue or delete dead letters in the job store the settings name."""
+    import datetime
+    import json
+
+    from musicedit.errors import MusiceditError
+    from musicedit.job_store import make_job_store
+    from musicedit.queue import enqueue_edit, make_celery
+    from musicedit.retention import object_keys
+    from musicedit.settings import Settings
+    from musicedit.storage import make_storage
+
+    settings = Settings()
+    store = make_job_store(settings)
+    try:
+        if args.action == "list":
+            jobs = store.dead_letters(limit=args.limit)
+            if args.json:
+                print(json.dumps([job.model_dump(mode="json") for job in jobs], indent=2))
+                return 0
+            kept = settings.dead_letter_retention_seconds / 86400
+            print(f"{len(jobs)} dead letter(s) (kept {kept:g} days after they fail)")
+            for job in jobs:
+                when = datetime.datetime.fromtimestamp(
+                    job.timings.finished_at or 0, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+                error = (job.error or "").replace("\n", " ")
+                print(f"{job.id}  {when}Z  owner={job.owner}  attempts={job.attempts}  "
+                      f"{job.instruction.text!r}  input={job.input_key}\n    {error}")
+            return 0
+        job = store.get(args.job_id)
+        if not job.dead_lettered:
+            print(f"error: job {args.job_id} is {job.state.value}, not a dead letter",
+                  file=sys.stderr)
+            return 2
+        if args.action == "show":
+            print(job.model_dump_json(indent=2))
+        elif args.action == "requeue":
+            if not make_storage(settings).exists(job.input_key):
+                print(f"error: the input {job.input_key} of job {job.id} is gone; it cannot "
+                      "run again", file=sys.stderr)
+                return 2
+            store.requeue_dead_letter(job.id)
+            enqueue_edit(make_celery(settings), job.id)
+            print(f"requeued {job.id}; follow it with GET /v1/edits/{job.id}")
+        else:  # purge
+            storage = make_storage(settings)
+            for key in object_keys(job):
+                if storage.exists(key):
+                    storage.delete(key)
+            store.remove_expired(job.id)
+            print(f"deleted {job.id} and its stored objects")
+        return 0
+    except MusiceditError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     from musicedit.jobs import SamplingParams
 
@@ -255,6 +315,21 @@ def main(argv: list[str] | None = None) -> int:
     worker_p = sub.add_parser(
         "worker", help="run a Celery worker with the model (configure with MUSICEDIT_* variables)")
     worker_p.set_defaults(func=_worker)
+
+    dead_p = sub.add_parser(
+        "dead-letters", help="list, show, requeue or delete dead letters (jobs failed for good "
+        "after MAX_ATTEMPTS abandoned attempts or a model/storage fault; configure with "
+        "MUSICEDIT_* variables)")
+    dead_sub = dead_p.add_subparsers(dest="action", required=True)
+    list_p = dead_sub.add_parser("list", help="newest first")
+    list_p.add_argument("--limit", type=int, default=100)
+    list_p.add_argument("--json", action="store_true", help="full records as JSON")
+    for action, text in (("show", "print one dead letter's full record as JSON"),
+                         ("requeue", "queue it again as a fresh job (after fixing the cause)"),
+                         ("purge", "delete it and its stored input now")):
+        action_p = dead_sub.add_parser(action, help=text)
+        action_p.add_argument("job_id")
+    dead_p.set_defaults(func=_dead_letters)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -101,6 +101,7 @@ class JobStore(Protocol):
     def expired_leases(self) -> list[str]: ...
     def oldest_queued(self, limit: int = 20) -> list[EditJob]: ...
     def dead_letters(self, limit: int = 100) -> list[EditJob]: ...
+    def requeue_dead_letter(self, job_id: str) -> EditJob: ...
     def register_worker_heartbeat(self, worker_id: str, info: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
 
@@ -108,8 +109,13 @@ class JobStore(Protocol):
 class BaseJobStore(ABC):
     """Transition rules shared by both backends; subclasses provide atomic primitives."""
 
-    def __init__(self, *, retention_seconds: float, max_attempts: int, clock: Clock = time.time):
+    def __init__(self, *, retention_seconds: float, max_attempts: int, clock: Clock = time.time,
+                 dead_letter_retention_seconds: float | None = None):
         self.retention_seconds = retention_seconds
+        # dead letters are kept for the operator, longer than other jobs by default
+        self.dead_letter_retention_seconds = (
+            retention_seconds if dead_letter_retention_seconds is None
+            else dead_letter_retention_seconds)
         self.max_attempts = max_attempts
         self.clock = clock
 
@@ -361,6 +367,28 @@ class BaseJobStore(ABC):
 
         return self._mutate(job_id, transition)
 
+    # --- operator side ----------------------------------------------------------------
+    def requeue_dead_letter(self, job_id: str) -> EditJob:
+        """Put a dead letter back in the queue as a fresh job (attempts 0, no error), once
+        the operator has fixed what killed it; the caller sends its wake-up message. It keeps
+        its id, owner, input and place in the FIFO, and its webhook fires again when it ends.
+        Raises `JobNotFound` unless the job is a dead letter."""
+
+        def transition(job: EditJob | None) -> tuple[EditJob | None, EditJob]:
+            if job is None or not job.dead_lettered:
+                raise JobNotFound(f"No dead letter {job_id!r}; list them with "
+                                  "`musicedit dead-letters list`.")
+            queued = job.model_copy(update={
+                "state": JobState.queued, "attempts": 0, "error": None, "dead_lettered": False,
+                "lease": None, "result_key": None, "cancel_requested": False,
+                "progress": job.progress.model_copy(update={"frames_done": 0}),
+                "timings": job.timings.model_copy(update={"started_at": None,
+                                                          "finished_at": None}),
+            })
+            return queued, queued
+
+        return self._mutate(job_id, transition)
+
     # --- helpers ----------------------------------------------------------------------
     def _holder_update(
         self, job_id: str, worker_id: str, changes: Callable[[EditJob], dict[str, Any]]
@@ -513,8 +541,10 @@ class RedisJobStore(BaseJobStore):
         max_attempts: int,
         clock: Clock = time.time,
         prefix: str = "musicedit:",
+        dead_letter_retention_seconds: float | None = None,
     ) -> None:
-        super().__init__(retention_seconds=retention_seconds, max_attempts=max_attempts, clock=clock)
+        super().__init__(retention_seconds=retention_seconds, max_attempts=max_attempts, clock=clock,
+                         dead_letter_retention_seconds=dead_letter_retention_seconds)
         self.redis = client
         self.p = prefix
         self._insert_script = client.register_script(_INSERT_SCRIPT)
@@ -531,6 +561,7 @@ class RedisJobStore(BaseJobStore):
         return cls(
             client,
             retention_seconds=settings.job_retention_seconds,
+            dead_letter_retention_seconds=settings.dead_letter_retention_seconds,
             max_attempts=settings.max_attempts,
             clock=clock,
         )
@@ -582,10 +613,17 @@ class RedisJobStore(BaseJobStore):
             pipe.zadd(self._running, {job.id: job.lease.expires_at})
         else:
             pipe.zrem(self._running, job.id)
-        if job.state.terminal:
-            pipe.zadd(self._finished, {job.id: job.timings.finished_at or self.clock()})
+        # a finished job is in one of two retention indexes: dead letters are kept longer
+        # (a requeued dead letter leaves both)
         if job.dead_lettered:
             pipe.zadd(self._dead, {job.id: job.timings.finished_at or self.clock()})
+            pipe.zrem(self._finished, job.id)
+        else:
+            pipe.zrem(self._dead, job.id)
+            if job.state.terminal:
+                pipe.zadd(self._finished, {job.id: job.timings.finished_at or self.clock()})
+            else:
+                pipe.zrem(self._finished, job.id)
 
     @_redis_errors
     def _mutate(self, job_id: str, transition: Transition[T]) -> T:
@@ -725,15 +763,22 @@ class RedisJobStore(BaseJobStore):
 
     @_redis_errors
     def expired_jobs(self, limit: int = 1000) -> list[EditJob]:
-        """Up to `limit` jobs finished more than `retention_seconds` ago, oldest first. They
-        stay stored until `remove_expired`: the caller deletes their objects first."""
-        cutoff = self.clock() - self.retention_seconds
-        ids = [j.decode() for j in
-               self.redis.zrangebyscore(self._finished, "-inf", cutoff, start=0, num=limit)]
-        jobs = self._load_many(ids)
-        gone = set(ids) - {job.id for job in jobs}
-        if gone:  # removed by another sweeper between the two reads
-            self.redis.zrem(self._finished, *gone)
+        """Up to `limit` jobs finished more than `retention_seconds` ago (dead letters:
+        `dead_letter_retention_seconds`), oldest first. They stay stored until
+        `remove_expired`: the caller deletes their objects first."""
+        now = self.clock()
+        jobs: list[EditJob] = []
+        for index, retention in ((self._finished, self.retention_seconds),
+                                 (self._dead, self.dead_letter_retention_seconds)):
+            ids = [j.decode() for j in self.redis.zrangebyscore(
+                index, "-inf", now - retention, start=0, num=limit - len(jobs))]
+            found = self._load_many(ids)
+            gone = set(ids) - {job.id for job in found}
+            if gone:  # removed by another sweeper between the two reads
+                self.redis.zrem(index, *gone)
+            jobs += found
+            if len(jobs) >= limit:
+                break
         return jobs
 
     @_redis_errors
@@ -843,8 +888,10 @@ class SqliteJobStore(BaseJobStore):
         retention_seconds: float,
         max_attempts: int,
         clock: Clock = time.time,
+        dead_letter_retention_seconds: float | None = None,
     ) -> None:
-        super().__init__(retention_seconds=retention_seconds, max_attempts=max_attempts, clock=clock)
+        super().__init__(retention_seconds=retention_seconds, max_attempts=max_attempts, clock=clock,
+                         dead_letter_retention_seconds=dead_letter_retention_seconds)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
@@ -859,6 +906,7 @@ class SqliteJobStore(BaseJobStore):
         return cls(
             url.removeprefix("sqlite:///"),
             retention_seconds=settings.job_retention_seconds,
+            dead_letter_retention_seconds=settings.dead_letter_retention_seconds,
             max_attempts=settings.max_attempts,
             clock=clock,
         )
@@ -1066,12 +1114,15 @@ class SqliteJobStore(BaseJobStore):
 
     @_sqlite_errors
     def expired_jobs(self, limit: int = 1000) -> list[EditJob]:
-        """Up to `limit` jobs finished more than `retention_seconds` ago, oldest first. They
-        stay stored until `remove_expired`: the caller deletes their objects first."""
+        """Up to `limit` jobs finished more than `retention_seconds` ago (dead letters:
+        `dead_letter_retention_seconds`), oldest first. They stay stored until
+        `remove_expired`: the caller deletes their objects first."""
+        now = self.clock()
         rows = self._select(
-            "SELECT seq, data FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
+            "SELECT seq, data FROM jobs WHERE finished_at IS NOT NULL AND ("
+            "(dead_lettered=0 AND finished_at < ?) OR (dead_lettered=1 AND finished_at < ?)) "
             "ORDER BY finished_at LIMIT ?",
-            (self.clock() - self.retention_seconds, limit),
+            (now - self.retention_seconds, now - self.dead_letter_retention_seconds, limit),
         )
         return [_row_job(row) for row in rows]
 

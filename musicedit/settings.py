@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     job_retention_seconds: int = Field(
         86400, ge=1, description="Finished jobs, inputs and results are deleted after this."
     )
+    dead_letter_retention_seconds: int = Field(
+        7 * 86400, ge=1, description="Dead-lettered jobs (failed after MAX_ATTEMPTS abandoned "
+        "attempts, or a model or storage fault) and their inputs are kept this long for "
+        "inspection (`musicedit dead-letters`)."
+    )
     retention_sweep_interval_seconds: float = Field(
         60.0, gt=0, description="How often the gateway and every worker delete expired jobs "
         "and their objects."

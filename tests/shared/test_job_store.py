@@ -361,3 +361,52 @@ def test_concurrent_claims_have_one_winner(store):
     for t in threads:
         t.join()
     assert all(len(names) == 1 for names in winners.values())
+
+
+def test_dead_letters_outlive_the_retention_of_other_jobs(store, clock):
+    store.dead_letter_retention_seconds = 7 * 86400  # MUSICEDIT_DEAD_LETTER_RETENTION_SECONDS
+    done, _ = store.create(new_job())
+    store.claim(done.id, "w1", 30)
+    store.complete(done.id, "w1", "results/x.wav")
+    dead, _ = store.create(new_job())
+    store.claim(dead.id, "w1", 30)
+    store.fail(dead.id, "w1", "model raised", dead_letter=True)
+    plain, _ = store.create(new_job())
+    store.claim(plain.id, "w1", 30)
+    store.fail(plain.id, "w1", "bad input")  # an ordinary failure: ordinary retention
+    clock.advance(3601)
+    assert {j.id for j in store.expired_jobs()} == {done.id, plain.id}
+    store.remove_expired(done.id)
+    store.remove_expired(plain.id)
+    assert [j.id for j in store.dead_letters()] == [dead.id]
+    clock.advance(7 * 86400 - 3600)
+    assert [j.id for j in store.expired_jobs()] == [dead.id]
+    store.remove_expired(dead.id)
+    assert store.dead_letters() == [] and store.expired_jobs() == []
+
+
+def test_requeue_dead_letter_makes_it_a_fresh_queued_job(store, clock):
+    job, _ = store.create(new_job())
+    other, _ = store.create(new_job())
+    for attempt in range(3):  # three workers died holding it
+        assert store.claim(job.id, f"w{attempt}", 30) is not None
+        clock.advance(31)
+    dead = store.claim_or_finish(job.id, "w3", 30).finished
+    assert dead.dead_lettered and dead.state is JobState.failed and dead.attempts == 3
+    with pytest.raises(JobNotFound, match="No dead letter"):
+        store.requeue_dead_letter(other.id)  # only dead letters
+    requeued = store.requeue_dead_letter(job.id)
+    assert requeued.state is JobState.queued and requeued.attempts == 0
+    assert requeued.error is None and not requeued.dead_lettered
+    assert requeued.timings.finished_at is None and requeued.timings.started_at is None
+    assert store.get(job.id) == requeued
+    assert store.dead_letters() == []
+    assert store.queue_position(job.id) == 0  # its old place, ahead of the later job
+    assert store.count_queued("alice") == 2
+    clock.advance(10 * 86400)
+    assert store.expired_jobs() == []  # in no retention index while queued
+    running = store.claim(job.id, "w9", 30)
+    assert running is not None and running.attempts == 1
+    assert store.complete(job.id, "w9", "results/y.wav").state is JobState.succeeded
+    with pytest.raises(JobNotFound):
+        store.requeue_dead_letter(job.id)

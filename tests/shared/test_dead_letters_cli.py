@@ -1,0 +1,110 @@
+"""`musicedit dead-letters`: the operator's view of jobs failed for good, run as the console
+script against real Redis (job store and broker) and SeaweedFS S3."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from musicedit.errors import JobNotFound
+from musicedit.job_store import make_job_store
+from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction
+from musicedit.queue import make_celery, queue_depth
+from musicedit.storage import make_storage
+
+SCRIPT = Path(sys.executable).with_name("musicedit")
+
+
+@pytest.fixture
+def services(make_settings, redis_url, s3_server, s3_bucket):
+    url = redis_url  # flushed for this test: the broker's queue holds only its messages
+    settings = make_settings(redis_url=url, s3=(s3_server, s3_bucket))
+    store = make_job_store(settings)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MUSICEDIT_")}
+    env.update({
+        "MUSICEDIT_DATA_DIR": str(settings.data_dir),
+        "MUSICEDIT_JOB_STORE_URL": url,
+        "MUSICEDIT_BROKER_URL": url,
+        "MUSICEDIT_STORAGE_BACKEND": "s3",
+        "MUSICEDIT_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "MUSICEDIT_S3_BUCKET": settings.s3_bucket,
+        "MUSICEDIT_S3_ACCESS_KEY_ID": settings.s3_access_key_id,
+        "MUSICEDIT_S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),
+        "MUSICEDIT_S3_PATH_STYLE": "true",
+        "MUSICEDIT_S3_REGION": "us-east-1",
+    })
+    yield settings, store, make_storage(settings), env
+    store.close()
+
+
+def cli(env, *args):
+    return subprocess.run([str(SCRIPT), "dead-letters", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def failed_job(store, storage, *, dead: bool) -> EditJob:
+    job_id = uuid.uuid4().hex
+    job = EditJob(
+        id=job_id, owner="alice",
+        instruction=NormalizedInstruction(operation="add", stem="Drums",
+                                          text="Music piece. Instruct: Add Drums."),
+        input_key=f"inputs/{job_id}",
+        input=InputAudio(format="WAV", sample_rate=32000, channels=1, duration_seconds=1.0,
+                         size_bytes=3),
+    )
+    store.create(job)
+    storage.put_file(job.input_key, io.BytesIO(b"in"))
+    store.claim(job_id, "w1", 30)
+    return store.fail(job_id, "w1", "The model failed on this input (NonFiniteLogits)",
+                      dead_letter=dead)
+
+
+def test_list_show_requeue_and_purge_dead_letters(services):
+    settings, store, storage, env = services
+    dead = failed_job(store, storage, dead=True)
+    plain = failed_job(store, storage, dead=False)
+
+    listed = cli(env, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "1 dead letter(s) (kept 7 days" in listed.stdout
+    assert dead.id in listed.stdout and "NonFiniteLogits" in listed.stdout
+    assert plain.id not in listed.stdout
+    records = json.loads(cli(env, "list", "--json").stdout)
+    assert [r["id"] for r in records] == [dead.id] and records[0]["dead_lettered"] is True
+
+    shown = cli(env, "show", dead.id)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["input_key"] == dead.input_key
+    refused = cli(env, "show", plain.id)
+    assert refused.returncode == 2 and "not a dead letter" in refused.stderr
+    assert cli(env, "show", "nope").returncode == 2
+
+    assert queue_depth(make_celery(settings)) == 0
+    requeued = cli(env, "requeue", dead.id)
+    assert requeued.returncode == 0, requeued.stderr
+    job = store.get(dead.id)
+    assert job.state is JobState.queued and job.attempts == 0 and not job.dead_lettered
+    assert queue_depth(make_celery(settings)) == 1  # its wake-up message is in the queue
+    assert json.loads(cli(env, "list", "--json").stdout) == []
+
+    store.claim(dead.id, "w2", 30)  # it fails for good again: purge it
+    store.fail(dead.id, "w2", "again", dead_letter=True)
+    purged = cli(env, "purge", dead.id)
+    assert purged.returncode == 0, purged.stderr
+    assert not storage.exists(dead.input_key)
+    with pytest.raises(JobNotFound):
+        store.get(dead.id)
+    assert storage.exists(plain.input_key)  # only the dead letter went
+
+
+def test_requeue_refuses_a_dead_letter_whose_input_is_gone(services):
+    _, store, storage, env = services
+    dead = failed_job(store, storage, dead=True)
+    storage.delete(dead.input_key)
+    refused = cli(env, "requeue", dead.id)
+    assert refused.returncode == 2 and "is gone" in refused.stderr
+    assert store.get(dead.id).dead_lettered
