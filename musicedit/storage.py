@@ -199,6 +199,7 @@ class S3Storage:
         public_endpoint_url: str | None = None,
         chunk_bytes: int = 8 * 1024 * 1024,
         connect_timeout: float = 5.0,
+        read_timeout: float = 20.0,
         max_attempts: int = 3,
     ) -> None:
         self.bucket = bucket
@@ -211,7 +212,9 @@ class S3Storage:
             signature_version="s3v4",
             s3={"addressing_style": "path" if path_style else "auto"},
             connect_timeout=connect_timeout,
-            read_timeout=60,
+            # the longest silence inside one request (not its total time): bounds how long a
+            # stalled S3 can hold a job (docs/reliability.md)
+            read_timeout=read_timeout,
             retries={"max_attempts": max_attempts, "mode": "standard"},
             max_pool_connections=S3_MAX_POOL_CONNECTIONS,
             request_checksum_calculation="when_required",
