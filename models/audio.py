@@ -71,11 +71,23 @@ def encode(codec: tp.Any, wav: torch.Tensor) -> torch.Tensor:
     return codes
 
 
+class NonFiniteAudio(RuntimeError):
+    """The codec decoded codes to NaN or infinite samples (broken weights or an fp16 overflow):
+    the result would be noise or silence, so it is not delivered."""
+
+
 @torch.no_grad()
 def decode(codec: tp.Any, codes: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
-    """``[B, K, T]`` codes -> ``[B, 1, N]`` float32 audio, cut to ``num_samples`` if given."""
+    """``[B, K, T]`` codes -> ``[B, 1, N]`` float32 audio, cut to ``num_samples`` if given.
+
+    Raises:
+        NonFiniteAudio: the decoded audio has NaN or infinite samples.
+    """
     wav = codec.decode(codes, None).float()
-    return wav if num_samples is None else wav[..., :num_samples]
+    wav = wav if num_samples is None else wav[..., :num_samples]
+    if not bool(torch.isfinite(wav).all()):
+        raise NonFiniteAudio("the codec decoded these codes to NaN or infinite samples")
+    return wav
 
 
 def write_audio(path: str | Path | tp.BinaryIO, wav: torch.Tensor, sample_rate: int,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +175,16 @@ class MusiceditClient:
         _raise_for_problem(response)
         return EditJobList.model_validate(response.json())
 
+    def iter_jobs(self, page_size: int = 100) -> Iterator[EditJobView]:
+        """Every job of this key, newest first, following `next_cursor` page by page."""
+        before = None
+        while True:
+            page = self.list(limit=page_size, before=before)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            before = page.next_cursor
+
     def cancel(self, job_id: str) -> EditJobView:
         response = self._request("DELETE", f"/v1/edits/{job_id}", safe=False)
         _raise_for_problem(response)
@@ -279,6 +289,17 @@ class AsyncMusiceditClient:
         response = await self._request("GET", "/v1/edits", safe=True, params=params)
         _raise_for_problem(response)
         return EditJobList.model_validate(response.json())
+
+    async def iter_jobs(self, page_size: int = 100) -> AsyncIterator[EditJobView]:
+        """Every job of this key, newest first, following `next_cursor` page by page."""
+        before = None
+        while True:
+            page = await self.list(limit=page_size, before=before)
+            for job in page.items:
+                yield job
+            if page.next_cursor is None:
+                return
+            before = page.next_cursor
 
     async def cancel(self, job_id: str) -> EditJobView:
         response = await self._request("DELETE", f"/v1/edits/{job_id}", safe=False)

@@ -29,6 +29,10 @@ class WorkerMetrics:
             buckets=STEP_BUCKETS, registry=r)
         self.generated_frames = Counter(
             "musicedit_generated_frames", "Audio frames (codec time steps) generated.", registry=r)
+        self.decode_step_isolations = Counter(
+            "musicedit_decode_step_isolations",
+            "Decode steps whose batched forward raised and was re-run on parts of the batch, "
+            "so that only the job(s) it raised for failed.", registry=r)
         self.job_decode_seconds = Histogram(
             "musicedit_job_decode_seconds", "Time from engine submit to a job's audio.",
             buckets=JOB_BUCKETS, registry=r)
@@ -52,6 +56,8 @@ class WorkerMetrics:
         self.batch_size.observe(step.batch_size)
         self.decode_step_seconds.observe(step.seconds)
         self.generated_frames.inc(step.frames)
+        if step.isolated:
+            self.decode_step_isolations.inc()
 
     def watch_engine(self, active_jobs: Callable[[], int]) -> None:
         self.engine_active_jobs.set_function(active_jobs)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from musicedit.logs import log_event
+
 from .. import audio
 from ..instruct_musicgen import TextKV
 from ..loader import LoadedModel
@@ -53,7 +55,8 @@ class StepInfo:
     batch_size: int      # jobs decoded in this step
     bucket: int          # slots the runner computed (padded batch)
     seconds: float
-    frames: int          # codebook-0 frames produced (one per job)
+    frames: int          # codebook-0 frames produced (one per job that did not fail)
+    isolated: bool = False  # the batched forward raised and was re-run on parts of the batch
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class EngineStats:
     max_slots: int
     steps_total: int
     frames_total: int
+    isolated_steps_total: int  # steps whose batched forward raised (see StepInfo.isolated)
 
 
 @dataclass
@@ -236,6 +240,7 @@ class EditEngine:
         self._stop = threading.Event()
         self.steps_total = 0
         self.frames_total = 0
+        self.isolated_steps_total = 0
 
     # ----------------------------------------------------------- submission
     def submit(self, request: EditRequest) -> EditHandle:
@@ -293,7 +298,8 @@ class EditEngine:
         active = self.scheduler.active()
         jobs = {id(self.slot_states[i].work.job) for i in active if self.slot_states[i]}
         return EngineStats(len(jobs), self.scheduler.waiting(), len(active),
-                           self.scheduler.num_slots, self.steps_total, self.frames_total)
+                           self.scheduler.num_slots, self.steps_total, self.frames_total,
+                           self.isolated_steps_total)
 
     # ----------------------------------------------------------- background loop
     def start(self) -> None:
@@ -314,7 +320,7 @@ class EditEngine:
         while not self._stop.is_set():
             try:
                 worked = self.step()
-            except Exception:  # keep serving other jobs; step() already failed the batch
+            except Exception:  # keep serving other jobs; step() already failed the jobs
                 log.exception("decode step failed")
                 worked = True
             if not worked:
@@ -332,39 +338,40 @@ class EditEngine:
         if not active:
             return False
         started = time.perf_counter()
+        isolated_before = self.isolated_steps_total
         try:
             finished = self._decode_step(active)
         except Exception as exc:
+            # Not the forward (its failures are isolated in _decode_step): sampling or
+            # bookkeeping, which no single job can be blamed for.
             for slot in active:
                 self._fail(slot, exc)
             raise
+        decoded = sum(self.slot_states[slot] is not None for slot in active)
         for slot in finished:
             self._finish_window(slot)
         seconds = time.perf_counter() - started
         self.steps_total += 1
-        self.frames_total += len(active)
+        self.frames_total += decoded
         if self.config.on_step is not None:
             self.config.on_step(StepInfo(len(active), self.runner.bucket_for(max(active) + 1),
-                                         seconds, len(active)))
+                                         seconds, decoded,
+                                         self.isolated_steps_total != isolated_before))
         return True
 
     @torch.no_grad()
     def _decode_step(self, active: list[int]) -> list[int]:
-        n = max(active) + 1
-        k = self.lm.num_codebooks
-        pos = self.positions[:n]
-        tokens = self.sequences[:n].gather(2, pos.view(n, 1, 1).expand(n, k, 1))
-        tokens = tokens.clamp(min=0)  # free slots below the highest hold UNKNOWN; never read
-        max_position = max(self.slot_states[i].position for i in active)
-        condition_length = max(self.slot_states[i].work.window.frames for i in active) + 1
-        text_length = max(self.slot_states[i].work.job.text.k[0].shape[2] for i in active)
-        logits = self.runner.step(tokens.repeat_interleave(ROWS_PER_SLOT, dim=0),
-                                  pos.repeat_interleave(ROWS_PER_SLOT), max_position,
-                                  condition_length, text_length)
+        """One decode step for the active slots; returns the slots whose window finished.
+        Slots that fail (the forward raised for them alone, or non-finite logits) are freed
+        and their jobs failed here."""
         idx = torch.tensor(active, device=self.device)
-        # Guidance and sampling in float32 (fp16 logits would lose the small differences).
-        cond = logits[0::ROWS_PER_SLOT][idx].float()
-        uncond = logits[1::ROWS_PER_SLOT][idx].float()
+        try:
+            cond, uncond = self._forward(active, idx)
+        except Exception as exc:
+            active, cond, uncond = self._isolate_forward_failure(active, exc)
+            if not active:
+                return []
+            idx = torch.tensor(active, device=self.device)
         guided = guided_logits(cond, uncond, self.cfg_coef[idx])
         bad = (~torch.isfinite(guided)).flatten(1).any(1)
         generators = [self.slot_states[i].generator for i in active]
@@ -372,7 +379,7 @@ class EditEngine:
                                 generators)
         # Write step pos+1 of each active row: the delay pattern decides which codebooks are
         # real there; prompt tokens already in place are kept.
-        nxt = pos[idx] + 1
+        nxt = self.positions[idx] + 1
         frame = nxt.view(-1, 1) - 1 - self.delays.view(1, -1)
         frames = torch.tensor([self.slot_states[i].work.window.frames for i in active],
                               device=self.device)
@@ -397,6 +404,96 @@ class EditEngine:
             elif job.request.on_progress and job.steps % self.config.progress_every_steps == 0:
                 self._report_progress(slot)
         return finished
+
+    def _forward(self, active: list[int], idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batched forward over the first ``max(active) + 1`` slots (free slots below the
+        highest are padding); ``idx`` is ``active`` as a tensor. Returns ``(cond, uncond)``
+        float32 logits ``[len(active), K, card]``. Its only side effect is writing each row's K/V at the row's current
+        position, so a step that raised can be run again from the same state."""
+        n = max(active) + 1
+        k = self.lm.num_codebooks
+        pos = self.positions[:n]
+        tokens = self.sequences[:n].gather(2, pos.view(n, 1, 1).expand(n, k, 1))
+        tokens = tokens.clamp(min=0)  # free slots below the highest hold UNKNOWN; never read
+        max_position, condition_length, text_length = self._attention_lengths(active)
+        logits = self.runner.step(tokens.repeat_interleave(ROWS_PER_SLOT, dim=0),
+                                  pos.repeat_interleave(ROWS_PER_SLOT), max_position,
+                                  condition_length, text_length)
+        # Guidance and sampling in float32 (fp16 logits would lose the small differences).
+        return (logits[0::ROWS_PER_SLOT][idx].float(), logits[1::ROWS_PER_SLOT][idx].float())
+
+    def _forward_slots(self, slots: list[int], lengths: tuple[int, int, int]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_forward` for these slots only (eager; the failure-isolation path).
+        ``lengths`` are the whole batch's :meth:`_attention_lengths`: each row then attends
+        over exactly what it attended over in the batched step."""
+        index = torch.tensor(slots, device=self.device)
+        k = self.lm.num_codebooks
+        pos = self.positions[index]
+        tokens = self.sequences[index].gather(2, pos.view(-1, 1, 1).expand(-1, k, 1))
+        logits = self.runner.step_slots(index, tokens.repeat_interleave(ROWS_PER_SLOT, dim=0),
+                                        pos.repeat_interleave(ROWS_PER_SLOT), *lengths)
+        return logits[0::ROWS_PER_SLOT].float(), logits[1::ROWS_PER_SLOT].float()
+
+    def _attention_lengths(self, slots: list[int]) -> tuple[int, int, int]:
+        """Furthest position, longest condition (frames + 1) and longest instruction (tokens)
+        among ``slots``, from host copies (no device sync)."""
+        states = [self.slot_states[i] for i in slots]
+        return (max(s.position for s in states),
+                max(s.work.window.frames for s in states) + 1,
+                max(s.work.job.text.k[0].shape[2] for s in states))
+
+    def _isolate_forward_failure(self, active: list[int], exc: Exception
+                                 ) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
+        """The batched forward raised ``exc``: find the job(s) it raised for instead of failing
+        the whole batch. The step is re-run from the same state on halves of the batch,
+        recursively, down to single slots; a slot whose forward still raises alone fails with
+        its own exception, every other slot keeps the logits of the part it ran in. Nothing
+        was sampled yet (no random stream moved), and a re-run rewrites the same K/V
+        positions and attends over the same lengths as the batch: the survivors sample with
+        the logits the batched step would have given them (up to the float rounding any
+        change of batch size can bring). A fault that hits every part (a broken device) fails
+        every job; one that only a large batch hits (memory) fails none.
+
+        Returns:
+            the surviving slots (in ``active``'s order) and their ``(cond, uncond)`` logits, or
+            ``([], None, None)`` when every slot failed.
+        """
+        self.isolated_steps_total += 1
+        survivors: list[int] = []
+        conds: list[torch.Tensor] = []
+        unconds: list[torch.Tensor] = []
+        failed: dict[int, str] = {}
+        lengths = self._attention_lengths(active)
+        job_ids = {slot: self.slot_states[slot].work.job.request.job_id for slot in active}
+
+        def run(part: list[int], known_to_fail: bool = False) -> None:
+            if not known_to_fail:
+                try:
+                    cond, uncond = self._forward_slots(part, lengths)
+                except Exception as error:
+                    if len(part) == 1:
+                        failed[part[0]] = job_ids[part[0]]
+                        self._fail(part[0], error)
+                        return
+                else:
+                    survivors.extend(part)
+                    conds.append(cond)
+                    unconds.append(uncond)
+                    return
+            half = len(part) // 2
+            run(part[:half])
+            run(part[half:])
+
+        # A lone slot is re-run once: without the padding rows of free slots below it, it
+        # may pass.
+        run(active, known_to_fail=len(active) > 1)
+        log_event(log, "decode_step_isolated", logging.WARNING, exc_info=exc,
+                  job_ids=list(job_ids.values()), failed_job_ids=list(failed.values()),
+                  error=f"{type(exc).__name__}: {exc}")
+        if not survivors:
+            return [], None, None
+        return survivors, torch.cat(conds), torch.cat(unconds)
 
     # ----------------------------------------------------------- slot lifecycle
     @torch.no_grad()

@@ -131,19 +131,24 @@ class SlotBuffers:
                       [self.text_v[m, rows, :, t] for m in range(self.geometry.num_layers)],
                       self.text_mask[rows, t])
 
-    def text_of_rows(self, rows: torch.Tensor) -> TextKV:
-        """Text K/V of arbitrary rows (copies: for prefill, not per step)."""
+    def text_of_rows(self, rows: torch.Tensor, length: int | None = None) -> TextKV:
+        """Text K/V of arbitrary rows (copies: for prefill and failure isolation, not per
+        step); ``length`` keeps only the first text positions, as :meth:`text_view`."""
         layers = range(self.geometry.num_layers)
-        return TextKV([self.text_k[m, rows] for m in layers], [self.text_v[m, rows] for m in layers],
-                      self.text_mask[rows])
+        t = slice(0, length)
+        return TextKV([self.text_k[m, rows, :, t] for m in layers],
+                      [self.text_v[m, rows, :, t] for m in layers], self.text_mask[rows, t])
 
-    def condition_of_slots(self, slots: torch.Tensor) -> ConditionKV:
-        """Condition state of arbitrary slots (copies: for prefill, not per step)."""
+    def condition_of_slots(self, slots: torch.Tensor, length: int | None = None) -> ConditionKV:
+        """Condition state of arbitrary slots (copies: for prefill and failure isolation, not
+        per step); ``length`` keeps only the first condition positions, as
+        :meth:`condition_view`."""
         layers = range(self.geometry.num_layers)
-        return ConditionKV([self.cond_q[m, slots] for m in layers],
-                           [self.cond_k[m, slots] for m in layers],
-                           [self.cond_v[m, slots] for m in layers],
-                           self.cond_frames[slots], self.cond_mask[slots],
+        t = slice(0, length)
+        return ConditionKV([self.cond_q[m, slots, :, t] for m in layers],
+                           [self.cond_k[m, slots, :, t] for m in layers],
+                           [self.cond_v[m, slots, :, t] for m in layers],
+                           self.cond_frames[slots], self.cond_mask[slots, t],
                            rows_per_condition=ROWS_PER_SLOT)
 
     def condition_view(self, slots: slice, length: int | None = None) -> ConditionKV:
@@ -184,6 +189,26 @@ class StaticKVCache:
         k_buf[self.rows, :, self.positions] = k[:, :, 0]
         v_buf[self.rows, :, self.positions] = v[:, :, 0]
         return attention(q, k_buf[:n, :, :self.length], v_buf[:n, :, :self.length], self.mask)
+
+
+class GatheredKVCache(StaticKVCache):
+    """A decode step's self-attention K/V for arbitrary rows (``rows[i]`` is the buffer row of
+    batch row i), not the first R: the engine re-runs a failed step for some slots only. The
+    reads gather (copy) the rows, so this is for that rare path, not every step."""
+
+    def __init__(self, buffers: SlotBuffers, rows: torch.Tensor, positions: torch.Tensor,
+                 length: int | None = None):
+        super().__init__(buffers, rows.shape[0], positions, length)
+        self.rows = rows  # [R] long
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q, k, v ``[R, H, 1, Dh]`` -> ``[R, H, 1, Dh]``."""
+        k_buf = self.buffers.self_k[layer]
+        v_buf = self.buffers.self_v[layer]
+        k_buf[self.rows, :, self.positions] = k[:, :, 0]
+        v_buf[self.rows, :, self.positions] = v[:, :, 0]
+        return attention(q, k_buf[self.rows, :, :self.length], v_buf[self.rows, :, :self.length],
+                         self.mask)
 
 
 class PrefillKVCache:

@@ -11,7 +11,7 @@ import typing as tp
 import torch
 
 from ..instruct_musicgen import InstructMusicGen
-from .kv_cache import ROWS_PER_SLOT, SlotBuffers, StaticKVCache
+from .kv_cache import ROWS_PER_SLOT, GatheredKVCache, SlotBuffers, StaticKVCache
 
 
 def batch_buckets(max_slots: int, buckets: tp.Sequence[int]) -> list[int]:
@@ -95,6 +95,35 @@ class DecodeRunner:
         graph, out = self.graphs[bucket_rows]
         graph.replay()
         return out[:rows]
+
+    @torch.no_grad()
+    def step_slots(self, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
+                   max_position: int | None, condition_length: int | None,
+                   text_length: int | None) -> torch.Tensor:
+        """One decode step for the given slots only, eagerly (never a CUDA graph or compiled
+        code): the engine re-runs a step that raised on parts of its batch to find the job
+        that made it raise. Writes the same K/V as :meth:`step` would for these slots, and
+        attends over the same lengths as :meth:`step` for the whole batch.
+
+        Args:
+            slots: ``[S]`` long slot indices.
+            tokens: ``[2S, K, 1]`` long input tokens, rows ``2i, 2i + 1`` of slot ``slots[i]``.
+            positions: ``[2S]`` long sequence position of each row.
+            max_position, condition_length, text_length: as given to :meth:`step` for the
+                whole batch.
+        Returns:
+            ``[2S, K, card]`` logits (new memory).
+        """
+        if self.use_cuda_graphs or self.compiled:  # those steps attend over the static maxima
+            max_position = condition_length = text_length = None
+        rows = (slots.view(-1, 1) * ROWS_PER_SLOT
+                + torch.arange(ROWS_PER_SLOT, device=slots.device)).flatten()
+        length = None if max_position is None else max_position + 1
+        cache = GatheredKVCache(self.buffers, rows, positions, length)
+        text = self.buffers.text_of_rows(rows, text_length)
+        condition = self.buffers.condition_of_slots(slots, condition_length)
+        logits = self.model(tokens, positions.view(-1, 1), text, condition, cache)
+        return logits[:, :, 0]
 
     def _capture(self, rows: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # Warm-up runs execute this very step (same inputs), so their cache writes are the

@@ -1,6 +1,7 @@
 """Audio in any common format and rate goes in; the edit is deterministic; the CLI works offline."""
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -113,6 +114,16 @@ def test_codes_round_trip_shapes(tiny):
     assert codes.shape == (1, tiny.lm.num_codebooks, 50)  # 50 frames/s, as MusicGen
     out = audio.decode(tiny.codec, codes, num_samples=x.shape[-1])
     assert out.shape == x.shape
+
+
+def test_audio_the_codec_decodes_to_nan_is_never_returned(tiny):
+    """Broken codec weights (or an fp16 overflow) must fail the job, not deliver noise."""
+    codes = audio.encode(tiny.codec, audio.to_codec_input(_tone(1.0, 32000), 32000, 32000))
+    broken = copy.deepcopy(tiny.codec)
+    with torch.no_grad():
+        next(broken.decoder.parameters()).fill_(float("nan"))
+    with pytest.raises(audio.NonFiniteAudio, match="NaN or infinite"):
+        audio.decode(broken, codes)
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac"])

@@ -300,3 +300,160 @@ def test_windows_started_together_share_one_prefill(tiny, monkeypatch):
             prompt = out.codes[:, w.start:w.start + w.prompt].unsqueeze(0) if w.prompt else None
             ref = generate_codes(tiny.lm, codes_in[..., w.start:w.end], text, params, prompt=prompt)[0]
             assert torch.equal(out.codes[:, w.start:w.end], ref), f"window {w.index}"
+
+
+def _raise_in_decode_steps(lm, monkeypatch, fault):
+    """Make the LM's forward raise ``RuntimeError(fault(...))`` in decode steps (one new
+    position per row) whenever ``fault(positions [R], condition frames [R / 2], rows)``
+    returns a message; prefill and everything else run as usual."""
+    forward = lm.forward
+
+    def faulty(codes, positions, text, condition, cache):
+        if codes.shape[-1] == 1 and condition is not None:
+            message = fault(positions[:, 0].tolist(), condition.num_frames.tolist(), codes.shape[0])
+            if message:
+                raise RuntimeError(message)
+        return forward(codes, positions, text, condition, cache)
+
+    monkeypatch.setattr(lm, "forward", faulty)
+
+
+def _decode_alone(model, jobs, head_start=0):
+    """Codes of ``jobs`` (wav, instruction, params) decoded together by a fresh engine; the
+    first job runs ``head_start`` steps before the others join."""
+    engine = EditEngine(model, EngineConfig(max_batch_size=4, **SMALL))
+    handles = []
+    for i, (w, text, p) in enumerate(jobs):
+        handles.append(engine.submit(EditRequest(f"again{i}", w, 32000, text, p)))
+        for _ in range(head_start if i == 0 else 0):
+            engine.step()
+    _run(engine)
+    return [h.result().codes for h in handles]
+
+
+def test_a_job_the_model_raises_on_fails_alone_and_its_batch_decodes_as_without_it(
+        tiny, monkeypatch, caplog):
+    """The forward raises whenever one job's rows are in the batch (from its 6th step on):
+    that job fails with the error, the three jobs it shared its first steps with (one of them
+    7 steps ahead) finish with exactly the codes they get without it (same seeds: no random
+    draw lost or repeated, no cache entry left wrong)."""
+    culprit_frames = int(round(tiny.frame_rate * 0.26))  # no other job has a 13-frame window
+    assert culprit_frames == 13
+
+    def fault(positions, frames, rows):
+        if culprit_frames in frames and positions[2 * frames.index(culprit_frames)] >= 5:
+            return "the culprit's rows broke the forward"
+        return None
+
+    _raise_in_decode_steps(tiny.lm, monkeypatch, fault)
+    good = [(_clip(0.8, 31), ADD, SamplingParams(seed=5, top_k=20)),
+            (_clip(0.5, 32), NO, SamplingParams(seed=6, top_p=0.9, temperature=0.8)),
+            (_clip(0.7, 33), ONLY, SamplingParams(seed=7, top_k=50, cfg_coef=1.5))]
+    culprit = EditRequest("culprit", _clip(0.26, 34), 32000, ADD, SamplingParams(seed=8))
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=4, **SMALL))
+    steps = []
+    engine.config.on_step = steps.append
+    first = engine.submit(EditRequest("good0", good[0][0], 32000, good[0][1], good[0][2]))
+    for _ in range(7):
+        engine.step()
+    failing = engine.submit(culprit)  # slot 1, between the good jobs
+    rest = [engine.submit(EditRequest(f"good{i}", w, 32000, text, p))
+            for i, (w, text, p) in enumerate(good[1:], start=1)]
+    with caplog.at_level("WARNING", logger="models.engine.engine"):
+        _run(engine)
+
+    with pytest.raises(RuntimeError, match="the culprit's rows broke the forward"):
+        failing.result()
+    # The four shared five steps; the sixth raised, was isolated and decoded the other three.
+    assert [(s.batch_size, s.frames, s.isolated) for s in steps[:14]] == (
+        [(1, 1, False)] * 7 + [(4, 4, False)] * 5 + [(4, 3, True), (3, 3, False)])
+    assert [s.isolated for s in steps].count(True) == 1
+    assert engine.stats().isolated_steps_total == 1 and engine.stats().active_jobs == 0
+    [event] = [r.getMessage() for r in caplog.records if "decode_step_isolated" in r.getMessage()]
+    assert '"failed_job_ids": ["culprit"]' in event and "RuntimeError" in event
+    decoded = [h.result().codes for h in (first, *rest)]
+    for got, expected in zip(decoded, _decode_alone(tiny, good, head_start=7)):
+        assert torch.equal(got, expected)
+
+
+def test_a_fault_only_the_whole_batch_hits_fails_no_job(tiny, monkeypatch):
+    """A forward over more than two slots raises (as running out of memory would): every
+    step is re-run on halves of the batch and every job ends with the codes it gets when
+    nothing raises."""
+    jobs = [(_clip(0.5 + 0.1 * i, 40 + i), (ADD, NO, ONLY)[i % 3],
+             SamplingParams(seed=i, top_k=10 + i)) for i in range(4)]
+    expected = _decode_alone(tiny, jobs)
+    _raise_in_decode_steps(tiny.lm, monkeypatch,
+                           lambda positions, frames, rows: "out of memory" if rows > 4 else None)
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=4, **SMALL))
+    steps = []
+    engine.config.on_step = steps.append
+    handles = [engine.submit(EditRequest(f"j{i}", w, 32000, text, p))
+               for i, (w, text, p) in enumerate(jobs)]
+    _run(engine)
+    assert steps[0].batch_size == 4 and steps[0].isolated and steps[0].frames == 4
+    for handle, codes in zip(handles, expected):
+        assert torch.equal(handle.result().codes, codes)
+
+
+def test_a_fault_that_hits_every_job_fails_them_all_and_the_engine_serves_on(tiny, monkeypatch):
+    """Every part of the batch raises (a broken device): every job fails with the error, the
+    background loop survives and decodes the next jobs normally."""
+    broken = [True]
+    _raise_in_decode_steps(tiny.lm, monkeypatch, lambda positions, frames, rows: (
+        "device fault" if broken[0] and max(positions) >= 3 else None))
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=4, **SMALL))
+    steps = []
+    engine.config.on_step = steps.append
+    params = SamplingParams(top_k=1)
+    doomed = [engine.submit(EditRequest(f"d{i}", _clip(0.4 + 0.1 * i, 50 + i), 32000, ADD, params))
+              for i in range(3)]
+    engine.start()
+    try:
+        for handle in doomed:
+            with pytest.raises(RuntimeError, match="device fault"):
+                handle.result(timeout=60)
+        broken[0] = False
+        wavs = [_clip(0.5, 60), _clip(0.3, 61)]
+        later = [engine.submit(EditRequest(f"n{i}", w, 32000, NO, params))
+                 for i, w in enumerate(wavs)]
+        outs = [h.result(timeout=60) for h in later]
+    finally:
+        engine.stop()
+    assert [(s.batch_size, s.frames, s.isolated) for s in steps[:4]] == (
+        [(3, 3, False)] * 3 + [(3, 0, True)])
+    assert engine.stats().isolated_steps_total == 1
+    for out, wav in zip(outs, wavs):
+        assert torch.equal(out.codes, _reference(tiny, wav, NO, params))
+
+
+def test_a_step_re_run_on_part_of_the_batch_is_the_batched_computation(tiny):
+    """What isolation relies on: re-running a step for single slots (rows at different
+    positions, from the same state) gives every slot the logits and cache entries the batched
+    step gives it. Equal up to float rounding: a matrix product over a different number of
+    rows may round differently on the CPU, as whenever a job joins or leaves a batch."""
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=4, **SMALL))
+    params = SamplingParams(seed=3)
+    engine.submit(EditRequest("ahead", _clip(0.8, 70), 32000, ADD, params))
+    for _ in range(9):
+        engine.step()
+    for i in range(2):
+        engine.submit(EditRequest(f"behind{i}", _clip(0.5 + 0.1 * i, 71 + i), 32000, NO, params))
+    for _ in range(3):
+        engine.step()
+    active = engine.scheduler.active()
+    assert active == [0, 1, 2] and engine.positions[:3].tolist() == [12, 3, 3]
+    buffers = engine.buffers
+    before = buffers.self_k.clone(), buffers.self_v.clone()
+    cond, uncond = engine._forward(active, torch.tensor(active))
+    batched = buffers.self_k[:, :6].clone(), buffers.self_v[:, :6].clone()  # the 3 slots' rows
+    buffers.self_k.copy_(before[0])
+    buffers.self_v.copy_(before[1])
+    lengths = engine._attention_lengths(active)
+    parts = [engine._forward_slots([slot], lengths) for slot in active]
+    close = dict(rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.cat([c for c, _ in parts]), cond, **close)
+    torch.testing.assert_close(torch.cat([u for _, u in parts]), uncond, **close)
+    torch.testing.assert_close(buffers.self_k[:, :6], batched[0], **close)
+    torch.testing.assert_close(buffers.self_v[:, :6], batched[1], **close)
+    assert not torch.equal(buffers.self_k[:, :6], before[0][:, :6])  # the step wrote its K/V

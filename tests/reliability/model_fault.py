@@ -1,7 +1,9 @@
-"""A job that makes the model raise: its `cfg_coef=inf` reaches the engine as if it had slipped
-past every validation (the gateway and the engine both reject a non-finite cfg_coef, so only a
-bug in both could let one through). The model then produces non-finite logits for that job's
-row of the batch, and only that row.
+"""A job the model fails on: its `cfg_coef=inf` reaches the engine as if it had slipped past
+every validation (the gateway and the engine both reject a non-finite cfg_coef, so only a bug
+in both could let one through). The guided logits of that job's row of the batch, and only
+that row, are then non-finite, and the engine fails the job with `NonFiniteLogits`. (Nothing
+raises inside the forward here; a forward that raises for one job is covered in
+tests/models/test_engine.py and tests/worker/test_edit_job.py.)
 
 In-process, `ParamsSlippedPastValidation` wraps one engine. As a script it runs a real
 `musicedit worker` (settings from `MUSICEDIT_*` as usual) whose engine does this to every job

@@ -117,8 +117,8 @@ def test_redis_restart_under_load_loses_no_accepted_job(
 
         with MusiceditClient(gateway.url, shared.API_KEYS["alice"]) as alice, \
                 MusiceditClient(gateway.url, shared.API_KEYS["bob"]) as bob:
-            owners = {job.id: alice for job in alice.list(limit=100).items}
-            owners.update({job.id: bob for job in bob.list(limit=100).items})
+            owners = {job.id: alice for job in alice.iter_jobs()}
+            owners.update({job.id: bob for job in bob.iter_jobs()})
             assert set(accepted) <= set(owners), "an accepted job is missing from the store"
             views = {}
             deadline = time.monotonic() + 240
@@ -230,11 +230,14 @@ def test_a_job_that_keeps_killing_workers_is_dead_lettered_after_max_attempts(
 
 
 @pytest.mark.slow
-def test_non_finite_input_that_bypassed_the_gateway_fails_alone(
+def test_non_finite_input_that_bypassed_the_gateway_is_refused_by_the_worker(
         shared, redis_server, s3_server, start_worker, start_gateway_process, audio_factory,
         tmp_path: Path) -> None:
     """A NaN float WAV written straight to S3 and queued (as if the gateway's probe had missed
-    it) fails with a clear error; the jobs decoding next to it on the same worker succeed."""
+    it) fails with a clear error; the jobs decoding on the same worker succeed. The worker's
+    engine refuses it at submission, before it takes a decode slot: it never joins their
+    batch and never reaches the model (a job that makes the model raise inside a batch:
+    test_model_faults.py, tests/worker/test_edit_job.py, tests/models/test_engine.py)."""
     redis_client = redis_server.client()
     redis_client.select(7)
     redis_client.flushdb()
@@ -271,6 +274,8 @@ def test_non_finite_input_that_bypassed_the_gateway_fails_alone(
     assert all(views[j.id].status.value == "succeeded" for j in good)
     assert result_keys(s3_server.client(), bucket, bad_id) == []
     assert len(worker.events("job_failed", bad_id)) == 1
+    assert worker.events("job_model_error", bad_id) == []  # refused before the model ran
+    assert not store.get(bad_id).dead_lettered  # the input's fault, not the worker's
     client.close()
 
 

@@ -1,4 +1,4 @@
-"""One job that makes the model itself raise fails alone; the jobs decoding in the same batch
+"""One job the model fails on (non-finite logits for its row only) fails alone; the jobs decoding in the same batch
 complete and their results land in S3. Real Redis (job store and broker) and SeaweedFS S3
 from the session fixtures, the real engine with the `tiny` model: once in-process through the
 worker path (`run_edit_job`), once through the gateway and a real Celery worker process.
@@ -32,7 +32,7 @@ def result_keys(s3_client, bucket: str) -> list[str]:
     return sorted(item["Key"] for item in listing.get("Contents", []))
 
 
-def test_a_job_the_model_raises_on_fails_alone_and_is_dead_lettered(
+def test_a_job_with_non_finite_logits_fails_alone_and_is_dead_lettered(
         harness, audio_factory, shared, redis_url, s3_server, s3_bucket):
     h = harness(redis_url=redis_url, s3=(s3_server, s3_bucket))
     good = [h.submit(audio_factory(seconds=15.0, sample_rate=16000, channels=1), seed=i)
@@ -92,7 +92,7 @@ class ModelFaultWorker(WorkerProcess):
 
 
 @pytest.mark.slow
-def test_a_job_the_model_raises_on_in_a_worker_process_fails_alone_and_the_rest_land_in_s3(
+def test_a_job_with_non_finite_logits_in_a_worker_process_fails_alone_and_the_rest_land_in_s3(
         shared, redis_url, s3_server, s3_bucket, model_cache, run_gateway, audio_factory,
         tmp_path: Path) -> None:
     values = service_values(shared, tmp_path / "var", redis_url=redis_url,

@@ -87,6 +87,8 @@ def test_async_client(embedded, audio_factory):
             assert await client.download(jobs[1].id) == b"RIFF"
             listed = await client.list(limit=2)
             assert len(listed.items) == 2 and listed.next_cursor is not None
+            every = [job.id async for job in client.iter_jobs(page_size=2)]
+            assert every == [job.id for job in reversed(jobs)]  # newest first, all pages
 
     asyncio.run(scenario())
 

@@ -74,8 +74,19 @@ def test_cancel_of_a_running_job_frees_its_engine_slot(harness, audio_factory, w
     assert h.storage.list_keys("results/") == []
 
 
-def test_a_job_the_model_rejects_fails_alone_and_its_batch_mate_completes(harness, audio_factory):
+def test_a_nan_input_is_refused_before_it_reaches_the_engine_and_the_job_beside_it_completes(
+        harness, audio_factory, monkeypatch):
+    """The engine's own input check refuses a NaN clip at submission: it never takes a slot,
+    so it never shares a batch (a job that makes the model raise inside a batch: below)."""
     h = harness()
+    queued: list[str] = []
+    submit_codes = h.deps.engine.submit_codes
+
+    def record(request, *args, **kwargs):
+        queued.append(request.job_id)
+        return submit_codes(request, *args, **kwargs)
+
+    monkeypatch.setattr(h.deps.engine, "submit_codes", record)
     good = h.submit(audio_factory(seconds=3.0))
     bad = h.submit(audio_factory(seconds=3.0, content="nan"))
     good_thread, good_outcome = run_in_thread(good.id, h.deps)
@@ -85,10 +96,68 @@ def test_a_job_the_model_rejects_fails_alone_and_its_batch_mate_completes(harnes
 
     assert good_outcome == [JobOutcome.succeeded]
     assert bad_outcome == [JobOutcome.failed]
+    assert queued == [good.id]
     failed = h.store.get(bad.id)
     assert failed.state is JobState.failed
     assert "NaN or infinite" in failed.error
     assert not failed.dead_lettered  # the input's fault, not the system's
+
+
+def test_a_job_the_model_raises_on_fails_alone_and_its_batch_mates_complete(
+        harness, audio_factory, shared, monkeypatch):
+    """Three jobs share decode steps; from its 21st step on the model raises whenever one
+    job's rows are in the batch. That job fails (dead-lettered, the exception named) while
+    the two it shared steps with go on and succeed. (That they decode exactly what they
+    would without it is tested in tests/models/test_engine.py, where the engine is stepped
+    by hand: here the threads decide when each job joins, which changes float rounding.)"""
+    h = harness()
+    engine = h.deps.engine
+    steps = []
+
+    def on_step(info) -> None:
+        steps.append(info)
+        h.deps.metrics.on_step(info)
+
+    monkeypatch.setattr(engine.config, "on_step", on_step)
+    forward = engine.lm.forward
+
+    def faulty(codes, positions, text, condition, cache):
+        # the culprit is the only job with a window shorter than 2 s (its 1.3 s clip)
+        frames = condition.num_frames.tolist() if condition is not None else []
+        short = [i for i, f in enumerate(frames) if 1 < f < 100]
+        if codes.shape[-1] == 1 and short and positions[2 * short[0], 0] >= 20:
+            raise RuntimeError("the model broke on this job's rows")
+        return forward(codes, positions, text, condition, cache)
+
+    monkeypatch.setattr(engine.lm, "forward", faulty)
+    clip = audio_factory(seconds=12.0, sample_rate=16000, channels=1)
+    good = [h.submit(clip, seed=i) for i in (1, 2)]
+    bad = h.submit(audio_factory(seconds=1.3, sample_rate=16000, channels=1), seed=3)
+    threads = {job.id: run_in_thread(job.id, h.deps) for job in good}
+    shared.wait_until(lambda: all(h.store.get(j.id).progress.frames_done > 0 for j in good), 60,
+                      "the good jobs decoding")
+    bad_thread, bad_outcome = run_in_thread(bad.id, h.deps)  # joins their batch
+    bad_thread.join(60)
+    # it failed while its batch mates were still decoding next to it
+    assert [h.store.get(j.id).state for j in good] == [JobState.running, JobState.running]
+    for thread, _ in threads.values():
+        thread.join(120)
+
+    assert bad_outcome == [JobOutcome.failed]
+    assert [threads[j.id][1] for j in good] == [[JobOutcome.succeeded]] * 2
+    failed = h.store.get(bad.id)
+    assert failed.dead_lettered
+    assert "The model failed on this input (RuntimeError)" in failed.error
+    # it really shared steps: three jobs per step, one step isolated, two frames from it
+    assert max(s.batch_size for s in steps) == 3
+    assert [(s.batch_size, s.frames) for s in steps if s.isolated] == [(3, 2)]
+    assert "musicedit_decode_step_isolations_total 1.0" in generate_latest(
+        h.deps.metrics.registry).decode()
+    for job in good:
+        done = h.store.get(job.id)
+        assert done.progress.frames_done == done.progress.frames_total > 0
+        data, rate = sf.read(str(h.storage.local_path(done.result_key)))
+        assert len(data) / rate == pytest.approx(12.0, abs=0.02)
 
 
 def test_unreachable_storage_is_retried_then_the_job_fails_and_is_dead_lettered(
