@@ -6,16 +6,17 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from musicedit.errors import JobNotFound
 from musicedit.job_store import make_job_store
-from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction
+from musicedit.jobs import EditJob, JobState
 from musicedit.queue import make_celery, queue_depth
 from musicedit.storage import make_storage
+
+from edit_jobs import new_job
 
 SCRIPT = Path(sys.executable).with_name("musicedit")
 
@@ -48,15 +49,8 @@ def cli(env, *args):
 
 
 def failed_job(store, storage, *, dead: bool) -> EditJob:
-    job_id = uuid.uuid4().hex
-    job = EditJob(
-        id=job_id, owner="alice",
-        instruction=NormalizedInstruction(operation="add", stem="Drums",
-                                          text="Music piece. Instruct: Add Drums."),
-        input_key=f"inputs/{job_id}",
-        input=InputAudio(format="WAV", sample_rate=32000, channels=1, duration_seconds=1.0,
-                         size_bytes=3),
-    )
+    job = new_job(size_bytes=3)
+    job_id = job.id
     store.create(job)
     storage.put_file(job.input_key, io.BytesIO(b"in"))
     store.claim(job_id, "w1", 30)

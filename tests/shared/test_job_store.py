@@ -1,7 +1,6 @@
 """Job store semantics, identical on the Redis (real server) and SQLite backends."""
 
 import threading
-import uuid
 
 import pytest
 
@@ -14,7 +13,9 @@ from musicedit.errors import (
     TooManyQueuedJobs,
 )
 from musicedit.job_store import BaseJobStore, RedisJobStore, SqliteJobStore
-from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction
+from musicedit.jobs import JobState
+
+from edit_jobs import new_job
 
 
 class Clock:
@@ -46,22 +47,6 @@ def store(request, clock, tmp_path) -> BaseJobStore:
                            clock=clock)
     yield s
     s.close()
-
-
-def new_job(owner: str = "alice", idempotency_key: str | None = None,
-            request_hash: str | None = None) -> EditJob:
-    job_id = uuid.uuid4().hex
-    return EditJob(
-        id=job_id,
-        owner=owner,
-        instruction=NormalizedInstruction(operation="add", stem="Drums",
-                                          text="Music piece. Instruct: Add Drums."),
-        input_key=f"inputs/{job_id}",
-        input=InputAudio(format="WAV", sample_rate=32000, channels=1, duration_seconds=1.0,
-                         size_bytes=64000),
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-    )
 
 
 def test_create_get_and_owner_scoping(store):

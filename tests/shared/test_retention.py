@@ -7,9 +7,11 @@ import redis
 
 from musicedit.errors import JobNotFound
 from musicedit.job_store import RedisJobStore
-from musicedit.jobs import EditJob, InputAudio, NormalizedInstruction
+from musicedit.jobs import EditJob
 from musicedit.retention import sweep_expired
 from musicedit.storage import S3Storage
+
+from edit_jobs import new_job
 
 
 @pytest.fixture
@@ -29,14 +31,7 @@ def storage(make_settings, s3_server, s3_bucket):
 
 
 def stored_job(store, storage, job_id: str) -> EditJob:
-    job = EditJob(
-        id=job_id, owner="alice",
-        instruction=NormalizedInstruction(operation="add", stem="Drums",
-                                          text="Music piece. Instruct: Add Drums."),
-        input_key=f"inputs/{job_id}",
-        input=InputAudio(format="WAV", sample_rate=32000, channels=1, duration_seconds=1.0,
-                         size_bytes=3),
-    )
+    job = new_job(job_id=job_id, size_bytes=3)
     store.create(job)
     storage.put_file(job.input_key, io.BytesIO(b"in"))
     return job
