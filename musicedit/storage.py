@@ -6,7 +6,9 @@ names never reach storage.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -55,8 +57,10 @@ class ObjectStorage(Protocol):
         max_bytes: int | None = None,
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
+        sha256: str | None = None,
     ) -> int:
-        """Stream `source` to `key`; raise `PayloadTooLarge` past `max_bytes`. Returns size."""
+        """Stream `source` to `key`; raise `PayloadTooLarge` past `max_bytes`. Returns size.
+        `sha256` (hex) is the whole content's digest when the caller already has it."""
         ...
 
     def get_to_file(self, key: str, destination: str | Path) -> None: ...
@@ -112,6 +116,7 @@ class LocalStorage:
         max_bytes: int | None = None,
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
+        sha256: str | None = None,
     ) -> int:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,19 +226,27 @@ class S3Storage:
             parameter_validation=False,
         )
 
-        def client(endpoint: str | None):
+        def client(endpoint: str | None, client_config: Config = config):
             return boto3.session.Session().client(
                 "s3",
                 endpoint_url=endpoint,
                 region_name=region,
                 aws_access_key_id=access_key_id,
                 aws_secret_access_key=secret_access_key,
-                config=config,
+                config=client_config,
             )
 
         self.client = client(endpoint_url)
-        # After botocore's own `before-call.s3` handler that adds the header.
-        self.client.meta.events.register_last("before-call.s3", _no_expect_continue)
+        # Single PUTs go through a client that does not SHA-256 the body for SigV4: they carry
+        # `x-amz-checksum-sha256` instead, which S3 verifies against the bytes it received
+        # (`BadDigest` otherwise), and whose digest the gateway already has from reading the
+        # upload. Every byte stays verified, and a 640 kB PUT costs ~1 ms less CPU here and
+        # in the S3 server. Multipart parts stay payload-signed on `client`.
+        self._checksummed_put_client = client(endpoint_url, config.merge(
+            Config(s3={**config.s3, "payload_signing_enabled": False})))
+        for each in (self.client, self._checksummed_put_client):
+            # After botocore's own `before-call.s3` handler that adds the header.
+            each.meta.events.register_last("before-call.s3", _no_expect_continue)
         # Presigned URLs are signed for the host clients will send them to (SigV4 signs the
         # Host header), which differs from ours when S3 sits on an internal network. Signing
         # makes no request, so this client never connects anywhere.
@@ -264,8 +277,11 @@ class S3Storage:
         max_bytes: int | None = None,
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
+        sha256: str | None = None,
     ) -> int:
-        """Single PUT for small objects, multipart otherwise; aborted on error or over cap."""
+        """Single PUT for small objects, multipart otherwise; aborted on error or over cap.
+        A single PUT carries the content's SHA-256 (`sha256` if given, else computed here),
+        which S3 checks."""
         check_key(key)
         extra = {"ContentType": content_type, "Metadata": metadata or {}}
         first = source.read(self.chunk_bytes)
@@ -273,7 +289,10 @@ class S3Storage:
             raise _too_large(max_bytes)
         second = source.read(self.chunk_bytes) if len(first) == self.chunk_bytes else b""
         if not second:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=first, **extra)
+            digest = bytes.fromhex(sha256) if sha256 else hashlib.sha256(first).digest()
+            self._checksummed_put_client.put_object(
+                Bucket=self.bucket, Key=key, Body=first,
+                ChecksumSHA256=base64.b64encode(digest).decode(), **extra)
             return len(first)
         upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
         upload_id = upload["UploadId"]

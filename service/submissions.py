@@ -244,6 +244,7 @@ def _store_input(context: ServiceContext, job: EditJob, upload: MultipartUpload)
             max_bytes=context.settings.max_upload_bytes,
             content_type=MEDIA_TYPES[job.input.format],
             metadata={"job-id": job.id, "format": job.input.format.lower()},
+            sha256=upload.file_sha256,  # hashed while the upload streamed in
         )
 
 

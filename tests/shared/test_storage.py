@@ -1,7 +1,10 @@
 """Object storage against a real SeaweedFS S3 server (signatures and expiry checked) and disk."""
 
+import base64
+import hashlib
 import io
 import os
+import re
 import time
 
 import httpx
@@ -32,8 +35,9 @@ def test_puts_send_no_expect_continue(s3):
     """Single and multipart PUTs go out without `Expect: 100-continue` (no extra round trip
     before the body), and the server still accepts them."""
     sent = []
-    s3.client.meta.events.register("before-send.s3", lambda request, **_: sent.append(
-        (request.method, dict(request.headers))))
+    for client in (s3.client, s3._checksummed_put_client):
+        client.meta.events.register("before-send.s3", lambda request, **_: sent.append(
+            (request.method, dict(request.headers))))
     s3.put_file("inputs/small", io.BytesIO(b"x" * 1000), content_type="audio/flac")
     s3.put_file("inputs/large", io.BytesIO(os.urandom(6 * 1024 * 1024)))
     puts = [headers for method, headers in sent if method == "PUT"]
@@ -41,6 +45,40 @@ def test_puts_send_no_expect_continue(s3):
     assert all("Expect" not in headers for headers in puts)
     head = s3.client.head_object(Bucket=s3.bucket, Key="inputs/small")
     assert head["ContentType"] == "audio/flac" and head["ContentLength"] == 1000
+
+
+def _header(headers: dict, name: str):
+    return next((v.decode() if isinstance(v, bytes) else v for k, v in headers.items()
+                 if k.lower() == name), None)
+
+
+def test_every_uploaded_byte_is_verified_by_s3(s3):
+    """A single PUT carries the content's SHA-256 as `x-amz-checksum-sha256` (the caller's, or
+    computed) instead of a SigV4 payload hash; multipart parts keep the signed payload hash.
+    S3 refuses a body that does not match the checksum and stores nothing."""
+    sent = []
+    for client in (s3.client, s3._checksummed_put_client):
+        client.meta.events.register("before-send.s3", lambda request, **_: sent.append(
+            (request.method, request.url, dict(request.headers))))
+    body = os.urandom(640_000)
+    digest = hashlib.sha256(body)
+    s3.put_file("inputs/given", io.BytesIO(body), sha256=digest.hexdigest())
+    s3.put_file("inputs/computed", io.BytesIO(body))
+    s3.put_file("inputs/parts", io.BytesIO(os.urandom(6 * 1024 * 1024)))
+    single = [h for method, url, h in sent if method == "PUT" and "partNumber" not in url]
+    parts = [h for method, url, h in sent if method == "PUT" and "partNumber" in url]
+    expected = base64.b64encode(digest.digest()).decode()
+    assert [_header(h, "x-amz-checksum-sha256") for h in single] == [expected, expected]
+    assert {_header(h, "x-amz-content-sha256") for h in single} == {"UNSIGNED-PAYLOAD"}
+    assert len(parts) == 2 and all(
+        re.fullmatch("[0-9a-f]{64}", _header(h, "x-amz-content-sha256")) for h in parts)
+    head = s3.client.head_object(Bucket=s3.bucket, Key="inputs/given", ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == expected
+
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    with pytest.raises(StorageUnavailable, match="BadDigest"):
+        s3.put_file("inputs/corrupted", io.BytesIO(body), sha256=wrong)
+    assert not s3.exists("inputs/corrupted")
 
 
 def test_multipart_upload_streams_and_keeps_bytes(s3, tmp_path):
