@@ -88,7 +88,8 @@ def test_async_client(embedded, audio_factory):
             listed = await client.list(limit=2)
             assert len(listed.items) == 2 and listed.next_cursor is not None
             every = [job.id async for job in client.iter_jobs(page_size=2)]
-            assert every == [job.id for job in reversed(jobs)]  # newest first, all pages
+            one_page = [job.id for job in (await client.list(limit=100)).items]
+            assert every == one_page and set(every) == {job.id for job in jobs}  # all pages
 
     asyncio.run(scenario())
 
