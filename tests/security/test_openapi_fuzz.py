@@ -50,12 +50,12 @@ def test_generated_requests_get_no_5xx_and_match_the_schema(make_settings, run_g
     steered = itertools.count()
     started = time.monotonic()
 
-    def steer(case) -> None:
+    def steer(case, n: int) -> None:
         if isinstance(case.body, dict) and "file" in case.body:
             case.body = {**case.body, "file": clip, "instruction": "Add drums"}
         if case.path_parameters and "job_id" in case.path_parameters and created:
             case.path_parameters = {**case.path_parameters,
-                                    "job_id": created[len(calls) % len(created)]}
+                                    "job_id": created[n // 2 % len(created)]}
 
     operations = [result.ok() for result in schema.get_all_operations()]
     operations.sort(key=lambda operation: operation.method.upper() != "POST")  # jobs first
@@ -70,10 +70,11 @@ def test_generated_requests_get_no_5xx_and_match_the_schema(make_settings, run_g
             @given(case=operation.as_strategy(generation_mode=mode))
             def run(case) -> None:
                 store.register_worker_heartbeat("fuzz", {"model": "tiny"})  # /readyz: ready
+                n = next(steered)  # noqa: B023
+                if mode is GenerationMode.POSITIVE and n % 2:
+                    steer(case, n)
                 # The valid key goes last so generated headers cannot replace it; a negative
                 # case that mutated Authorization itself keeps its mutation (and gets a 401).
-                if mode is GenerationMode.POSITIVE and next(steered) % 2:  # noqa: B023
-                    steer(case)
                 generated = dict(case.headers or {})
                 mutated = any(name.lower() == "authorization" for name in generated)
                 if mode is GenerationMode.POSITIVE or not mutated:
@@ -108,6 +109,6 @@ def test_generated_requests_get_no_5xx_and_match_the_schema(make_settings, run_g
         assert authorized.get(label, 0) >= count // 2, (label, count, authorized.get(label))
     # the steered cases got past the first check: uploads were stored and queued, and the
     # job routes answered for real jobs
-    assert per_operation["POST /v1/edits"].get(202, 0) >= 10, per_operation["POST /v1/edits"]
-    assert per_operation["GET /v1/edits/{job_id}"].get(200, 0) >= 10
-    assert per_operation["DELETE /v1/edits/{job_id}"].get(202, 0) >= 1  # canceled
+    assert per_operation["POST /v1/edits"].get(202, 0) >= 5, per_operation["POST /v1/edits"]
+    assert per_operation["GET /v1/edits/{job_id}"].get(200, 0) >= 5
+    assert per_operation["DELETE /v1/edits/{job_id}"].get(202, 0) >= 2  # canceled
