@@ -183,6 +183,26 @@ def start_gateway(settings, **components) -> RunningGateway:
     return RunningGateway(app, f"http://127.0.0.1:{port}", server, thread)
 
 
+@pytest.fixture(scope="module")
+def module_gateway(tmp_path_factory, redis_server, s3_server) -> Iterator[RunningGateway]:
+    """A gateway with the test settings on the session Redis and a bucket of its own, shared
+    by the tests of one module (starting one per test costs seconds); use it through `gw`."""
+    gateway = start_gateway(build_settings(tmp_path_factory.mktemp("gw") / "var",
+                                           redis_url=redis_server.url,
+                                           s3=(s3_server, s3_server.create_bucket())))
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def gw(module_gateway: RunningGateway, redis_url: str) -> RunningGateway:
+    """The module's gateway with its Redis flushed and its bucket emptied for this test."""
+    storage = module_gateway.context.storage
+    for key in storage.list_keys():
+        storage.delete(key)
+    return module_gateway
+
+
 @pytest.fixture
 def run_gateway() -> Iterator[Callable[..., RunningGateway]]:
     """`run_gateway(settings)` serves a gateway over real HTTP until the test ends."""

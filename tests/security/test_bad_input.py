@@ -31,24 +31,6 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def module_gateway(shared, tmp_path_factory, redis_server, s3_server):
-    gateway = shared.start_gateway(shared.build_settings(tmp_path_factory.mktemp("gw") / "var",
-                                           redis_url=redis_server.url,
-                                           s3=(s3_server, s3_server.create_bucket())))
-    yield gateway
-    gateway.stop()
-
-
-@pytest.fixture
-def gw(module_gateway, redis_url):
-    """A gateway with the test settings, its Redis flushed and its bucket emptied."""
-    storage = module_gateway.context.storage
-    for key in storage.list_keys():
-        storage.delete(key)
-    return module_gateway
-
-
-@pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> bytes:
     import numpy as np
     import soundfile as sf

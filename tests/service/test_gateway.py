@@ -30,25 +30,6 @@ def gateway(make_settings, run_gateway, redis_url, s3_server, s3_bucket):
     return start
 
 
-@pytest.fixture(scope="module")
-def shared_gateway(tmp_path_factory, redis_server, s3_server, shared):
-    build_settings, start_gateway = shared.build_settings, shared.start_gateway
-    bucket = s3_server.create_bucket()
-    gateway = start_gateway(build_settings(tmp_path_factory.mktemp("gw") / "var",
-                                           redis_url=redis_server.url, s3=(s3_server, bucket)))
-    yield gateway
-    gateway.stop()
-
-
-@pytest.fixture
-def gw(shared_gateway, redis_url):
-    """A gateway with default test settings, its Redis and bucket emptied for this test."""
-    storage = shared_gateway.context.storage
-    for key in storage.list_keys():
-        storage.delete(key)
-    return shared_gateway
-
-
 def submit(gw, path_or_bytes, instruction="Add drums", headers=ALICE, filename="clip.wav",
            content_type="audio/wav", **fields):
     content = path_or_bytes if isinstance(path_or_bytes, bytes) else path_or_bytes.read_bytes()
