@@ -408,12 +408,10 @@ class EditEngine:
     def _forward(self, active: list[int], idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batched forward over the first ``max(active) + 1`` slots (free slots below the
         highest are padding); ``idx`` is ``active`` as a tensor. Returns ``(cond, uncond)``
-        float32 logits ``[len(active), K, card]``. Its only side effect is writing each row's K/V at the row's current
-        position, so a step that raised can be run again from the same state."""
-        n = max(active) + 1
-        k = self.lm.num_codebooks
-        pos = self.positions[:n]
-        tokens = self.sequences[:n].gather(2, pos.view(n, 1, 1).expand(n, k, 1))
+        float32 logits ``[len(active), K, card]``. Its only side effect is writing each row's
+        K/V at the row's current position, so a step that raised can be run again from the
+        same state."""
+        tokens, pos = self._current_tokens(slice(0, max(active) + 1))
         tokens = tokens.clamp(min=0)  # free slots below the highest hold UNKNOWN; never read
         max_position, condition_length, text_length = self._attention_lengths(active)
         logits = self.runner.step(tokens.repeat_interleave(ROWS_PER_SLOT, dim=0),
@@ -428,12 +426,17 @@ class EditEngine:
         ``lengths`` are the whole batch's :meth:`_attention_lengths`: each row then attends
         over exactly what it attended over in the batched step."""
         index = torch.tensor(slots, device=self.device)
-        k = self.lm.num_codebooks
-        pos = self.positions[index]
-        tokens = self.sequences[index].gather(2, pos.view(-1, 1, 1).expand(-1, k, 1))
+        tokens, pos = self._current_tokens(index)
         logits = self.runner.step_slots(index, tokens.repeat_interleave(ROWS_PER_SLOT, dim=0),
                                         pos.repeat_interleave(ROWS_PER_SLOT), *lengths)
         return logits[0::ROWS_PER_SLOT].float(), logits[1::ROWS_PER_SLOT].float()
+
+    def _current_tokens(self, slots: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input tokens ``[S, K, 1]`` long of ``slots`` (a slice or a ``[S]`` index) at each
+        slot's current position, and those positions ``[S]`` long."""
+        pos = self.positions[slots]
+        k = self.lm.num_codebooks
+        return self.sequences[slots].gather(2, pos.view(-1, 1, 1).expand(-1, k, 1)), pos
 
     def _attention_lengths(self, slots: list[int]) -> tuple[int, int, int]:
         """Furthest position, longest condition (frames + 1) and longest instruction (tokens)
