@@ -1,8 +1,8 @@
 """Audio in and out of the model: decode files, resample to the codec's rate, encode/decode codes.
 
 File validation (format, limits, silence) is :func:`musicedit.audio_probe.probe_audio`, shared with
-the gateway; here we turn an accepted file into the codec's input and codes back into audio, and
-refuse again what the model cannot edit (no samples, NaN/inf, silence), so that callers of the
+the gateway; here we turn an accepted file into the codec's input (`models.codec` turns it into
+codes and back, in chunks) and write results, and refuse again what the model cannot edit (no samples, NaN/inf, silence), so that callers of the
 model path (the reference edit, the engine) get the same clear errors without the probe.
 """
 from __future__ import annotations
@@ -63,31 +63,9 @@ def to_codec_input(wav: np.ndarray | torch.Tensor, sample_rate: int, target_rate
     return x.unsqueeze(0)
 
 
-@torch.no_grad()
-def encode(codec: tp.Any, wav: torch.Tensor) -> torch.Tensor:
-    """``[B, 1, N]`` float at the codec rate -> ``[B, K, T]`` long codes, T = ceil(N / hop)."""
-    codes, scale = codec.encode(wav.to(next(codec.parameters()).device))
-    assert scale is None, "MusicGen's EnCodec does not renormalise"
-    return codes
-
-
 class NonFiniteAudio(RuntimeError):
     """The codec decoded codes to NaN or infinite samples (broken weights or an fp16 overflow):
     the result would be noise or silence, so it is not delivered."""
-
-
-@torch.no_grad()
-def decode(codec: tp.Any, codes: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
-    """``[B, K, T]`` codes -> ``[B, 1, N]`` float32 audio, cut to ``num_samples`` if given.
-
-    Raises:
-        NonFiniteAudio: the decoded audio has NaN or infinite samples.
-    """
-    wav = codec.decode(codes, None).float()
-    wav = wav if num_samples is None else wav[..., :num_samples]
-    if not bool(torch.isfinite(wav).all()):
-        raise NonFiniteAudio("the codec decoded these codes to NaN or infinite samples")
-    return wav
 
 
 def write_audio(path: str | Path | tp.BinaryIO, wav: torch.Tensor, sample_rate: int,

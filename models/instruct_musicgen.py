@@ -28,6 +28,11 @@ from audiocraft.models.lm import LMModel
 from audiocraft.modules.transformer import StreamingTransformerLayer, create_sin_embedding
 from torch import nn
 
+# Positions the sinusoidal table covers: the engine's windows need at most the adapter's
+# `max_frames` + the delay pattern (~504); whole-sequence forwards (reference, training) of up
+# to ~40 s of frames fit too.
+SIN_TABLE_POSITIONS = 2048
+
 
 @dataclass(frozen=True)
 class AdapterConfig:
@@ -209,6 +214,80 @@ class ConcatKVCache:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 
 
+@dataclass(frozen=True)
+class DecodeLayerWeights:
+    """One layer's weights as the decode step uses them (views of the module parameters).
+
+    Attributes:
+        cross_q: `[D, D]` query rows of the text cross-attention's packed projection.
+        gate: the audio-fusion gate g_m as a host float (read once, not per step).
+    """
+
+    cross_q: torch.Tensor
+    cross_q_bias: torch.Tensor | None
+    gate: float
+
+
+@dataclass(frozen=True)
+class DecodeWeights:
+    """The model's weights prepared once for the decode step: per-layer views, the four
+    codebook heads as one `[K * card, D]` matrix (one GEMM instead of four) and the fusion gates
+    as host floats. Build with :meth:`InstructMusicGen.decode_weights` after the weights are
+    final (loaded, LoRA merged, cast)."""
+
+    layers: tuple[DecodeLayerWeights, ...]
+    heads: torch.Tensor
+    heads_bias: torch.Tensor | None
+
+
+@dataclass
+class DecodeStepState:
+    """Everything a decode step reads and writes besides the weights and the input tokens:
+    the caller's caches, as views or gathered copies (see `models.engine.kv_cache`).
+
+    R rows, N = R / rows_per_condition conditions, L layers; S cached positions per row,
+    T text positions, C condition positions attended over.
+
+    Attributes:
+        rows: `[R]` long, each row's index into the writable self-attention slabs.
+        positions: `[R]` long, where each row writes its new key/value (its sequence position).
+        self_slabs: per layer, `[2, R_all, H, S_all, Dh]` (keys, values): written in place.
+        self_k, self_v: per layer, `[R, H, S, Dh]`: what each row attends over.
+        self_bias: `[R, 1, 1, S]` additive mask (0 where allowed, -inf elsewhere).
+        text_k, text_v: per layer, `[R, H, T, Dh]`; text_bias: `[R, 1, 1, T]` or None.
+        cond_q: per layer, `[N, H, 1, Dh]`: each condition's q' at its rows' position.
+        cond_k, cond_v: per layer, `[N, H, C, Dh]`; cond_bias: `[N, 1, 1, C]` or None.
+        rows_per_condition: consecutive rows sharing one condition (2 under CFG).
+        gathered: `self_k`/`self_v` are copies, not views of the slabs (the failure-isolation
+            path): each step's new keys/values are written into them too.
+    """
+
+    rows: torch.Tensor
+    positions: torch.Tensor
+    self_slabs: tp.Sequence[torch.Tensor]
+    self_k: tp.Sequence[torch.Tensor]
+    self_v: tp.Sequence[torch.Tensor]
+    self_bias: torch.Tensor
+    text_k: tp.Sequence[torch.Tensor]
+    text_v: tp.Sequence[torch.Tensor]
+    text_bias: torch.Tensor | None
+    cond_q: tp.Sequence[torch.Tensor] | None
+    cond_k: tp.Sequence[torch.Tensor] | None
+    cond_v: tp.Sequence[torch.Tensor] | None
+    cond_bias: torch.Tensor | None
+    rows_per_condition: int = 2
+    gathered: bool = False
+
+    def write_kv(self, layer: int, kv: torch.Tensor) -> None:
+        """Store layer `layer`'s new keys and values, `kv [R, 2, H, Dh]`, at each row's
+        position."""
+        self.self_slabs[layer][:, self.rows, :, self.positions] = kv
+        if self.gathered:
+            rows = torch.arange(kv.shape[0], device=kv.device)
+            self.self_k[layer][rows, :, self.positions] = kv[:, 0]
+            self.self_v[layer][rows, :, self.positions] = kv[:, 1]
+
+
 def condition_query_index(positions: torch.Tensor, num_frames: torch.Tensor) -> torch.Tensor:
     """Which condition frame's query q' serves each LM sequence position.
 
@@ -258,6 +337,12 @@ class InstructMusicGen(nn.Module):
             self.text_lora = nn.ModuleList(
                 CrossAttentionLoRA(self.dim, adapter.lora_rank, adapter.lora_alpha)
                 for _ in range(self.num_layers))
+        # Computed in float32 once (MusicGen's own fp16 computation errs by up to 0.15), then
+        # only cast with the model: fp16 keeps it within 5e-4.
+        device = next(lm.parameters()).device
+        table = create_sin_embedding(torch.arange(SIN_TABLE_POSITIONS, device=device).view(1, -1, 1),
+                                     self.dim, max_period=transformer.max_period)
+        self.register_buffer("sin_table", table[0] * transformer.positional_scale, persistent=False)
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -413,10 +498,7 @@ class InstructMusicGen(nn.Module):
             ``[B, K, S, card]`` logits in the LM's dtype.
         """
         lm = self.lm
-        x = self.embed_codes(codes)
-        pos = create_sin_embedding(positions.unsqueeze(-1), self.dim,
-                                   max_period=lm.transformer.max_period, dtype=x.dtype)
-        x = x + lm.transformer.positional_scale * pos
+        x = self.embed_codes(codes) + F.embedding(positions, self.sin_table)
         b, s = positions.shape
         if condition is not None:
             # Rows sharing a condition are attended together: [N, H, g * S, Dh] queries.
@@ -456,6 +538,95 @@ class InstructMusicGen(nn.Module):
             x = lm.out_norm(x)
         return torch.stack([linear(x, head.weight, head.bias) for head in lm.linears], dim=1)
 
+    # ------------------------------------------------------------ decode step
+    @torch.no_grad()
+    def decode_weights(self) -> DecodeWeights:
+        """Prepare the weights for :meth:`decode_step` (once, after loading and merging)."""
+        d = self.dim
+        layers = []
+        gates = self.audio_fusion.gates.detach().float().cpu().tolist()
+        for m, layer in enumerate(self.layers):
+            if not tp.cast(CrossAttentionLoRA, self.text_lora[m]).merged:
+                raise ValueError("decode_step needs the LoRA merged (call merge_lora first)")
+            for name in ("layer_scale_1", "layer_scale_2", "layer_scale_cross"):
+                if not isinstance(getattr(layer, name), nn.Identity):
+                    raise ValueError(f"decode_step expects MusicGen's layers without {name}")
+            attn = layer.cross_attention
+            bias = attn.in_proj_bias
+            layers.append(DecodeLayerWeights(attn.in_proj_weight[:d],
+                                             None if bias is None else bias[:d], gates[m]))
+        heads = torch.cat([head.weight for head in self.lm.linears]).detach()
+        biases = [head.bias for head in self.lm.linears]
+        heads_bias = None if biases[0] is None else torch.cat(biases).detach()
+        return DecodeWeights(tuple(layers), heads, heads_bias)
+
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor,
+                    state: DecodeStepState, weights: DecodeWeights) -> torch.Tensor:
+        """Logits for one new position per row: what :meth:`forward` computes for a chunk of
+        one token, with the cached keys/values in `state` (same math, up to rounding).
+
+        The residual stream is kept transposed (`[D, R]`), so every projection is one
+        `W @ h^T` product (`mm`/`addmm`: MKL's fast kernel for a narrow right-hand side on the
+        CPU, the same GEMM for cuBLAS) and a layer is ~37 ATen calls. Nothing here reads a
+        value back to the host, allocates from a Python list or depends on data for its
+        shapes: the step can be captured in a CUDA graph.
+
+        Args:
+            tokens: `[R, K]` long input tokens (special token where the pattern is empty).
+            positions: `[R]` long sequence position of each row's token.
+            state: the caches (see :class:`DecodeStepState`).
+            weights: from :meth:`decode_weights`.
+        Returns:
+            `[R, K, card]` logits in the LM's dtype (a view).
+        """
+        lm = self.lm
+        x = sum(lm.emb[k](tokens[:, k]) for k in range(tokens.shape[1]))
+        x = x + F.embedding(positions, self.sin_table)  # type: ignore[operator]
+        xt = x.t()  # [D, R]
+        for m, layer in enumerate(self.layers):
+            xt = self._decode_layer(m, layer, weights.layers[m], xt, state)
+        h = xt.t() if lm.out_norm is None else lm.out_norm(xt.t())
+        logits = torch.mm(weights.heads, h.t())
+        if weights.heads_bias is not None:
+            logits = logits + weights.heads_bias.view(-1, 1)
+        return logits.t().view(x.shape[0], self.num_codebooks, self.card)
+
+    def _decode_layer(self, m: int, layer: StreamingTransformerLayer, w: DecodeLayerWeights,
+                      xt: torch.Tensor, s: DecodeStepState) -> torch.Tensor:
+        """One layer of :meth:`decode_step`: `xt [D, R]` -> `[D, R]`."""
+        heads, dh = self.num_heads, self.head_dim
+        rows = xt.shape[1]
+        attn = layer.self_attn
+        # Self-attention: q, k, v of every row; k, v go into the cache at the row's position.
+        qkv = _project(attn.in_proj_weight, attn.in_proj_bias, layer.norm1(xt.t()))
+        qkv = qkv.view(3, heads, dh, rows).permute(3, 0, 1, 2)  # [R, 3, H, Dh]
+        s.write_kv(m, qkv[:, 1:])
+        q = qkv[:, 0]  # [R, H, Dh]
+        a = F.scaled_dot_product_attention(q.unsqueeze(2), s.self_k[m], s.self_v[m],
+                                           attn_mask=s.self_bias)  # [R, H, 1, Dh]
+        if s.cond_q is not None:
+            # Audio fusion: rows sharing a condition query it together, x + g * SDPA(q + q', K', V').
+            assert s.cond_k is not None and s.cond_v is not None
+            g = s.rows_per_condition
+            n = rows // g
+            q_rows = q.view(n, g, heads, dh).transpose(1, 2)  # [N, H, g, Dh]
+            fused = F.scaled_dot_product_attention(q_rows + s.cond_q[m], s.cond_k[m], s.cond_v[m],
+                                                   attn_mask=s.cond_bias)
+            a.view(n, g, heads, dh).transpose(1, 2).add_(fused, alpha=w.gate)
+        out = attn.out_proj
+        xt = _project(out.weight, out.bias, a.view(rows, self.dim), residual=xt)
+        # Text cross-attention (the LoRA is merged into its query/value weights).
+        qc = _project(w.cross_q, w.cross_q_bias, layer.norm_cross(xt.t()))  # [D, R]
+        c = F.scaled_dot_product_attention(qc.t().view(rows, heads, 1, dh), s.text_k[m],
+                                           s.text_v[m], attn_mask=s.text_bias)
+        out = layer.cross_attention.out_proj
+        xt = _project(out.weight, out.bias, c.view(rows, self.dim), residual=xt)
+        # Feed-forward.
+        hidden = layer.activation(_project(layer.linear1.weight, layer.linear1.bias,
+                                           layer.norm2(xt.t())))
+        return _project(layer.linear2.weight, layer.linear2.bias, hidden, residual=xt,
+                        transposed_input=True)
+
     # ---------------------------------------------------------------- serving
     @torch.no_grad()
     def merge_lora(self) -> None:
@@ -469,6 +640,19 @@ class InstructMusicGen(nn.Module):
             w[:d] += (lora.q_B.float() @ lora.q_A.float() * lora.scale).to(w.dtype)
             w[2 * d:] += (lora.v_B.float() @ lora.v_A.float() * lora.scale).to(w.dtype)
             lora.merged = True
+
+
+def _project(weight: torch.Tensor, bias: torch.Tensor | None, h: torch.Tensor,
+             residual: torch.Tensor | None = None, transposed_input: bool = False) -> torch.Tensor:
+    """`W @ h^T (+ bias) (+ residual)` -> `[D_out, R]` for `h [R, D_in]` (or `h^T [D_in, R]`
+    with `transposed_input`): one `mm`/`addmm` of the decode step."""
+    ht = h if transposed_input else h.t()
+    if residual is not None and bias is None:
+        return torch.addmm(residual, weight, ht)
+    out = torch.mm(weight, ht)
+    if bias is not None:
+        out = out + bias.view(-1, 1)
+    return out if residual is None else residual + out
 
 
 def count_adapter_parameters(model: InstructMusicGen) -> dict[str, int]:

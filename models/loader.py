@@ -442,9 +442,10 @@ def load_model(files: ModelFiles, device: str | torch.device = "cpu",
         load_adapter(model, adapter_file)
     else:
         model = InstructMusicGen(lm, adapter_cfg)
-    model = model.to(device=device, dtype=dtype).eval()
+    model = model.to(device=device).eval()
     if merge_lora:
-        model.merge_lora()
+        model.merge_lora()  # in float32, before the cast: an fp16 merge would round twice
+    model = model.to(dtype=dtype)
     for p in model.parameters():
         p.requires_grad_(False)
     codec = load_codec(files.base, device)

@@ -14,10 +14,11 @@ import torch
 
 from musicedit.instructions import normalize_instruction
 
-from . import audio
+from . import audio, codec
 from .instruct_musicgen import ConcatKVCache, InstructMusicGen
 from .loader import LoadedModel
-from .sampling import SamplingParams, guided_logits, make_generator, sample_tokens
+from .sampling import (SamplingParams, guided_logits, sample_tokens, step_keys, token_hashes,
+                       window_key)
 
 # MusicGen and the adapter were trained on 5 s clips; the reference path edits one window.
 TRAINING_WINDOW_SECONDS = 5.0
@@ -36,7 +37,8 @@ class EditResult:
 
 @torch.no_grad()
 def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instruction: str,
-                   params: SamplingParams, prompt: torch.Tensor | None = None) -> torch.Tensor:
+                   params: SamplingParams, prompt: torch.Tensor | None = None,
+                   window: int = 0) -> torch.Tensor:
     """Generate the edited clip's codes for one job (or one window of a long job).
 
     Args:
@@ -46,6 +48,7 @@ def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instr
         params: sampling parameters (seed, top_k, top_p, temperature, cfg_coef).
         prompt: ``[1, K, P]`` codes the output must start with (P < T), as audiocraft's
             prompted generation: the previous window's tail when editing a long input.
+        window: the window's index in a long input (its random stream, as the engine's).
     Returns:
         ``[1, K, T]`` long codes, as long as the input.
     """
@@ -65,7 +68,8 @@ def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instr
     condition = model.encode_condition(condition_codes)
     condition.rows_per_condition = 2
     cache = ConcatKVCache()
-    generator = make_generator(params.seed, device)
+    key = torch.tensor([window_key(params.seed, window)], device=device)
+    hashes = token_hashes(k, model.card, device)
     row_params = dict(
         temperature=torch.tensor([params.temperature], device=device),
         top_k=torch.tensor([params.top_k], device=device),
@@ -78,7 +82,9 @@ def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instr
         positions = torch.arange(previous, offset, device=device).expand(2, -1)
         logits = model(chunk, positions, text, condition, cache)[:, :, -1].float()  # [2, K, card]
         logits = guided_logits(logits[:1], logits[1:], cfg)
-        tokens = sample_tokens(logits, generators=[generator], **row_params)  # [1, K]
+        keys = step_keys(key, torch.tensor([offset], device=device))
+        tokens = sample_tokens(logits, keys=keys, hashes=hashes,
+                               candidates=params.candidates(model.card), **row_params)  # [1, K]
         tokens = torch.where(valid[:, offset].view(1, -1), tokens, special)
         sequence[..., offset] = torch.where(sequence[..., offset] == unknown, tokens,
                                             sequence[..., offset])
@@ -110,7 +116,7 @@ def edit(model: LoadedModel, wav: np.ndarray | torch.Tensor, sample_rate: int, i
     if seconds > TRAINING_WINDOW_SECONDS + 1e-6:
         raise InputTooLong(f"the clip is {seconds:.2f} s; a single edit takes at most "
                            f"{TRAINING_WINDOW_SECONDS:g} s (the model's training window)")
-    codes = audio.encode(model.codec, x)
+    codes = codec.encode(model.codec, x)
     out_codes = generate_codes(model.lm, codes.to(model.device), canonical, params)
-    out = audio.decode(model.codec, out_codes, num_samples=x.shape[-1])
+    out = codec.decode(model.codec, out_codes, num_samples=x.shape[-1])
     return EditResult(out[0], out_codes, canonical)

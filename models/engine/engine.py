@@ -1,143 +1,56 @@
 """The decoding engine: many users' edits share one batched decoding pass.
 
-Layers, as in vLLM: :class:`~models.engine.scheduler.Scheduler` decides which job windows hold
-slots; :class:`~models.engine.runner.DecodeRunner` runs one step for the batch; the model
-(:class:`~models.instruct_musicgen.InstructMusicGen`) only defines math. This module ties them:
-per-job work done once (EnCodec encoding, text K/V, the condition path per window), the
-per-row delay pattern, per-row seeded sampling with per-row parameters, windows of long inputs,
-cancellation, progress, and a background loop with futures for callers in other threads.
+Layers, as in vLLM: the :class:`~models.engine.scheduler.Scheduler` decides which job windows
+take free slots; :class:`~models.engine.batch_state.BatchState` holds the slots' per-window
+state (dense, on the device); :class:`~models.engine.runner.DecodeRunner` runs one step for the
+batch; the model (:class:`~models.instruct_musicgen.InstructMusicGen`) only defines math. This
+module ties them: per-job work done once (EnCodec encoding, text keys/values, the condition
+path per window), the delay pattern, per-row sampling with per-row parameters and
+counter-based noise, windows of long inputs, cancellation, progress, failure isolation, and a
+background loop with futures for callers in other threads.
+
+On CUDA the engine decodes on its own stream and a steady-state step reads nothing back from
+the device: the host mirrors what control flow needs, and the per-slot non-finite flags reach
+the host a step late through a pinned, non-blocking copy. Callers' threads run EnCodec and T5
+on streams of their own, a bounded number of codec chunks at a time.
 """
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import typing as tp
+from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from musicedit.instructions import TEMPLATES
 from musicedit.logs import log_event
 
-from .. import audio
-from ..instruct_musicgen import TextKV
+from .. import audio, codec
+from ..instruct_musicgen import ConditionKV, TextKV
 from ..loader import LoadedModel
-from ..sampling import SamplingParams, guided_logits, make_generator, sample_tokens
+from ..sampling import guided_logits, sample_tokens, step_keys, token_hashes, window_key
+from .batch_state import UNKNOWN, BatchState, SlotInfo
+from .errors import DeviceFailed, InputTooLong, JobCanceled, NonFiniteLogits, is_fatal_device_error
+from .isolation import run_narrowing
 from .kv_cache import ROWS_PER_SLOT, PrefillKVCache, SlotBuffers, SlotGeometry
-from .runner import DecodeRunner
+from .runner import DecodeRunner, StepShape
 from .scheduler import Scheduler, slots_for_budget
+from .types import EditOutput, EditRequest, EngineConfig, EngineStats, StepInfo
 from .windows import Window, plan_windows
 
 log = logging.getLogger(__name__)
-UNKNOWN = -1
-# Window w of a job samples from seed + w * this, so windows never reuse a random stream.
-WINDOW_SEED_STRIDE = 1_000_003
-
-
-class JobCanceled(Exception):
-    """The job was canceled before it finished."""
-
-
-class InputTooLong(ValueError):
-    """The input is longer than the engine's configured maximum."""
-
-
-class NonFiniteLogits(RuntimeError):
-    """The model produced NaN/inf for this job (its input or weights are broken)."""
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """What one decode step did (for metrics)."""
-
-    batch_size: int      # jobs decoded in this step
-    bucket: int          # slots the runner computed (padded batch)
-    seconds: float
-    frames: int          # codebook-0 frames produced (one per job that did not fail)
-    isolated: bool = False  # the batched forward raised and was re-run on parts of the batch
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    active_jobs: int
-    waiting_jobs: int
-    slots_in_use: int
-    max_slots: int
-    steps_total: int
-    frames_total: int
-    isolated_steps_total: int  # steps whose batched forward raised (see StepInfo.isolated)
-
-
-@dataclass
-class EngineConfig:
-    """Engine settings.
-
-    Attributes:
-        max_batch_size: most jobs decoded together (each is 2 rows under CFG).
-        kv_cache_budget_bytes: memory for per-slot caches; None = enough for max_batch_size
-            on the CPU, 80% of free GPU memory on CUDA.
-        max_input_seconds: longest accepted input (default 5 minutes).
-        window_seconds: window length (the model's 5 s training clips).
-        prompt_seconds: overlap carried from one window's output into the next.
-        max_text_tokens: longest instruction in tokens.
-        batch_buckets: padded batch sizes (slots) the CUDA graphs are captured for.
-        use_cuda_graphs: capture/replay the decode step on CUDA.
-        compile: ``torch.compile`` the decode step.
-        progress_every_steps: how often ``on_progress`` callbacks run.
-        condition_batch_size: most windows whose condition paths run in one forward when
-            several are admitted at the same step boundary (one pass over the weights for
-            all of them instead of one per window).
-        silence_peak_threshold: inputs whose absolute peak is below this are refused as
-            silent (the worker passes the gateway's ``MUSICEDIT_SILENCE_PEAK_THRESHOLD``).
-        on_step: called after every decode step with a :class:`StepInfo`.
-    """
-
-    max_batch_size: int = 8
-    kv_cache_budget_bytes: int | None = None
-    max_input_seconds: float = 300.0
-    window_seconds: float = 5.0
-    prompt_seconds: float = 2.0
-    max_text_tokens: int = 64
-    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-    use_cuda_graphs: bool = True
-    compile: bool = False
-    progress_every_steps: int = 10
-    condition_batch_size: int = 16
-    silence_peak_threshold: float = audio.SILENCE_PEAK_THRESHOLD
-    on_step: tp.Callable[[StepInfo], None] | None = None
-
-
-@dataclass
-class EditRequest:
-    """One user's edit.
-
-    Attributes:
-        wav: ``[C, N]`` float32 samples at ``sample_rate``.
-        instruction: the canonical template (``Music piece. Instruct: Add Drums.``).
-    """
-
-    job_id: str
-    wav: np.ndarray | torch.Tensor
-    sample_rate: int
-    instruction: str
-    params: SamplingParams = SamplingParams()
-    on_progress: tp.Callable[[int, int], None] | None = None
-
-
-@dataclass
-class EditOutput:
-    audio: torch.Tensor   # [1, N] float32 at sample_rate
-    sample_rate: int
-    frames: int
-    codes: torch.Tensor   # [K, T]
 
 
 @dataclass
 class _Job:
     request: EditRequest
-    codes: torch.Tensor             # [K, T] input codes
+    codes: torch.Tensor             # [K, T] input codes on the engine's device
     num_samples: int
     text: TextKV                    # rows: conditional, null
     windows: list[Window]
@@ -145,7 +58,6 @@ class _Job:
     future: Future
     canceled: bool = False
     steps: int = 0
-    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -154,18 +66,10 @@ class _WindowWork:
     window: Window
 
 
-@dataclass
-class _SlotState:
-    work: _WindowWork
-    generator: torch.Generator
-    last_step: int        # sequence index of the window's final step
-    position: int         # next input position (host copy of ``positions[slot]``: no sync)
-
-
 class EditHandle:
     """A submitted edit: wait for it, or cancel it."""
 
-    def __init__(self, engine: "EditEngine", job: _Job):
+    def __init__(self, engine: EditEngine, job: _Job):
         self._engine = engine
         self._job = job
 
@@ -181,7 +85,7 @@ class EditHandle:
         return self._job.future.done()
 
     def codes(self, timeout: float | None = None) -> torch.Tensor:
-        """Wait for the generated codes ``[K, T]`` (no audio decoding)."""
+        """Wait for the generated codes `[K, T]` (no audio decoding)."""
         return self._job.future.result(timeout)
 
     def result(self, timeout: float | None = None) -> EditOutput:
@@ -189,20 +93,53 @@ class EditHandle:
 
         Raises:
             JobCanceled: the job was canceled.
+            DeviceFailed: the engine's device failed; the job can run elsewhere.
             Exception: what failed this job (other jobs of its batch are not affected).
         """
         codes = self._job.future.result(timeout)
         return self._engine.decode(self._job, codes)
 
 
+class _PendingFlags:
+    """The non-finite flags of recent steps on their way to the host: each step's are copied
+    into pinned host memory without blocking, and read once the copy is done (a step or more
+    later), never by waiting for the device."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.pending: deque[tuple[torch.cuda.Event | None, torch.Tensor, list[_Job]]] = deque()
+
+    def record(self, flags: torch.Tensor, owners: list[_Job]) -> None:
+        """Start copying `flags` (`[n]` bool, one per owner) to the host."""
+        if self.device.type != "cuda":
+            self.pending.append((None, flags.clone(), owners))
+            return
+        host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
+        host.copy_(flags, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((event, host, owners))
+
+    def ready(self) -> list[_Job]:
+        """Jobs flagged by every copy that has completed (oldest first)."""
+        flagged: list[_Job] = []
+        while self.pending and (self.pending[0][0] is None or self.pending[0][0].query()):
+            _, host, owners = self.pending.popleft()
+            flagged.extend(job for job, bad in zip(owners, host.numpy()) if bad)
+        return flagged
+
+
 class EditEngine:
     """Batched Instruct-MusicGen decoding for many concurrent edits.
 
-    ``submit`` may be called from any thread; the decode loop runs in one background thread
-    (``start``) or is driven by hand with :meth:`step` (tests, benchmarks).
+    `submit` may be called from any thread; the decode loop runs in one background thread
+    (`start`) or is driven by hand with :meth:`step` (tests, benchmarks). Everything that
+    could allocate or capture lazily (CUDA graphs, compiled code, the memory plan) is done
+    here, in the constructor, before the engine takes a job.
     """
 
-    def __init__(self, model: LoadedModel, config: EngineConfig = EngineConfig()):
+    def __init__(self, model: LoadedModel, config: EngineConfig | None = None):
+        config = config or EngineConfig()
         self.model = model
         self.lm = model.lm
         self.config = config
@@ -213,34 +150,99 @@ class EditEngine:
             raise ValueError(f"window of {self.window_frames} frames exceeds the adapter's "
                              f"{self.lm.audio_fusion.max_condition_frames}")
         plan_windows(self.window_frames, self.window_frames, self.prompt_frames)  # validates
-        self.geometry = SlotGeometry.for_model(self.lm, self.window_frames, config.max_text_tokens)
+        self.chunking = codec.Chunking.from_seconds(model.frame_rate, config.codec_chunk_seconds,
+                                                    config.codec_context_seconds)
+        self._codec_slots = threading.BoundedSemaphore(max(1, config.codec_concurrency))
+        self._streams = threading.local()
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        delays = list(self.lm.lm.pattern_provider.delays)
+        self.max_delay, self.min_delay = max(delays), min(delays)
+        self.weights = self.lm.decode_weights()
+        max_text = config.max_text_tokens or self._template_tokens()
+        self.geometry = SlotGeometry.for_model(self.lm, self.window_frames, max_text)
+        self.memory_plan: dict[str, int] = {}
         budget = config.kv_cache_budget_bytes
         if budget is None and self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            budget = int(free * 0.8)
+            budget = self._gpu_budget()
         num_slots = slots_for_budget(self.geometry, model.dtype, config.max_batch_size, budget)
         self.buffers = SlotBuffers(self.geometry, num_slots, self.device, model.dtype)
-        self.runner = DecodeRunner(self.lm, self.buffers, config.batch_buckets,
-                                   config.use_cuda_graphs, config.compile)
-        self.scheduler = Scheduler(num_slots)
-        self.delays = torch.tensor(self.lm.lm.pattern_provider.delays, device=self.device)
-        self.max_delay = int(self.delays.max())
-        k = self.lm.num_codebooks
-        self.sequences = torch.full((num_slots, k, self.geometry.max_sequence), UNKNOWN,
-                                    dtype=torch.long, device=self.device)
-        self.positions = torch.zeros(num_slots, dtype=torch.long, device=self.device)
-        self.temperature = torch.ones(num_slots, device=self.device)
-        self.top_k = torch.zeros(num_slots, dtype=torch.long, device=self.device)
-        self.top_p = torch.zeros(num_slots, device=self.device)
-        self.cfg_coef = torch.ones(num_slots, device=self.device)
-        self.slot_states: list[_SlotState | None] = [None] * num_slots
+        self.batch = BatchState(num_slots, self.lm.num_codebooks, self.geometry.max_sequence,
+                                delays, self.lm.special_token_id, self.device)
+        self.runner = DecodeRunner(self.lm, self.weights, self.buffers, config.batch_buckets,
+                                   config.length_multiple, config.use_cuda_graphs,
+                                   config.compile, config.graph_backend)
+        self.scheduler: Scheduler[_WindowWork] = Scheduler()
+        self.token_hashes = token_hashes(self.lm.num_codebooks, self.lm.card, self.device)
+        self._flags = _PendingFlags(self.device)
         self._cancel_lock = threading.Lock()
         self._cancel_requests: list[_Job] = []
+        self._failure_lock = threading.Lock()
+        self._failure: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.steps_total = 0
         self.frames_total = 0
         self.isolated_steps_total = 0
+        with self._engine_stream():
+            self.runner.prepare()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------ construction
+    def _template_tokens(self) -> int:
+        """Longest instruction template of the model's stems in tokens, rounded up to 8."""
+        texts = [template.format(stem=stem) for template in TEMPLATES.values()
+                 for stem in self.model.stems]
+        with torch.no_grad():
+            longest = max(e.shape[0] for e in self.lm.text_embeddings(texts))
+        return 8 * math.ceil(longest / 8)
+
+    def _gpu_budget(self) -> int:
+        """Cache bytes on CUDA: `gpu_memory_fraction` of the free memory, minus the peak of
+        the work that runs beside decoding (measured here, once): `codec_concurrency` codec
+        chunks, one batched condition pass, and the batched prefill (estimated)."""
+        device = self.device
+        torch.cuda.synchronize(device)
+        free, _ = torch.cuda.mem_get_info(device)
+        codec_peak = self._measure_peak(self._codec_probe)
+        condition_peak = self._measure_peak(self._condition_probe)
+        g = self.geometry
+        rows = ROWS_PER_SLOT * self.config.condition_batch_size
+        item = torch.finfo(self.model.dtype).bits // 8
+        prompt = self.prompt_frames + self.max_delay + 1
+        # activations of one layer (q/k/v, 4x feed-forward, residual) and the logits
+        prefill = rows * prompt * item * (12 * self.lm.dim
+                                          + self.lm.num_codebooks * self.lm.card)
+        headroom = max(1, self.config.codec_concurrency) * codec_peak + condition_peak + prefill
+        budget = int(free * self.config.gpu_memory_fraction) - headroom
+        self.memory_plan = dict(free=free, codec_chunk_peak=codec_peak,
+                                condition_pass_peak=condition_peak, prefill_estimate=prefill,
+                                headroom=headroom, cache_budget=budget,
+                                bytes_per_slot=g.bytes_per_slot(self.model.dtype))
+        log_event(log, "engine_memory_plan", **self.memory_plan)
+        return max(0, budget)
+
+    def _measure_peak(self, probe: tp.Callable[[], object]) -> int:
+        torch.cuda.synchronize(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        probe()
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) - base
+
+    def _codec_probe(self) -> None:
+        frames = self.chunking.chunk_frames + 2 * self.chunking.context_frames
+        hop = codec.hop_length(self.model.codec)
+        silence = torch.zeros(1, 1, frames * hop)
+        codes = codec.encode(self.model.codec, silence, self.chunking)
+        codec.decode(self.model.codec, codes, chunking=self.chunking)
+
+    @torch.no_grad()
+    def _condition_probe(self) -> ConditionKV:
+        n = max(1, self.config.condition_batch_size)
+        codes = torch.zeros(n, self.lm.num_codebooks, self.window_frames, dtype=torch.long,
+                            device=self.device)
+        return self.lm.encode_condition(codes)
 
     # ----------------------------------------------------------- submission
     def submit(self, request: EditRequest) -> EditHandle:
@@ -248,33 +250,38 @@ class EditEngine:
 
         Raises:
             InputTooLong, musicedit.errors.InvalidAudio, ValueError: the request cannot run.
+            DeviceFailed: the engine's device failed.
         """
+        self._raise_if_failed()
         request.params.validate(self.lm.card)
         x = audio.to_codec_input(request.wav, request.sample_rate, self.model.sample_rate,
                                  self.config.silence_peak_threshold)
         self._check_length(x.shape[-1] / self.model.sample_rate)
-        codes = audio.encode(self.model.codec, x)[0].to(self.device)
+        with self._caller_stream():
+            codes = codec.encode(self.model.codec, x, self.chunking, guard=self._codec_guard)[0]
         return self.submit_codes(request, codes, num_samples=x.shape[-1])
 
     def submit_codes(self, request: EditRequest, codes: torch.Tensor,
                      num_samples: int | None = None) -> EditHandle:
-        """Queue a job whose input is already EnCodec codes ``[K, T]``.
+        """Queue a job whose input is already EnCodec codes `[K, T]` (any device).
 
-        The text K/V are computed here, once per job; the condition path once per window when
-        the window takes a slot.
+        The text keys/values are computed here, once per job; the condition path once per
+        window when the window takes a slot.
         """
+        self._raise_if_failed()
         request.params.validate(self.lm.card)
         self._check_length(codes.shape[-1] / self.model.frame_rate)
-        with torch.no_grad():
+        with self._caller_stream(), torch.no_grad():
+            codes = codes.to(self.device, non_blocking=True)
             text = self.lm.encode_text(self.lm.text_embeddings([request.instruction, None]))
+            output = torch.full_like(codes, UNKNOWN)
         if text.k[0].shape[2] > self.geometry.max_text_tokens:
             raise ValueError(f"the instruction is {text.k[0].shape[2]} tokens; at most "
                              f"{self.geometry.max_text_tokens} are accepted")
         windows = plan_windows(codes.shape[-1], self.window_frames, self.prompt_frames)
         if num_samples is None:
             num_samples = int(round(codes.shape[-1] * self.model.sample_rate / self.model.frame_rate))
-        job = _Job(request, codes, num_samples, text, windows,
-                   torch.full_like(codes, UNKNOWN), Future())
+        job = _Job(request, codes, num_samples, text, windows, output, Future())
         job.future.set_running_or_notify_cancel()
         self.scheduler.submit(_WindowWork(job, windows[0]))
         return EditHandle(self, job)
@@ -290,16 +297,36 @@ class EditEngine:
         self.scheduler.wakeup.set()
 
     def decode(self, job: _Job, codes: torch.Tensor) -> EditOutput:
-        """Codes of a whole job -> audio, decoded in one pass (continuous across windows)."""
-        wav = audio.decode(self.model.codec, codes.unsqueeze(0), num_samples=job.num_samples)
+        """Codes of a whole job -> audio on the host (continuous across windows; EnCodec in
+        chunks, in the caller's thread)."""
+        with self._caller_stream():
+            wav = codec.decode(self.model.codec, codes.unsqueeze(0), num_samples=job.num_samples,
+                               chunking=self.chunking, guard=self._codec_guard)
         return EditOutput(wav[0], self.model.sample_rate, codes.shape[-1], codes)
 
     def stats(self) -> EngineStats:
-        active = self.scheduler.active()
-        jobs = {id(self.slot_states[i].work.job) for i in active if self.slot_states[i]}
-        return EngineStats(len(jobs), self.scheduler.waiting(), len(active),
-                           self.scheduler.num_slots, self.steps_total, self.frames_total,
-                           self.isolated_steps_total)
+        jobs = {id(info.work.job) for info in list(self.batch.infos)}
+        return EngineStats(len(jobs), self.scheduler.waiting(), self.batch.size,
+                           self.batch.num_slots, self.steps_total, self.frames_total,
+                           self.isolated_steps_total, self.runner.capture_failures,
+                           self._failure is not None)
+
+    # ------------------------------------------------------- streams and codec
+    def _engine_stream(self) -> tp.ContextManager:
+        return torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
+
+    def _caller_stream(self) -> tp.ContextManager:
+        """The calling thread's own CUDA stream for codec and text work; leaving the block
+        waits for that work (this thread only: the engine's stream is not blocked)."""
+        if self.device.type != "cuda":
+            return nullcontext()
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
+            stream = self._streams.stream = torch.cuda.Stream(self.device)
+        return _StreamScope(self, stream)
+
+    def _codec_guard(self) -> tp.ContextManager:
+        return self._codec_slots
 
     # ----------------------------------------------------------- background loop
     def start(self) -> None:
@@ -317,220 +344,170 @@ class EditEngine:
             self._thread = None
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.step()
-            except Exception:  # keep serving other jobs; step() already failed the jobs
-                log.exception("decode step failed")
-                worked = True
-            if not worked:
-                self.scheduler.wakeup.wait(0.05)
-                self.scheduler.wakeup.clear()
+        with self._engine_stream():
+            while not self._stop.is_set() and self._failure is None:
+                try:
+                    worked = self.step()
+                except Exception:  # keep serving other jobs; step() already failed the jobs
+                    log.exception("decode step failed")
+                    worked = True
+                if not worked:
+                    self.scheduler.wakeup.wait(0.05)
+                    self.scheduler.wakeup.clear()
 
     # ----------------------------------------------------------- one step
     def step(self) -> bool:
-        """Apply cancellations, admit waiting windows, decode one step. False if idle."""
+        """Apply cancellations, admit waiting windows, decode one step. False if idle (or the
+        device failed)."""
+        if self._failure is not None:
+            return False
+        with self._engine_stream():
+            try:
+                return self._step()
+            except Exception as exc:
+                if is_fatal_device_error(exc):
+                    self._device_failed(exc)
+                    return False
+                raise
+
+    def _step(self) -> bool:
+        for job in self._flags.ready():
+            self._fail_job(job, self._nonfinite(job), clear=True)
         self._apply_cancellations()
-        admissions = self.scheduler.admit()
-        if admissions:
-            self._start_windows(admissions)
-        active = [i for i in self.scheduler.active() if self.slot_states[i] is not None]
-        if not active:
+        admitted = self.scheduler.take(self.batch.num_slots - self.batch.size)
+        if admitted:
+            self._start_windows(admitted)
+        n = self.batch.size
+        if n == 0:
             return False
         started = time.perf_counter()
-        isolated_before = self.isolated_steps_total
         try:
-            finished = self._decode_step(active)
+            decoded, shape, isolated = self._decode_step(n)
         except Exception as exc:
-            # Not the forward (its failures are isolated in _decode_step): sampling or
-            # bookkeeping, which no single job can be blamed for.
-            for slot in active:
-                self._fail(slot, exc)
+            if not is_fatal_device_error(exc):
+                # Not the forward (its failures are narrowed down): sampling or bookkeeping,
+                # which no single job can be blamed for.
+                for slot in reversed(range(self.batch.size)):
+                    self._fail(slot, exc)
             raise
-        decoded = sum(self.slot_states[slot] is not None for slot in active)
-        for slot in finished:
-            self._finish_window(slot)
+        finished = [slot for slot, info in enumerate(self.batch.infos)
+                    if info.position >= info.last_step]
+        every = self.config.progress_every_steps
+        for slot, info in enumerate(self.batch.infos):
+            if info.position < info.last_step and info.work.job.steps % every == 0:
+                self._report_progress(info)
+        self._finish_windows(finished)
         seconds = time.perf_counter() - started
         self.steps_total += 1
         self.frames_total += decoded
         if self.config.on_step is not None:
-            self.config.on_step(StepInfo(len(active), self.runner.bucket_for(max(active) + 1),
-                                         seconds, decoded,
-                                         self.isolated_steps_total != isolated_before))
+            self.config.on_step(StepInfo(n, shape[0], seconds, decoded, isolated))
         return True
 
-    @torch.no_grad()
-    def _decode_step(self, active: list[int]) -> list[int]:
-        """One decode step for the active slots; returns the slots whose window finished.
-        Slots that fail (the forward raised for them alone, or non-finite logits) are freed
-        and their jobs failed here."""
-        idx = torch.tensor(active, device=self.device)
+    def _decode_step(self, n: int) -> tuple[int, StepShape, bool]:
+        """Decode one step for slots `0..n-1`: forward, guidance, sampling, write. Returns
+        how many slots decoded, the shape that ran and whether the forward was isolated."""
+        infos = self.batch.infos[:n]
+        self_length = max(info.position for info in infos) + 1
+        cond_length = max(info.frames for info in infos) + 1
+        slots = list(range(n))
+        rows = self.batch.slot_index[:n]
         try:
-            cond, uncond = self._forward(active, idx)
+            logits, shape = self.runner.step(self.batch.current_tokens(rows),
+                                             self.batch.positions[:n], self_length, cond_length)
+            cond, uncond = logits[0::ROWS_PER_SLOT].float(), logits[1::ROWS_PER_SLOT].float()
+            isolated = False
         except Exception as exc:
-            active, cond, uncond = self._isolate_forward_failure(active, exc)
-            if not active:
-                return []
-            idx = torch.tensor(active, device=self.device)
-        guided = guided_logits(cond, uncond, self.cfg_coef[idx])
-        bad = (~torch.isfinite(guided)).flatten(1).any(1)
-        generators = [self.slot_states[i].generator for i in active]
-        sampled = sample_tokens(guided, self.temperature[idx], self.top_k[idx], self.top_p[idx],
-                                generators)
-        # Write step pos+1 of each active row: the delay pattern decides which codebooks are
-        # real there; prompt tokens already in place are kept.
-        nxt = self.positions[idx] + 1
-        frame = nxt.view(-1, 1) - 1 - self.delays.view(1, -1)
-        frames = torch.tensor([self.slot_states[i].work.window.frames for i in active],
-                              device=self.device)
-        valid = (frame >= 0) & (frame < frames.view(-1, 1))
-        new = torch.where(valid, sampled, torch.full_like(sampled, self.lm.special_token_id))
-        current = self.sequences[idx, :, nxt]
-        self.sequences[idx, :, nxt] = torch.where(current == UNKNOWN, new, current)
-        self.positions[idx] += 1
-        finished = []
-        bad_rows = bad.tolist()
-        for row, slot in enumerate(active):
-            state = self.slot_states[slot]
-            job = state.work.job
-            if bad_rows[row]:
-                self._fail(slot, NonFiniteLogits(
-                    f"the model produced non-finite logits for job {job.request.job_id}"))
-                continue
-            job.steps += 1
-            state.position += 1
-            if state.position >= state.last_step:
-                finished.append(slot)
-            elif job.request.on_progress and job.steps % self.config.progress_every_steps == 0:
-                self._report_progress(slot)
-        return finished
+            if is_fatal_device_error(exc):
+                raise
+            shape = self.runner.shape_for(n, self_length, cond_length)
+            slots, cond, uncond = self._isolate_forward_failure(slots, shape, exc)
+            isolated = True
+            if not slots:
+                return 0, shape, True
+            rows = torch.tensor(slots, device=self.device)
+        guided = guided_logits(cond, uncond, self.batch.cfg_coef[rows])
+        bad = ~torch.isfinite(guided).flatten(1).all(1)
+        self.batch.nonfinite[rows] = self.batch.nonfinite[rows] | bad
+        keys = step_keys(self.batch.keys[rows], self.batch.positions[rows] + 1)
+        sampled = sample_tokens(guided, self.batch.temperature[rows], self.batch.top_k[rows],
+                                self.batch.top_p[rows], keys, self.token_hashes,
+                                candidates=max(self.batch.infos[s].candidates for s in slots))
+        self.batch.write_sampled(rows, sampled)
+        owners = [self.batch.infos[slot].work.job for slot in slots]
+        self._flags.record(bad, owners)
+        for slot in slots:
+            info = self.batch.infos[slot]
+            info.position += 1
+            info.work.job.steps += 1
+        return len(slots), shape, isolated
 
-    def _forward(self, active: list[int], idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batched forward over the first ``max(active) + 1`` slots (free slots below the
-        highest are padding); ``idx`` is ``active`` as a tensor. Returns ``(cond, uncond)``
-        float32 logits ``[len(active), K, card]``. Its only side effect is writing each row's
-        K/V at the row's current position, so a step that raised can be run again from the
-        same state."""
-        tokens, pos = self._current_tokens(slice(0, max(active) + 1))
-        tokens = tokens.clamp(min=0)  # free slots below the highest hold UNKNOWN; never read
-        max_position, condition_length, text_length = self._attention_lengths(active)
-        logits = self.runner.step(tokens.repeat_interleave(ROWS_PER_SLOT, dim=0),
-                                  pos.repeat_interleave(ROWS_PER_SLOT), max_position,
-                                  condition_length, text_length)
-        # Guidance and sampling in float32 (fp16 logits would lose the small differences).
-        return (logits[0::ROWS_PER_SLOT][idx].float(), logits[1::ROWS_PER_SLOT][idx].float())
-
-    def _forward_slots(self, slots: list[int], lengths: tuple[int, int, int]
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`_forward` for these slots only (eager; the failure-isolation path).
-        ``lengths`` are the whole batch's :meth:`_attention_lengths`: each row then attends
-        over exactly what it attended over in the batched step."""
-        index = torch.tensor(slots, device=self.device)
-        tokens, pos = self._current_tokens(index)
-        logits = self.runner.step_slots(index, tokens.repeat_interleave(ROWS_PER_SLOT, dim=0),
-                                        pos.repeat_interleave(ROWS_PER_SLOT), *lengths)
-        return logits[0::ROWS_PER_SLOT].float(), logits[1::ROWS_PER_SLOT].float()
-
-    def _current_tokens(self, slots: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The input tokens ``[S, K, 1]`` long of ``slots`` (a slice or a ``[S]`` index) at each
-        slot's current position, and those positions ``[S]`` long."""
-        pos = self.positions[slots]
-        k = self.lm.num_codebooks
-        return self.sequences[slots].gather(2, pos.view(-1, 1, 1).expand(-1, k, 1)), pos
-
-    def _attention_lengths(self, slots: list[int]) -> tuple[int, int, int]:
-        """Furthest position, longest condition (frames + 1) and longest instruction (tokens)
-        among ``slots``, from host copies (no device sync)."""
-        states = [self.slot_states[i] for i in slots]
-        return (max(s.position for s in states),
-                max(s.work.window.frames for s in states) + 1,
-                max(s.work.job.text.k[0].shape[2] for s in states))
-
-    def _isolate_forward_failure(self, active: list[int], exc: Exception
-                                 ) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
-        """The batched forward raised ``exc``: find the job(s) it raised for instead of failing
-        the whole batch. The step is re-run from the same state on halves of the batch,
-        recursively, down to single slots; a slot whose forward still raises alone fails with
-        its own exception, every other slot keeps the logits of the part it ran in. Nothing
-        was sampled yet (no random stream moved), and a re-run rewrites the same K/V
-        positions and attends over the same lengths as the batch: the survivors sample with
-        the logits the batched step would have given them (up to the float rounding any
-        change of batch size can bring). A fault that hits every part (a broken device) fails
-        every job; one that only a large batch hits (memory) fails none.
+    def _isolate_forward_failure(self, slots: list[int], shape: StepShape, exc: Exception
+                                 ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """The batched forward raised `exc`: find the job(s) it raised for instead of failing
+        the whole batch (:func:`~models.engine.isolation.run_narrowing`). Nothing was
+        sampled yet, and a re-run writes the same cache positions and attends over the same
+        lengths as the batch: the survivors sample with the logits the batched step would
+        have given them (up to the rounding any change of batch size can bring).
 
         Returns:
-            the surviving slots (in ``active``'s order) and their ``(cond, uncond)`` logits, or
-            ``([], None, None)`` when every slot failed.
+            the surviving slots and their `(cond, uncond)` float32 logits.
         """
         self.isolated_steps_total += 1
-        survivors: list[int] = []
-        conds: list[torch.Tensor] = []
-        unconds: list[torch.Tensor] = []
-        failed: dict[int, str] = {}
-        lengths = self._attention_lengths(active)
-        job_ids = {slot: self.slot_states[slot].work.job.request.job_id for slot in active}
+        failed: list[tuple[int, Exception]] = []
+        job_ids = [self.batch.infos[slot].work.job.request.job_id for slot in slots]
 
-        def run(part: list[int], known_to_fail: bool = False) -> None:
-            if not known_to_fail:
-                try:
-                    cond, uncond = self._forward_slots(part, lengths)
-                except Exception as error:
-                    if len(part) == 1:
-                        failed[part[0]] = job_ids[part[0]]
-                        self._fail(part[0], error)
-                        return
-                else:
-                    survivors.extend(part)
-                    conds.append(cond)
-                    unconds.append(uncond)
-                    return
-            half = len(part) // 2
-            run(part[:half])
-            run(part[half:])
+        def forward(part: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            index = torch.tensor(part, device=self.device)
+            logits = self.runner.step_slots(index, self.batch.current_tokens(index),
+                                            self.batch.positions[index], shape)
+            return logits[0::ROWS_PER_SLOT].float(), logits[1::ROWS_PER_SLOT].float()
 
-        # A lone slot is re-run once: without the padding rows of free slots below it, it
-        # may pass.
-        run(active, known_to_fail=len(active) > 1)
-        log_event(log, "decode_step_isolated", logging.WARNING, exc_info=exc,
-                  job_ids=list(job_ids.values()), failed_job_ids=list(failed.values()),
-                  error=f"{type(exc).__name__}: {exc}")
+        done = run_narrowing(slots, forward, lambda slot, error: failed.append((slot, error)),
+                             first_error=exc)
+        failed_ids = [self.batch.infos[slot].work.job.request.job_id for slot, _ in failed]
+        log_event(log, "decode_step_isolated", logging.WARNING, exc_info=exc, job_ids=job_ids,
+                  failed_job_ids=failed_ids, error=f"{type(exc).__name__}: {exc}")
+        survivors = [slot for part, _ in done for slot in part]
+        conds = [cond for _, (cond, _) in done]
+        unconds = [uncond for _, (_, uncond) in done]
+        # Fail after the survivors are known: failing frees a slot, which moves another.
+        survivor_jobs = [self.batch.infos[slot].work for slot in survivors]
+        for slot, error in sorted(failed, reverse=True):
+            self._fail(slot, error)
+        survivors = [self._slot_of(work) for work in survivor_jobs]
         if not survivors:
-            return [], None, None
+            return [], torch.empty(0), torch.empty(0)
         return survivors, torch.cat(conds), torch.cat(unconds)
 
     # ----------------------------------------------------------- slot lifecycle
     @torch.no_grad()
-    def _start_windows(self, admissions: list) -> None:
+    def _start_windows(self, works: list[_WindowWork]) -> None:
         """Start the windows admitted at this step boundary. Their condition paths run
-        together, ``condition_batch_size`` windows per forward (right-padded to the longest,
+        together, `condition_batch_size` windows per forward (right-padded to the longest,
         masked), so admitting a batch of jobs reads the weights once, not once per job."""
         ready = []
-        for admission in admissions:
-            work = admission.item
+        for work in works:
             if work.job.canceled:
-                self._fail_unstarted(admission.slot, work, JobCanceled(work.job.request.job_id))
-            else:
-                ready.append(admission)
+                self._settle(work.job, JobCanceled(f"job {work.job.request.job_id} was canceled"))
+            elif not work.job.future.done():
+                ready.append(work)
+        started: list[int] = []
         size = max(1, self.config.condition_batch_size)
         for first in range(0, len(ready), size):
-            chunk = ready[first:first + size]
-            try:
-                condition = self._encode_conditions([a.item for a in chunk])
-            except Exception:
-                if len(chunk) == 1:
-                    condition = None  # _start_window reports the error for this job alone
-                else:
-                    # One window's input made the batched pass fail: run them one by one so
-                    # only that job fails.
-                    log.exception("batched condition path failed; retrying window by window")
-                    for admission in chunk:
-                        self._start_window(admission.slot, admission.item)
-                    continue
-            for row, admission in enumerate(chunk):
-                self._start_window(admission.slot, admission.item, condition, row)
-        self._prefill_prompts([a.slot for a in admissions])
+            done = run_narrowing(ready[first:first + size], self._encode_conditions,
+                                 lambda work, error: self._settle(work.job, error))
+            for part, condition in done:
+                for row, work in enumerate(part):
+                    try:
+                        started.append(self._admit(work, condition, row))
+                    except Exception as exc:
+                        if is_fatal_device_error(exc):
+                            raise
+                        self._settle(work.job, exc)
+        self._prefill_prompts([self.batch.infos[slot].work for slot in started])
 
-    def _encode_conditions(self, works: list[_WindowWork]):
+    def _encode_conditions(self, works: list[_WindowWork]) -> ConditionKV:
         frames = [w.window.frames for w in works]
         longest = max(frames)
         codes = torch.stack([
@@ -539,42 +516,32 @@ class EditEngine:
             for w in works])
         return self.lm.encode_condition(codes, torch.tensor(frames, device=self.device))
 
-    def _fail_unstarted(self, slot: int, work: _WindowWork, exc: BaseException) -> None:
-        self.slot_states[slot] = _SlotState(work, None, 0, 0)  # type: ignore[arg-type]
-        self._fail(slot, exc)
-
-    @torch.no_grad()
-    def _start_window(self, slot: int, work: _WindowWork, condition=None, row: int = 0) -> None:
+    def _admit(self, work: _WindowWork, condition: ConditionKV, row: int) -> int:
+        """Load a window into the next free slot; returns the slot."""
         job, window = work.job, work.window
+        slot = self.batch.size
+        if self.stream is not None and window.index == 0:
+            job.codes.record_stream(self.stream)  # read on this stream, allocated on another
         try:
-            if job.canceled:
-                raise JobCanceled(job.request.job_id)
-            if condition is None:
-                condition = self._encode_conditions([work])
-                row = 0
             self.buffers.load_condition(slot, condition, row)
             self.buffers.load_text(slot, job.text)
-            self.sequences[slot] = self._initial_sequence(job, window)
-            params = job.request.params
-            self.temperature[slot] = params.temperature
-            self.top_k[slot] = params.top_k
-            self.top_p[slot] = params.top_p
-            self.cfg_coef[slot] = params.cfg_coef
-            generator = make_generator(params.seed + WINDOW_SEED_STRIDE * window.index, self.device)
-            # The first decode input is the step before the first unknown token; everything
-            # before it (the prompt) is prefilled in one chunk (`_prefill_prompts`).
-            first = window.prompt + int(self.delays.min())
-            self.positions[slot] = first
-            self.slot_states[slot] = _SlotState(work, generator, window.frames + self.max_delay,
-                                                first)
-        except Exception as exc:
-            self._fail_unstarted(slot, work, exc)
+        except Exception:
+            self.buffers.reset(slot)
+            raise
+        params = job.request.params
+        # The first decode input is the step before the first unknown token; everything
+        # before it (the prompt) is prefilled in one chunk (`_prefill_prompts`).
+        first = window.prompt + self.min_delay
+        info = SlotInfo(work, last_step=window.frames + self.max_delay, position=first,
+                        frames=window.frames, candidates=params.candidates(self.lm.card))
+        return self.batch.add(info, self._initial_sequence(job, window),
+                              window_key(params.seed, window.index), params)
 
     def _initial_sequence(self, job: _Job, window: Window) -> torch.Tensor:
-        """``[K, max_sequence]``: special where the pattern is empty, the prompt where given,
+        """`[K, max_sequence]`: special where the pattern is empty, the prompt where given,
         UNKNOWN where the model must generate."""
-        steps = torch.arange(self.geometry.max_sequence, device=self.device)
-        frame = steps.view(1, -1) - 1 - self.delays.view(-1, 1)
+        steps = self.buffers.sequence_steps
+        frame = steps.view(1, -1) - 1 - self.batch.delays.view(-1, 1)
         valid = (frame >= 0) & (frame < window.frames)
         seq = torch.where(valid, UNKNOWN, self.lm.special_token_id)
         if window.prompt:
@@ -585,93 +552,168 @@ class EditEngine:
         return seq
 
     @torch.no_grad()
-    def _prefill_prompts(self, slots: list[int]) -> None:
+    def _prefill_prompts(self, works: list[_WindowWork]) -> None:
         """Prefill the prompts of newly started windows: one forward for all windows whose
         prompts have the same length (windows continuing a previous one all have
-        ``prompt_seconds`` of prompt), up to ``condition_batch_size`` windows per forward.
-        If a batched prefill raises, its windows are retried one by one so only the
-        offending job fails."""
-        by_length: dict[int, list[int]] = {}
-        for slot in slots:
-            state = self.slot_states[slot]
-            if state is not None and state.generator is not None and state.position > 0:
-                by_length.setdefault(state.position, []).append(slot)
+        `prompt_seconds` of prompt), up to `condition_batch_size` windows per forward; a
+        forward that raises is narrowed down to the window(s) it raised for."""
+        by_length: dict[int, list[_WindowWork]] = {}
+        for work in works:
+            slot = self._slot_of(work)
+            position = self.batch.infos[slot].position
+            if position > 0:
+                by_length.setdefault(position, []).append(work)
+        failed: list[tuple[_WindowWork, Exception]] = []
         size = max(1, self.config.condition_batch_size)
         for length, group in by_length.items():
             for first in range(0, len(group), size):
-                chunk = group[first:first + size]
-                try:
-                    self._prefill(chunk, length)
-                except Exception as exc:
-                    if len(chunk) == 1:
-                        self._fail(chunk[0], exc)
-                        continue
-                    log.exception("batched prefill failed; retrying window by window")
-                    for slot in chunk:
-                        try:
-                            self._prefill([slot], length)
-                        except Exception as single:
-                            self._fail(slot, single)
+                run_narrowing(group[first:first + size],
+                              lambda part, length=length: self._prefill(part, length),
+                              lambda work, error: failed.append((work, error)))
+        for work, error in failed:
+            self._fail(self._slot_of(work), error)
 
-    def _prefill(self, slots: list[int], length: int) -> None:
-        index = torch.tensor(slots, device=self.device)
+    def _prefill(self, works: list[_WindowWork], length: int) -> None:
+        index = torch.tensor([self._slot_of(work) for work in works], device=self.device)
         rows = (index.view(-1, 1) * ROWS_PER_SLOT
                 + torch.arange(ROWS_PER_SLOT, device=self.device)).flatten()
-        tokens = self.sequences[index, :, :length].repeat_interleave(ROWS_PER_SLOT, dim=0)
+        tokens = self.batch.sequences[index, :, :length].repeat_interleave(ROWS_PER_SLOT, dim=0)
         positions = torch.arange(length, device=self.device).expand(rows.shape[0], -1)
-        self.lm(tokens, positions, self.buffers.text_of_rows(rows),
+        self.lm(tokens, positions, self.buffers.text_of_slots(index),
                 self.buffers.condition_of_slots(index), PrefillKVCache(self.buffers, rows))
 
-    def _finish_window(self, slot: int) -> None:
-        state = self.slot_states[slot]
-        job, window = state.work.job, state.work.window
-        t = torch.arange(window.frames, device=self.device)
-        index = (t.view(1, -1) + 1 + self.delays.view(-1, 1))
-        codes = self.sequences[slot].gather(1, index)  # revert the delay pattern
-        job.output[:, window.start:window.end] = codes
-        self._free(slot)
-        if window.index + 1 < len(job.windows):
-            self.scheduler.submit(_WindowWork(job, job.windows[window.index + 1]), front=True)
-            return
-        if job.request.on_progress:
-            total = job.codes.shape[-1]
-            job.request.on_progress(total, total)
-        job.future.set_result(job.output)
+    def _finish_windows(self, slots: list[int]) -> None:
+        """Collect the codes of windows that produced their last frame (highest slot first:
+        freeing a slot moves the last one into it). A window boundary may read the device:
+        the window's non-finite flag is checked here, not a step late."""
+        for slot in sorted(slots, reverse=True):
+            info = self.batch.infos[slot]
+            job, window = info.work.job, info.work.window
+            if bool(self.batch.nonfinite[slot]):
+                self._fail(slot, self._nonfinite(job), clear=True)
+                continue
+            t = torch.arange(window.frames, device=self.device)
+            index = t.view(1, -1) + 1 + self.batch.delays.view(-1, 1)
+            job.output[:, window.start:window.end] = self.batch.sequences[slot].gather(1, index)
+            self._release(slot)
+            if window.index + 1 < len(job.windows):
+                self.scheduler.submit(_WindowWork(job, job.windows[window.index + 1]), front=True)
+                continue
+            if job.request.on_progress:
+                total = job.codes.shape[-1]
+                self._call_progress(job, total, total)
+            if not job.future.done():
+                job.future.set_result(job.output)
 
-    def _report_progress(self, slot: int) -> None:
-        state = self.slot_states[slot]
-        window = state.work.window
-        done = window.start + min(state.position, window.frames)
-        job = state.work.job
+    def _report_progress(self, info: SlotInfo) -> None:
+        window = info.work.window
+        done = window.start + min(max(0, info.position - 1 - self.max_delay), window.frames)
+        job = info.work.job
+        if job.request.on_progress:
+            self._call_progress(job, done, job.codes.shape[-1])
+
+    @staticmethod
+    def _call_progress(job: _Job, done: int, total: int) -> None:
         try:
-            job.request.on_progress(done, job.codes.shape[-1])
+            job.request.on_progress(done, total)  # type: ignore[misc]
         except Exception:
             log.exception("progress callback failed", extra={"job_id": job.request.job_id})
 
-    def _free(self, slot: int) -> None:
-        self.slot_states[slot] = None
-        self.sequences[slot].fill_(UNKNOWN)
-        self.positions[slot] = 0
-        self.buffers.reset(slot)
-        self.scheduler.release(slot)
+    def _slot_of(self, work: _WindowWork) -> int:
+        for slot, info in enumerate(self.batch.infos):
+            if info.work is work:
+                return slot
+        raise KeyError(work.job.request.job_id)
 
-    def _fail(self, slot: int, exc: BaseException) -> None:
-        state = self.slot_states[slot]
-        if state is None:
-            return
-        job = state.work.job
-        self._free(slot)
+    def _release(self, slot: int, clear: bool = False) -> None:
+        """Free `slot`, moving the last slot in use into it (slots stay dense)."""
+        last = self.batch.size - 1
+        if clear:
+            self.buffers.clear(slot)
+        if slot != last:
+            info = self.batch.infos[last]
+            self.buffers.move(last, slot, min(info.position + 1, self.geometry.max_sequence),
+                              info.frames + 1)
+            self.batch.move(last, slot)
+        self.buffers.reset(last)
+        self.batch.pop()
+
+    def _fail(self, slot: int, exc: BaseException, clear: bool = False) -> None:
+        job = self.batch.infos[slot].work.job
+        self._release(slot, clear)
+        self._settle(job, exc)
+
+    def _fail_job(self, job: _Job, exc: BaseException, clear: bool = False) -> None:
+        """Fail `job` wherever it is (a slot, the queue)."""
+        for slot in reversed(range(self.batch.size)):
+            if self.batch.infos[slot].work.job is job:
+                self._release(slot, clear)
+        self.scheduler.remove_waiting(lambda work: work.job is job)
+        self._settle(job, exc)
+
+    @staticmethod
+    def _settle(job: _Job, exc: BaseException) -> None:
         if not job.future.done():
             job.future.set_exception(exc)
+
+    @staticmethod
+    def _nonfinite(job: _Job) -> NonFiniteLogits:
+        return NonFiniteLogits(f"the model produced non-finite logits for job {job.request.job_id}")
 
     def _apply_cancellations(self) -> None:
         with self._cancel_lock:
             requests, self._cancel_requests = self._cancel_requests, []
         for job in requests:
             job.canceled = True
-            self.scheduler.remove_waiting(lambda work, job=job: work.job is job)
-            for slot, state in enumerate(self.slot_states):
-                if state is not None and state.work.job is job:
-                    self._free(slot)
-            if not job.future.done():
-                job.future.set_exception(JobCanceled(f"job {job.request.job_id} was canceled"))
+            self._fail_job(job, JobCanceled(f"job {job.request.job_id} was canceled"))
+
+    # ------------------------------------------------------------ device failure
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise DeviceFailed(f"the engine stopped after a device error ({self._failure}); "
+                               "this worker takes no more jobs")
+
+    def _device_failed(self, exc: BaseException) -> None:
+        """A sticky device error: stop, hand every job back (`DeviceFailed`), tell the worker.
+        No device call is made from here on (each would fail the same way)."""
+        with self._failure_lock:
+            if self._failure is not None:
+                return
+            self._failure = exc
+        log_event(log, "engine_device_failed", logging.CRITICAL, exc_info=exc,
+                  error=f"{type(exc).__name__}: {exc}")
+        error = DeviceFailed(f"the worker's device failed ({type(exc).__name__}: {exc}); the "
+                             "job can run on another worker")
+        jobs = [info.work.job for info in self.batch.infos]
+        jobs += [work.job for work in self.scheduler.remove_waiting(lambda work: True)]
+        for job in jobs:
+            self._settle(job, error)
+        self._stop.set()
+        self.scheduler.wakeup.set()
+        if self.config.on_fatal is not None:
+            self.config.on_fatal(exc)
+
+
+class _StreamScope:
+    """Run a caller's codec/text work on its own stream; on leaving, wait for that stream.
+    A sticky device error raised there stops the engine too (the context is shared)."""
+
+    def __init__(self, engine: EditEngine, stream: torch.cuda.Stream):
+        self.engine = engine
+        self.stream = stream
+        self._scope = torch.cuda.stream(stream)
+
+    def __enter__(self) -> None:
+        self._scope.__enter__()
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            if exc is None:
+                self.stream.synchronize()
+        except Exception as error:
+            exc = error
+            raise
+        finally:
+            self._scope.__exit__(None, None, None)
+            if exc is not None and is_fatal_device_error(exc):
+                self.engine._device_failed(exc)

@@ -1,17 +1,21 @@
-"""Preallocated per-slot state of the decoding engine: nothing is allocated per step.
+"""Preallocated per-slot caches of the decoding engine: nothing is allocated per step.
 
-A *slot* holds one job window: two LM rows (conditional and unconditional halves of
-classifier-free guidance: rows ``2i`` and ``2i + 1``) and one audio condition. Every buffer is
-allocated once, for the engine's maximum number of slots, and written in place.
+A *slot* holds one job window: two LM rows (the conditional and unconditional halves of
+classifier-free guidance: rows `2i` and `2i + 1`) and one audio condition. Every buffer is
+allocated once, for the engine's number of slots, and written in place. Keys and values of all
+layers sit in one tensor each (`[2 * layers, ...]`: keys of layer m at `2m`, values at
+`2m + 1`) so that a decode step takes every layer's view with one slice and one `unbind`,
+not a few ATen calls per layer.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..instruct_musicgen import ConditionKV, InstructMusicGen, TextKV, attention, attention_bias
+from ..instruct_musicgen import ConditionKV, DecodeStepState, InstructMusicGen, TextKV
 
 ROWS_PER_SLOT = 2  # conditional + unconditional (classifier-free guidance)
 
@@ -35,30 +39,45 @@ class SlotGeometry:
     max_text_tokens: int
 
     @classmethod
-    def for_model(cls, model: InstructMusicGen, window_frames: int, max_text_tokens: int) -> "SlotGeometry":
+    def for_model(cls, model: InstructMusicGen, window_frames: int,
+                  max_text_tokens: int) -> SlotGeometry:
         max_delay = max(model.lm.pattern_provider.delays)
         return cls(model.num_layers, model.num_heads, model.head_dim, window_frames,
                    window_frames + max_delay + 1, max_text_tokens)
 
+    @property
+    def condition_positions(self) -> int:
+        """Condition frames plus the appended special-token frame."""
+        return self.window_frames + 1
+
     def bytes_per_slot(self, dtype: torch.dtype) -> int:
-        """Cache bytes one slot costs: self-attention K/V and text K/V of its two rows, and the
-        condition path's q'/K'/V'."""
+        """Bytes :class:`SlotBuffers` allocates per slot: self-attention and text keys/values
+        of its two rows, the condition path's q'/K'/V', the attention biases and the
+        condition length."""
         item = torch.finfo(dtype).bits // 8
         width = self.num_layers * self.num_heads * self.head_dim
         self_kv = ROWS_PER_SLOT * 2 * self.max_sequence * width
         text_kv = ROWS_PER_SLOT * 2 * self.max_text_tokens * width
-        condition = 3 * (self.window_frames + 1) * width
-        return (self_kv + text_kv + condition) * item
+        condition = 3 * self.condition_positions * width
+        biases = ROWS_PER_SLOT * self.max_text_tokens + self.condition_positions
+        return (self_kv + text_kv + condition + biases) * item + 8  # + cond_frames (int64)
+
+
+def length_bucket(length: int, multiple: int, maximum: int) -> int:
+    """`length` rounded up to a multiple of `multiple`, at most `maximum`."""
+    return min(maximum, multiple * math.ceil(length / multiple))
 
 
 class SlotBuffers:
     """All per-slot tensors of the engine, allocated once.
 
-    Shapes (S = slots, R = 2S rows, L layers, H heads, Dh head dim):
-        self_k, self_v: ``[L, R, H, max_sequence, Dh]``
-        text_k, text_v: ``[L, R, H, max_text_tokens, Dh]``; text_mask ``[R, max_text_tokens]``
-        cond_q, cond_k, cond_v: ``[L, S, H, window_frames + 1, Dh]``; cond_mask ``[S, W + 1]``;
-        cond_frames ``[S]`` long.
+    Shapes (S slots, R = 2S rows, L layers, H heads, Dh head dim, P = max_sequence,
+    T = max_text_tokens, C = window_frames + 1):
+        self_kv: `[2L, R, H, P, Dh]`, text_kv: `[2L, R, H, T, Dh]`,
+        text_bias: `[R, 1, 1, T]` additive (0 attend, -inf not),
+        cond_q: `[S, C, L, H, 1, Dh]` (slot-major: one gather serves every layer),
+        cond_kv: `[2L, S, H, C, Dh]`, cond_bias: `[S, 1, 1, C]`, cond_frames: `[S]` long.
+    A free slot attends to position 0 only, so padding rows stay finite.
     """
 
     def __init__(self, geometry: SlotGeometry, num_slots: int, device: torch.device,
@@ -68,160 +87,175 @@ class SlotBuffers:
         kw = dict(device=device, dtype=dtype)
         self.geometry = g
         self.num_slots = num_slots
-        self.self_k = torch.zeros(g.num_layers, rows, g.num_heads, g.max_sequence, g.head_dim, **kw)
-        self.self_v = torch.zeros_like(self.self_k)
-        self.text_k = torch.zeros(g.num_layers, rows, g.num_heads, g.max_text_tokens, g.head_dim, **kw)
-        self.text_v = torch.zeros_like(self.text_k)
-        self.text_mask = torch.zeros(rows, g.max_text_tokens, dtype=torch.bool, device=device)
-        cond_shape = (g.num_layers, num_slots, g.num_heads, g.window_frames + 1, g.head_dim)
-        self.cond_q = torch.zeros(cond_shape, **kw)
-        self.cond_k = torch.zeros(cond_shape, **kw)
-        self.cond_v = torch.zeros(cond_shape, **kw)
-        self.cond_mask = torch.zeros(num_slots, g.window_frames + 1, dtype=torch.bool, device=device)
+        self.dtype = dtype
+        layers2 = 2 * g.num_layers
+        self.self_kv = torch.zeros(layers2, rows, g.num_heads, g.max_sequence, g.head_dim, **kw)
+        self.text_kv = torch.zeros(layers2, rows, g.num_heads, g.max_text_tokens, g.head_dim, **kw)
+        self.text_bias = torch.full((rows, 1, 1, g.max_text_tokens), -math.inf, **kw)
+        c = g.condition_positions
+        self.cond_q = torch.zeros(num_slots, c, g.num_layers, g.num_heads, 1, g.head_dim, **kw)
+        self.cond_kv = torch.zeros(layers2, num_slots, g.num_heads, c, g.head_dim, **kw)
+        self.cond_bias = torch.full((num_slots, 1, 1, c), -math.inf, **kw)
         self.cond_frames = torch.ones(num_slots, dtype=torch.long, device=device)
-        # Empty slots attend to position 0 only, so padded rows stay finite.
-        self.text_mask[:, 0] = True
-        self.cond_mask[:, 0] = True
+        self.text_bias[..., 0] = 0.0
+        self.cond_bias[..., 0] = 0.0
+        # Per layer, the writable [2, R, H, P, Dh] keys/values: fixed views, made once.
+        self.self_slabs = tuple(self.self_kv[2 * m:2 * m + 2] for m in range(g.num_layers))
+        self.slot_index = torch.arange(num_slots, device=device)
+        self.row_index = torch.arange(rows, device=device)
+        self.sequence_steps = torch.arange(g.max_sequence, device=device)
 
+    # ------------------------------------------------------------- admission
     def load_text(self, slot: int, text: TextKV) -> None:
-        """Copy a job's text K/V (rows: conditional, null) into the slot's two rows."""
-        r = slot * ROWS_PER_SLOT
+        """Copy a job's text keys/values (rows: conditional, null) into the slot's two rows."""
+        r = slice(slot * ROWS_PER_SLOT, (slot + 1) * ROWS_PER_SLOT)
         length = text.k[0].shape[2]
         if length > self.geometry.max_text_tokens:
             raise ValueError(f"the instruction is {length} tokens; the engine holds at most "
                              f"{self.geometry.max_text_tokens}")
-        for m in range(self.geometry.num_layers):
-            self.text_k[m, r:r + ROWS_PER_SLOT].zero_()
-            self.text_v[m, r:r + ROWS_PER_SLOT].zero_()
-            self.text_k[m, r:r + ROWS_PER_SLOT, :, :length] = text.k[m]
-            self.text_v[m, r:r + ROWS_PER_SLOT, :, :length] = text.v[m]
-        self.text_mask[r:r + ROWS_PER_SLOT] = False
-        if text.mask is None:
-            self.text_mask[r:r + ROWS_PER_SLOT, :length] = True
-        else:
-            self.text_mask[r:r + ROWS_PER_SLOT, :length] = text.mask
+        kv = torch.stack([t for pair in zip(text.k, text.v) for t in pair])  # [2L, 2, H, Lt, Dh]
+        self.text_kv[:, r, :, :length] = kv
+        self.text_kv[:, r, :, length:] = 0.0
+        allowed = torch.ones(ROWS_PER_SLOT, length, dtype=torch.bool, device=kv.device)
+        if text.mask is not None:
+            allowed = text.mask.to(kv.device)
+        bias = self.text_bias[r, 0, 0]
+        bias.fill_(-math.inf)
+        bias[:, :length].masked_fill_(allowed, 0.0)
 
     def load_condition(self, slot: int, condition: ConditionKV, row: int = 0) -> None:
-        """Copy row ``row`` of a (possibly batched, right-padded) condition path into a slot:
+        """Copy row `row` of a (possibly batched, right-padded) condition path into a slot:
         its real frames plus the appended one."""
         positions = int(condition.num_frames[row]) + 1
-        for m in range(self.geometry.num_layers):
-            for dst, src in ((self.cond_q, condition.q), (self.cond_k, condition.k),
-                             (self.cond_v, condition.v)):
-                dst[m, slot, :, positions:].zero_()
-                dst[m, slot, :, :positions] = src[m][row, :, :positions]
-        self.cond_mask[slot] = False
-        self.cond_mask[slot, :positions] = True
+        q = torch.stack([q[row, :, :positions] for q in condition.q])  # [L, H, C', Dh]
+        self.cond_q[slot, :positions] = q.permute(2, 0, 1, 3).unsqueeze(3)
+        self.cond_q[slot, positions:] = 0.0
+        kv = torch.stack([t[row, :, :positions] for pair in zip(condition.k, condition.v)
+                          for t in pair])
+        self.cond_kv[:, slot, :, :positions] = kv
+        self.cond_kv[:, slot, :, positions:] = 0.0
+        self.cond_bias[slot].fill_(-math.inf)
+        self.cond_bias[slot, ..., :positions] = 0.0
         self.cond_frames[slot] = positions - 1
 
     def reset(self, slot: int) -> None:
         """Return a slot to the harmless empty state (attend to position 0 only)."""
-        r = slot * ROWS_PER_SLOT
-        self.text_mask[r:r + ROWS_PER_SLOT] = False
-        self.text_mask[r:r + ROWS_PER_SLOT, 0] = True
-        self.cond_mask[slot] = False
-        self.cond_mask[slot, 0] = True
+        r = slice(slot * ROWS_PER_SLOT, (slot + 1) * ROWS_PER_SLOT)
+        self.text_bias[r].fill_(-math.inf)
+        self.text_bias[r, ..., 0] = 0.0
+        self.cond_bias[slot].fill_(-math.inf)
+        self.cond_bias[slot, ..., 0] = 0.0
         self.cond_frames[slot] = 1
 
-    def text_view(self, rows: slice, length: int | None = None) -> TextKV:
-        """The rows' text K/V; ``length`` keeps only the first text positions (eager decoding
-        attends up to the longest instruction in the batch, not ``max_text_tokens``)."""
-        t = slice(0, length)
-        return TextKV([self.text_k[m, rows, :, t] for m in range(self.geometry.num_layers)],
-                      [self.text_v[m, rows, :, t] for m in range(self.geometry.num_layers)],
-                      self.text_mask[rows, t])
+    def clear(self, slot: int) -> None:
+        """Zero everything a slot holds: after a job whose logits went non-finite, so that no
+        NaN it left in the caches can reach the next job through a masked position."""
+        r = slice(slot * ROWS_PER_SLOT, (slot + 1) * ROWS_PER_SLOT)
+        self.self_kv[:, r].zero_()
+        self.text_kv[:, r].zero_()
+        self.cond_q[slot].zero_()
+        self.cond_kv[:, slot].zero_()
+        self.reset(slot)
 
-    def text_of_rows(self, rows: torch.Tensor, length: int | None = None) -> TextKV:
-        """Text K/V of arbitrary rows (copies: for prefill and failure isolation, not per
-        step); ``length`` keeps only the first text positions, as :meth:`text_view`."""
-        layers = range(self.geometry.num_layers)
-        t = slice(0, length)
-        return TextKV([self.text_k[m, rows, :, t] for m in layers],
-                      [self.text_v[m, rows, :, t] for m in layers], self.text_mask[rows, t])
+    def move(self, source: int, target: int, self_positions: int, cond_positions: int) -> None:
+        """Copy slot `source`'s state into slot `target` (keeping the slots in use dense):
+        the first `self_positions` cached positions and `cond_positions` condition positions
+        (what the window has used), its text and masks."""
+        src = slice(source * ROWS_PER_SLOT, (source + 1) * ROWS_PER_SLOT)
+        dst = slice(target * ROWS_PER_SLOT, (target + 1) * ROWS_PER_SLOT)
+        self.self_kv[:, dst, :, :self_positions] = self.self_kv[:, src, :, :self_positions]
+        self.text_kv[:, dst] = self.text_kv[:, src]
+        self.text_bias[dst] = self.text_bias[src]
+        self.cond_q[target, :cond_positions] = self.cond_q[source, :cond_positions]
+        self.cond_kv[:, target, :, :cond_positions] = self.cond_kv[:, source, :, :cond_positions]
+        self.cond_bias[target] = self.cond_bias[source]
+        self.cond_frames[target] = self.cond_frames[source]
 
-    def condition_of_slots(self, slots: torch.Tensor, length: int | None = None) -> ConditionKV:
-        """Condition state of arbitrary slots (copies: for prefill and failure isolation, not
-        per step); ``length`` keeps only the first condition positions, as
-        :meth:`condition_view`."""
-        layers = range(self.geometry.num_layers)
-        t = slice(0, length)
-        return ConditionKV([self.cond_q[m, slots, :, t] for m in layers],
-                           [self.cond_k[m, slots, :, t] for m in layers],
-                           [self.cond_v[m, slots, :, t] for m in layers],
-                           self.cond_frames[slots], self.cond_mask[slots, t],
-                           rows_per_condition=ROWS_PER_SLOT)
+    # -------------------------------------------------------------- per step
+    def step_state(self, slots: int, positions: torch.Tensor, self_length: int,
+                   cond_length: int) -> DecodeStepState:
+        """Views for a decode step of slots `0..slots-1` (rows `0..2 * slots - 1`).
 
-    def condition_view(self, slots: slice, length: int | None = None) -> ConditionKV:
-        """The slots' condition state; ``length`` keeps only the first condition positions
-        (eager decoding attends up to the longest condition in the batch, not the window)."""
-        layers = range(self.geometry.num_layers)
-        t = slice(0, length)
-        return ConditionKV([self.cond_q[m, slots, :, t] for m in layers],
-                           [self.cond_k[m, slots, :, t] for m in layers],
-                           [self.cond_v[m, slots, :, t] for m in layers],
-                           self.cond_frames[slots], self.cond_mask[slots, t],
-                           rows_per_condition=ROWS_PER_SLOT)
+        Args:
+            positions: `[2 * slots]` long, each row's position (where it writes).
+            self_length: cached positions attended over (>= the furthest position + 1).
+            cond_length: condition positions attended over (>= the longest condition + 1).
+        """
+        rows = slots * ROWS_PER_SLOT
+        kv = self.self_kv[:, :rows, :, :self_length].unbind(0)
+        text = self.text_kv[:, :rows].unbind(0)
+        cond = self.cond_kv[:, :slots, :, :cond_length].unbind(0)
+        first = positions.view(slots, ROWS_PER_SLOT)[:, 0]
+        frames = self.cond_frames[:slots]
+        query = self.cond_q[self.slot_index[:slots], torch.minimum(first, frames - 1)]
+        return DecodeStepState(
+            rows=self.row_index[:rows],
+            positions=positions, self_slabs=self.self_slabs,
+            self_k=kv[0::2], self_v=kv[1::2],
+            self_bias=self._self_bias(positions, self_length),
+            text_k=text[0::2], text_v=text[1::2], text_bias=self.text_bias[:rows],
+            cond_q=query.unbind(1), cond_k=cond[0::2], cond_v=cond[1::2],
+            cond_bias=self.cond_bias[:slots, ..., :cond_length])
+
+    def gathered_state(self, slots: torch.Tensor, positions: torch.Tensor, self_length: int,
+                       cond_length: int) -> DecodeStepState:
+        """:meth:`step_state` for arbitrary slots (copies: for the failure-isolation path,
+        not every step). `positions` are the `2 * len(slots)` rows' positions; the rows
+        write into their own slabs."""
+        rows = _rows_of(slots)
+        kv = self.self_kv[:, rows, :, :self_length].unbind(0)
+        text = self.text_kv[:, rows].unbind(0)
+        cond = self.cond_kv[:, slots, :, :cond_length].unbind(0)
+        first = positions.view(-1, ROWS_PER_SLOT)[:, 0]
+        query = self.cond_q[slots, torch.minimum(first, self.cond_frames[slots] - 1)]
+        return DecodeStepState(
+            rows=rows, positions=positions, self_slabs=self.self_slabs,
+            self_k=kv[0::2], self_v=kv[1::2],
+            self_bias=self._self_bias(positions, self_length),
+            text_k=text[0::2], text_v=text[1::2], text_bias=self.text_bias[rows],
+            cond_q=query.unbind(1), cond_k=cond[0::2], cond_v=cond[1::2],
+            cond_bias=self.cond_bias[slots, ..., :cond_length], gathered=True)
+
+    def _self_bias(self, positions: torch.Tensor, length: int) -> torch.Tensor:
+        """`[R, 1, 1, length]`: row r attends to its cached positions `0..positions[r]`."""
+        allowed = self.sequence_steps[:length].view(1, -1) <= positions.view(-1, 1)
+        return torch.where(allowed, 0.0, -math.inf).to(self.dtype).view(-1, 1, 1, length)
+
+    # ------------------------------------------------- prefill (whole prompts)
+    def text_of_slots(self, slots: torch.Tensor) -> TextKV:
+        """Text keys/values of the slots' rows (copies), as the model's forward takes them."""
+        rows = _rows_of(slots)
+        text = self.text_kv[:, rows].unbind(0)
+        return TextKV(list(text[0::2]), list(text[1::2]), self.text_bias[rows, 0, 0] == 0)
+
+    def condition_of_slots(self, slots: torch.Tensor) -> ConditionKV:
+        """The slots' condition path (copies), as the model's forward takes it."""
+        layers = self.geometry.num_layers
+        cond = self.cond_kv[:, slots].unbind(0)
+        q = self.cond_q[slots, :, :, :, 0]  # [N, C, L, H, Dh]
+        return ConditionKV([q[:, :, m].transpose(1, 2) for m in range(layers)],
+                           list(cond[0::2]), list(cond[1::2]), self.cond_frames[slots],
+                           self.cond_bias[slots, 0, 0] == 0, rows_per_condition=ROWS_PER_SLOT)
 
 
-class StaticKVCache:
-    """Self-attention K/V of a decode step: one new position per row, written in place.
-
-    Rows ``0..R-1`` of the buffers take part; ``positions[r]`` is where row r writes and the
-    last position it may attend to. Attention reads the first ``length`` positions: all of
-    them under CUDA graphs (fixed shapes), only up to the furthest row otherwise.
-    """
-
-    def __init__(self, buffers: SlotBuffers, num_rows: int, positions: torch.Tensor,
-                 length: int | None = None):
-        self.buffers = buffers
-        self.rows = torch.arange(num_rows, device=positions.device)
-        self.positions = positions  # [R] long
-        self.length = length or buffers.geometry.max_sequence
-        steps = torch.arange(self.length, device=positions.device)
-        allowed = (steps.view(1, -1) <= positions.view(-1, 1)).view(num_rows, 1, 1, -1)
-        self.mask = attention_bias(allowed, buffers.self_k.dtype)  # once per step, not per layer
-
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q, k, v ``[R, H, 1, Dh]`` -> ``[R, H, 1, Dh]``."""
-        n = q.shape[0]
-        k_buf = self.buffers.self_k[layer]
-        v_buf = self.buffers.self_v[layer]
-        k_buf[self.rows, :, self.positions] = k[:, :, 0]
-        v_buf[self.rows, :, self.positions] = v[:, :, 0]
-        return attention(q, k_buf[:n, :, :self.length], v_buf[:n, :, :self.length], self.mask)
-
-
-class GatheredKVCache(StaticKVCache):
-    """A decode step's self-attention K/V for arbitrary rows (``rows[i]`` is the buffer row of
-    batch row i), not the first R: the engine re-runs a failed step for some slots only. The
-    reads gather (copy) the rows, so this is for that rare path, not every step."""
-
-    def __init__(self, buffers: SlotBuffers, rows: torch.Tensor, positions: torch.Tensor,
-                 length: int | None = None):
-        super().__init__(buffers, rows.shape[0], positions, length)
-        self.rows = rows  # [R] long
-
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q, k, v ``[R, H, 1, Dh]`` -> ``[R, H, 1, Dh]``."""
-        k_buf = self.buffers.self_k[layer]
-        v_buf = self.buffers.self_v[layer]
-        k_buf[self.rows, :, self.positions] = k[:, :, 0]
-        v_buf[self.rows, :, self.positions] = v[:, :, 0]
-        return attention(q, k_buf[self.rows, :, :self.length], v_buf[self.rows, :, :self.length],
-                         self.mask)
+def _rows_of(slots: torch.Tensor) -> torch.Tensor:
+    """`[2S]` long buffer rows of `[S]` slots (rows `2i, 2i + 1` of slot i)."""
+    offsets = torch.arange(ROWS_PER_SLOT, device=slots.device)
+    return (slots.view(-1, 1) * ROWS_PER_SLOT + offsets).flatten()
 
 
 class PrefillKVCache:
-    """Self-attention K/V for the prompt chunks of some slots, all of the same length:
-    positions ``0..P-1`` of their rows."""
+    """Self-attention keys/values for the prompt chunks of some slots, all of the same
+    length: positions `0..P-1` of their rows."""
 
     def __init__(self, buffers: SlotBuffers, rows: torch.Tensor):
         self.buffers = buffers
         self.rows = rows  # [R] long: both rows of every slot being prefilled
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q, k, v ``[R, H, P, Dh]`` (positions from 0) -> ``[R, H, P, Dh]``, causal."""
+        """q, k, v `[R, H, P, Dh]` (positions from 0) -> `[R, H, P, Dh]`, causal."""
         length = q.shape[2]
-        self.buffers.self_k[layer][self.rows, :, :length] = k
-        self.buffers.self_v[layer][self.rows, :, :length] = v
+        slab = self.buffers.self_slabs[layer]
+        slab[0, self.rows, :, :length] = k
+        slab[1, self.rows, :, :length] = v
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -1,140 +1,224 @@
 """The model runner: executes one decode step for a batch of slots, eagerly or by CUDA graph.
 
-It knows *how* a batch runs (static input buffers, batch-size buckets, graph capture and
+It knows *how* a batch runs (static input buffers, batch and length buckets, graph capture and
 replay); it does not know which jobs are in the batch or what they sample.
+
+Capture policy: every shape the runner can be asked for is captured (or, with
+`torch.compile`, warmed up) when the runner is prepared, which the engine does while it is
+built, before it takes a job: `torch.cuda.graph` synchronises the device and empties the
+allocator's cache when it starts, so a capture while worker threads run EnCodec or T5 would
+fail their allocations (or be failed by them). Shapes are captured largest first into one
+shared memory pool. A shape whose capture fails runs eagerly from then on: logged once,
+counted, never retried.
 """
 from __future__ import annotations
 
 import bisect
+import itertools
+import logging
 import typing as tp
 
 import torch
 
-from ..instruct_musicgen import InstructMusicGen
-from .kv_cache import ROWS_PER_SLOT, GatheredKVCache, SlotBuffers, StaticKVCache
+from musicedit.logs import log_event
+
+from ..instruct_musicgen import DecodeWeights, InstructMusicGen
+from .errors import is_fatal_device_error
+from .kv_cache import ROWS_PER_SLOT, SlotBuffers, length_bucket
+
+log = logging.getLogger(__name__)
+
+StepShape = tuple[int, int, int]  # (slots, self-attention length, condition length)
+
+
+class GraphBackend(tp.Protocol):
+    """Captures a decode step and replays it."""
+
+    def capture(self, run: tp.Callable[[], torch.Tensor]) -> tp.Callable[[], torch.Tensor]:
+        """Capture `run` (reads and writes only static memory) and return a function that
+        replays it and returns its output (static memory: consume before the next replay)."""
+        ...
+
+
+class CudaGraphBackend:
+    """CUDA graphs: one warm-up run on a side stream, then capture into a pool shared by every
+    graph of the runner (steps never overlap, so their intermediates can share memory).
+    `capture_error_mode="thread_local"`: another thread's CUDA calls during a capture do not
+    invalidate it (only this thread's unsafe calls do)."""
+
+    def __init__(self, device: torch.device):
+        self.pool = torch.cuda.graph_pool_handle()
+        self.stream = torch.cuda.Stream(device)
+
+    def capture(self, run: tp.Callable[[], torch.Tensor]) -> tp.Callable[[], torch.Tensor]:
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            run()
+        torch.cuda.current_stream().wait_stream(self.stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream,
+                              capture_error_mode="thread_local"):
+            out = run()
+
+        def replay() -> torch.Tensor:
+            graph.replay()
+            return out
+
+        return replay
 
 
 def batch_buckets(max_slots: int, buckets: tp.Sequence[int]) -> list[int]:
-    """Slot counts the runner compiles/captures for: the configured ones up to ``max_slots``,
-    plus ``max_slots`` itself."""
-    chosen = sorted({b for b in buckets if 0 < b < max_slots} | {max_slots})
-    return chosen
+    """Slot counts the runner captures for: the configured ones up to `max_slots`, plus
+    `max_slots` itself."""
+    return sorted({b for b in buckets if 0 < b < max_slots} | {max_slots})
 
 
 class DecodeRunner:
-    """Runs the LM over the first ``bucket`` slots (``2 * bucket`` rows) for one new position.
+    """Runs the LM over the first `slots` slots (`2 * slots` rows) for one new position.
 
-    Inputs are copied into static buffers; rows past the active ones are padding (position 0,
-    special token) whose outputs are ignored. On CUDA with ``use_cuda_graphs`` each bucket's
-    step is captured once and replayed; elsewhere it runs eagerly (optionally
-    ``torch.compile``d).
+    Inputs are copied into static buffers. With padded shapes (on CUDA, or with graphs or
+    `torch.compile` anywhere) a step runs over the smallest batch bucket holding the slots
+    and attends over lengths rounded up to `length_multiple`: rows past the active ones are
+    padding (position 0, special token) whose outputs are ignored; each shape is one graph.
+    Eager CPU steps run the exact batch and lengths (no padding work).
     """
 
-    def __init__(self, model: InstructMusicGen, buffers: SlotBuffers, buckets: tp.Sequence[int],
-                 use_cuda_graphs: bool = True, compile: bool = False):
+    def __init__(self, model: InstructMusicGen, weights: DecodeWeights, buffers: SlotBuffers,
+                 buckets: tp.Sequence[int], length_multiple: int = 64,
+                 use_cuda_graphs: bool = True, compile: bool = False,
+                 backend: GraphBackend | None = None):
         self.model = model
+        self.weights = weights
         self.buffers = buffers
+        device = buffers.self_kv.device
+        if backend is None and use_cuda_graphs and device.type == "cuda":
+            backend = CudaGraphBackend(device)
+        self.backend = backend
         self.buckets = batch_buckets(buffers.num_slots, buckets)
-        device = buffers.self_k.device
+        self.padded = device.type == "cuda" or backend is not None or compile
+        self.length_multiple = length_multiple
         rows = buffers.num_slots * ROWS_PER_SLOT
-        self.tokens = torch.full((rows, model.num_codebooks, 1), model.special_token_id,
+        self.tokens = torch.full((rows, model.num_codebooks), model.special_token_id,
                                  dtype=torch.long, device=device)
         self.positions = torch.zeros(rows, dtype=torch.long, device=device)
-        self.use_cuda_graphs = use_cuda_graphs and device.type == "cuda"
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[StepShape, tp.Callable[[], torch.Tensor]] = {}
+        self.eager_shapes: set[StepShape] = set()   # their capture failed
+        self.prepared: list[StepShape] = []          # in the order they were prepared
+        self.capture_failures = 0
         self.compiled = compile
-        self._forward = torch.compile(self._eager, dynamic=False) if compile else self._eager
+        self._forward = torch.compile(self._run, dynamic=False) if compile else self._run
+        self._warned: set[StepShape] = set()
 
-    def bucket_for(self, num_slots: int) -> int:
-        """Smallest bucket holding ``num_slots`` slots."""
-        if not 0 < num_slots <= self.buckets[-1]:
-            raise ValueError(f"{num_slots} slots do not fit the runner's {self.buckets[-1]}")
-        return self.buckets[bisect.bisect_left(self.buckets, num_slots)]
+    # ------------------------------------------------------------------ shapes
+    def bucket_for(self, slots: int) -> int:
+        """Smallest bucket holding `slots` slots."""
+        if not 0 < slots <= self.buckets[-1]:
+            raise ValueError(f"{slots} slots do not fit the runner's {self.buckets[-1]}")
+        return self.buckets[bisect.bisect_left(self.buckets, slots)]
 
+    def shape_for(self, slots: int, self_length: int, cond_length: int) -> StepShape:
+        """The step shape that runs `slots` slots attending over at least these lengths."""
+        if not self.padded:
+            return slots, self_length, cond_length
+        g = self.buffers.geometry
+        return (self.bucket_for(slots),
+                length_bucket(self_length, self.length_multiple, g.max_sequence),
+                length_bucket(cond_length, self.length_multiple, g.condition_positions))
+
+    def all_shapes(self) -> list[StepShape]:
+        """Every padded shape, largest first."""
+        g = self.buffers.geometry
+        m = self.length_multiple
+        self_lengths = sorted({length_bucket(n, m, g.max_sequence)
+                               for n in range(1, g.max_sequence + 1)})
+        cond_lengths = sorted({length_bucket(n, m, g.condition_positions)
+                               for n in range(1, g.condition_positions + 1)})
+        return sorted(itertools.product(self.buckets, self_lengths, cond_lengths), reverse=True)
+
+    # --------------------------------------------------------------- prepare
     @torch.no_grad()
-    def _eager(self, rows: int, length: int | None = None,
-               condition_length: int | None = None, text_length: int | None = None) -> torch.Tensor:
-        positions = self.positions[:rows]
-        cache = StaticKVCache(self.buffers, rows, positions, length)
-        text = self.buffers.text_view(slice(0, rows), text_length)
-        condition = self.buffers.condition_view(slice(0, rows // ROWS_PER_SLOT), condition_length)
-        logits = self.model(self.tokens[:rows], positions.view(-1, 1), text, condition, cache)
-        return logits[:, :, 0]
+    def prepare(self) -> None:
+        """Capture (or compile) every shape the runner can be asked for; see the module
+        docstring. Must run while no job holds a slot: warm-up runs write the caches of
+        free slots' rows."""
+        if self.backend is None and not self.compiled:
+            return  # eager: nothing is built lazily
+        for shape in self.all_shapes():
+            self._load_padding(0, shape[0])
+            if self.backend is None:
+                self._forward(*shape)  # compile warm-up
+            else:
+                try:
+                    self.graphs[shape] = self.backend.capture(lambda s=shape: self._forward(*s))
+                except Exception as exc:
+                    if is_fatal_device_error(exc):
+                        raise
+                    self.capture_failures += 1
+                    self.eager_shapes.add(shape)
+                    log_event(log, "cuda_graph_capture_failed", logging.WARNING, exc_info=exc,
+                              slots=shape[0], self_length=shape[1], cond_length=shape[2],
+                              error=f"{type(exc).__name__}: {exc}")
+                    continue
+            self.prepared.append(shape)
 
+    # ------------------------------------------------------------------- step
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor,
-             max_position: int | None = None, condition_length: int | None = None,
-             text_length: int | None = None) -> torch.Tensor:
-        """One decode step.
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, self_length: int,
+             cond_length: int) -> tuple[torch.Tensor, StepShape]:
+        """One decode step for slots `0..n-1`.
 
         Args:
-            tokens: ``[R, K, 1]`` long input tokens of the first R rows (R = 2 * slots in use,
-                counting free slots below the highest one in use).
-            positions: ``[R]`` long sequence position of each row.
-            max_position: the furthest row's position, if known without a device sync; the
-                eager path then attends over that many cached positions only.
-            condition_length: the longest condition (frames + 1) among the rows, if known;
-                the eager path then attends over that many condition positions only.
-            text_length: the longest instruction (tokens) among the rows, if known; likewise.
+            tokens: `[n, K]` long input tokens of each slot (both rows take the same).
+            positions: `[n]` long sequence position of each slot.
+            self_length: the furthest slot's position + 1 (a host int: no device read).
+            cond_length: the longest condition (frames + 1) among the slots.
         Returns:
-            ``[R, K, card]`` logits (views of static memory: consume before the next step).
+            `[2n, K, card]` logits (a view of static memory under graphs: consume before the
+            next step) and the shape that ran.
         """
-        rows = tokens.shape[0]
-        bucket_rows = self.bucket_for(rows // ROWS_PER_SLOT) * ROWS_PER_SLOT
-        self.tokens[:rows].copy_(tokens)
-        self.positions[:rows].copy_(positions)
-        self.tokens[rows:bucket_rows].fill_(self.model.special_token_id)
-        self.positions[rows:bucket_rows].zero_()
-        if not self.use_cuda_graphs:
-            if self.compiled:  # static shapes: one compiled graph per bucket, not per length
-                return self._forward(bucket_rows)[:rows]
-            length = None if max_position is None else max_position + 1
-            return self._forward(bucket_rows, length, condition_length, text_length)[:rows]
-        if bucket_rows not in self.graphs:
-            self.graphs[bucket_rows] = self._capture(bucket_rows)
-        graph, out = self.graphs[bucket_rows]
-        graph.replay()
-        return out[:rows]
+        slots = tokens.shape[0]
+        shape = self.shape_for(slots, self_length, cond_length)
+        rows = slots * ROWS_PER_SLOT
+        k = tokens.shape[1]
+        self.tokens[:rows].view(slots, ROWS_PER_SLOT, k).copy_(tokens.unsqueeze(1))
+        self.positions[:rows].view(slots, ROWS_PER_SLOT).copy_(positions.unsqueeze(1))
+        self._load_padding(slots, shape[0])
+        replay = self.graphs.get(shape)
+        if replay is not None:
+            return replay()[:rows], shape
+        if self.backend is not None and shape not in self.eager_shapes and shape not in self._warned:
+            self._warned.add(shape)
+            log_event(log, "decode_shape_not_prepared", logging.WARNING, slots=shape[0],
+                      self_length=shape[1], cond_length=shape[2])
+        return self._forward(*shape)[:rows], shape
 
     @torch.no_grad()
     def step_slots(self, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
-                   max_position: int | None, condition_length: int | None,
-                   text_length: int | None) -> torch.Tensor:
+                   shape: StepShape) -> torch.Tensor:
         """One decode step for the given slots only, eagerly (never a CUDA graph or compiled
         code): the engine re-runs a step that raised on parts of its batch to find the job
-        that made it raise. Writes the same K/V as :meth:`step` would for these slots, and
-        attends over the same lengths as :meth:`step` for the whole batch.
+        that made it raise. Writes the same keys/values as :meth:`step` would for these
+        slots, and attends over the same lengths (`shape`'s) as the whole batch did.
 
         Args:
-            slots: ``[S]`` long slot indices.
-            tokens: ``[2S, K, 1]`` long input tokens, rows ``2i, 2i + 1`` of slot ``slots[i]``.
-            positions: ``[2S]`` long sequence position of each row.
-            max_position, condition_length, text_length: as given to :meth:`step` for the
-                whole batch.
+            slots: `[s]` long slot indices.
+            tokens: `[s, K]` long input tokens; positions: `[s]` long.
         Returns:
-            ``[2S, K, card]`` logits (new memory).
+            `[2s, K, card]` logits (new memory).
         """
-        if self.use_cuda_graphs or self.compiled:  # those steps attend over the static maxima
-            max_position = condition_length = text_length = None
-        rows = (slots.view(-1, 1) * ROWS_PER_SLOT
-                + torch.arange(ROWS_PER_SLOT, device=slots.device)).flatten()
-        length = None if max_position is None else max_position + 1
-        cache = GatheredKVCache(self.buffers, rows, positions, length)
-        text = self.buffers.text_of_rows(rows, text_length)
-        condition = self.buffers.condition_of_slots(slots, condition_length)
-        logits = self.model(tokens, positions.view(-1, 1), text, condition, cache)
-        return logits[:, :, 0]
+        row_positions = positions.repeat_interleave(ROWS_PER_SLOT)
+        state = self.buffers.gathered_state(slots, row_positions, shape[1], shape[2])
+        return self.model.decode_step(tokens.repeat_interleave(ROWS_PER_SLOT, dim=0),
+                                      row_positions, state, self.weights)
 
-    def _capture(self, rows: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        # Warm-up runs execute this very step (same inputs), so their cache writes are the
-        # writes the replay makes anyway.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._forward(rows)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = self._forward(rows)
-        return graph, out
+    def _run(self, slots: int, self_length: int, cond_length: int) -> torch.Tensor:
+        rows = slots * ROWS_PER_SLOT
+        positions = self.positions[:rows]
+        state = self.buffers.step_state(slots, positions, self_length, cond_length)
+        return self.model.decode_step(self.tokens[:rows], positions, state, self.weights)
+
+    def _load_padding(self, slots: int, bucket: int) -> None:
+        """Rows of the bucket past the active slots: special token at position 0."""
+        if bucket > slots:
+            self.tokens[slots * ROWS_PER_SLOT:bucket * ROWS_PER_SLOT] = self.model.special_token_id
+            self.positions[slots * ROWS_PER_SLOT:bucket * ROWS_PER_SLOT] = 0

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from models import audio
+from models import audio, codec
 from models.reference import InputTooLong, edit
 from models.sampling import SamplingParams
 from musicedit.cli import main
@@ -110,20 +110,20 @@ def test_cli_checks_sampling_parameters_against_the_model(tmp_path, capsys, mode
 
 def test_codes_round_trip_shapes(tiny):
     x = audio.to_codec_input(_tone(1.0, 32000), 32000, 32000)
-    codes = audio.encode(tiny.codec, x)
+    codes = codec.encode(tiny.codec, x)
     assert codes.shape == (1, tiny.lm.num_codebooks, 50)  # 50 frames/s, as MusicGen
-    out = audio.decode(tiny.codec, codes, num_samples=x.shape[-1])
+    out = codec.decode(tiny.codec, codes, num_samples=x.shape[-1])
     assert out.shape == x.shape
 
 
 def test_audio_the_codec_decodes_to_nan_is_never_returned(tiny):
     """Broken codec weights (or an fp16 overflow) must fail the job, not deliver noise."""
-    codes = audio.encode(tiny.codec, audio.to_codec_input(_tone(1.0, 32000), 32000, 32000))
+    codes = codec.encode(tiny.codec, audio.to_codec_input(_tone(1.0, 32000), 32000, 32000))
     broken = copy.deepcopy(tiny.codec)
     with torch.no_grad():
         next(broken.decoder.parameters()).fill_(float("nan"))
     with pytest.raises(audio.NonFiniteAudio, match="NaN or infinite"):
-        audio.decode(broken, codes)
+        codec.decode(broken, codes)
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import audio
+from models import audio, codec
 from models.engine import (CacheBudgetTooSmall, EditEngine, EditRequest, EngineConfig,
                            InputTooLong, JobCanceled)
 from models.engine.kv_cache import SlotGeometry
@@ -30,7 +30,7 @@ def _clip(seconds, seed):
 
 
 def _codes(model, wav):
-    return audio.encode(model.codec, audio.to_codec_input(wav, 32000, model.sample_rate))
+    return codec.encode(model.codec, audio.to_codec_input(wav, 32000, model.sample_rate))
 
 
 def _run(engine):
@@ -144,7 +144,7 @@ def test_cancel_frees_the_slot_at_the_next_step(tiny):
     assert engine.stats().slots_in_use == 1 and engine.stats().waiting_jobs == 1
     running.cancel()
     engine.step()  # the canceled job's slot goes to the queued one at this boundary
-    assert engine.slot_states[0].work.job.request.job_id == "q"
+    assert engine.batch.infos[0].work.job.request.job_id == "q"
     with pytest.raises(JobCanceled):
         running.result()
     _run(engine)
@@ -186,67 +186,30 @@ def test_silence_threshold_comes_from_the_config(tiny):
 def test_budget_and_buckets(tiny):
     geometry = SlotGeometry.for_model(tiny.lm, 250, 64)
     per_slot = geometry.bytes_per_slot(torch.float32)
-    engine = EditEngine(tiny, EngineConfig(max_batch_size=16, kv_cache_budget_bytes=3 * per_slot + 1))
-    assert engine.scheduler.num_slots == 3
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=16, kv_cache_budget_bytes=3 * per_slot + 1,
+                                           max_text_tokens=64))
+    assert engine.batch.num_slots == 3
     assert engine.runner.buckets == [1, 2, 3]
     assert [engine.runner.bucket_for(n) for n in (1, 2, 3)] == [1, 2, 3]
     assert batch_buckets(12, (1, 2, 4, 8, 16)) == [1, 2, 4, 8, 12]
     with pytest.raises(CacheBudgetTooSmall, match="one slot needs"):
-        EditEngine(tiny, EngineConfig(kv_cache_budget_bytes=per_slot - 1))
-
-
-def test_padded_bucket_rows_do_not_change_results(tiny):
-    """Jobs in slots 0 and 2 with slot 1 free: the runner computes a padded batch of 3 (the
-    free slot's rows are padding) and both jobs still match the reference."""
-    engine = EditEngine(tiny, EngineConfig(max_batch_size=4, batch_buckets=(1, 2, 4), **SMALL))
-    params = SamplingParams(top_k=1)
-    a = engine.submit(EditRequest("a", _clip(0.5, 11), 32000, ADD, params))
-    b = engine.submit(EditRequest("b", _clip(0.3, 12), 32000, NO, params))
-    c = engine.submit(EditRequest("c", _clip(0.8, 13), 32000, ONLY, params))
-    buckets = []
-    engine.config.on_step = lambda info: buckets.append((info.batch_size, info.bucket))
-    _run(engine)
-    assert (2, 4) in buckets  # b finished first: slots 0 and 2 run in the 4-slot bucket
-    assert b.result().codes.shape[-1] == 15
-    for handle, wav, text in ((a, _clip(0.5, 11), ADD), (c, _clip(0.8, 13), ONLY)):
-        assert torch.equal(handle.result().codes, _reference(tiny, wav, text, params))
+        EditEngine(tiny, EngineConfig(kv_cache_budget_bytes=per_slot - 1, max_text_tokens=64))
 
 
 def test_bfloat16_engine_runs_on_cpu(tiny_files):
     model = load_model(tiny_files, device="cpu", dtype=torch.bfloat16)
     engine = EditEngine(model, EngineConfig(max_batch_size=2, **SMALL))
-    assert engine.buffers.self_k.dtype == torch.bfloat16
+    assert engine.buffers.self_kv.dtype == torch.bfloat16
     handle = engine.submit(EditRequest("bf16", _clip(0.5, 3), 32000, ADD, SamplingParams(seed=1)))
     _run(engine)
     out = handle.result()
     assert out.codes.shape == (4, 25) and torch.isfinite(out.audio).all()
 
 
-def test_runner_pads_static_inputs_to_the_bucket(tiny):
-    """The bookkeeping CUDA-graph replay relies on: inputs land in static buffers, rows past
-    the batch up to the bucket are reset to padding, and the graph path is CUDA-only."""
-    engine = EditEngine(tiny, EngineConfig(max_batch_size=4, batch_buckets=(1, 2, 4),
-                                           use_cuda_graphs=True, **SMALL))
-    runner = engine.runner
-    assert not runner.use_cuda_graphs  # CPU: eager path, no capture attempted
-    runner.tokens.fill_(7)
-    runner.positions.fill_(9)
-    tokens = torch.full((6, tiny.lm.num_codebooks, 1), 3, dtype=torch.long)  # 3 slots -> bucket 4
-    positions = torch.tensor([5, 5, 2, 2, 0, 0])
-    logits = runner.step(tokens, positions)
-    assert logits.shape == (6, tiny.lm.num_codebooks, tiny.lm.card)
-    assert torch.equal(runner.tokens[:6], tokens)
-    assert torch.equal(runner.positions[:6], positions)
-    assert (runner.tokens[6:8] == tiny.lm.special_token_id).all()  # padding rows of bucket 4
-    assert (runner.positions[6:8] == 0).all()
-    assert runner.graphs == {}
-    with pytest.raises(ValueError, match="do not fit"):
-        runner.bucket_for(5)
-
-
 def test_windows_admitted_together_share_one_condition_pass(tiny, monkeypatch):
     """Jobs admitted at the same step boundary run their condition paths in one forward
-    (padded to the longest window); a window whose condition path raises fails alone."""
+    (padded to the longest window); a window whose condition path raises fails alone (the
+    batch is re-run on halves until the culprit is alone)."""
     engine = EditEngine(tiny, EngineConfig(max_batch_size=4, **SMALL))
     calls = []
     encode = tiny.lm.encode_condition
@@ -265,8 +228,9 @@ def test_windows_admitted_together_share_one_condition_pass(tiny, monkeypatch):
     handles = [engine.submit(EditRequest(f"j{i}", w, 32000, text, params))
                for i, (w, text) in enumerate(jobs)]
     _run(engine)
-    # One batched call for the three, then one per window after the batched call failed.
-    assert calls == [3, 1, 1, 1]
+    # One batched call for the three; it raised: halves [j0] and [j1, j2]; the second raised:
+    # [j1] alone (fails) and [j2].
+    assert calls == [3, 1, 2, 1, 1]
     with pytest.raises(RuntimeError, match="condition path failed"):
         handles[1].result()
     for index in (0, 2):
@@ -303,19 +267,19 @@ def test_windows_started_together_share_one_prefill(tiny, monkeypatch):
 
 
 def _raise_in_decode_steps(lm, monkeypatch, fault):
-    """Make the LM's forward raise ``RuntimeError(fault(...))`` in decode steps (one new
-    position per row) whenever ``fault(positions [R], condition frames [R / 2], rows)``
-    returns a message; prefill and everything else run as usual."""
-    forward = lm.forward
+    """Make the LM's decode step raise `RuntimeError(fault(...))` whenever
+    `fault(positions [R], condition frames [R / 2], rows)` returns a message; prefill and
+    everything else run as usual."""
+    decode_step = lm.decode_step
 
-    def faulty(codes, positions, text, condition, cache):
-        if codes.shape[-1] == 1 and condition is not None:
-            message = fault(positions[:, 0].tolist(), condition.num_frames.tolist(), codes.shape[0])
-            if message:
-                raise RuntimeError(message)
-        return forward(codes, positions, text, condition, cache)
+    def faulty(tokens, positions, state, weights):
+        frames = ((state.cond_bias[:, 0, 0] == 0).sum(-1) - 1).tolist()
+        message = fault(positions.tolist(), frames, tokens.shape[0])
+        if message:
+            raise RuntimeError(message)
+        return decode_step(tokens, positions, state, weights)
 
-    monkeypatch.setattr(lm, "forward", faulty)
+    monkeypatch.setattr(lm, "decode_step", faulty)
 
 
 def _decode_alone(model, jobs, head_start=0):
@@ -441,19 +405,20 @@ def test_a_step_re_run_on_part_of_the_batch_is_the_batched_computation(tiny):
         engine.submit(EditRequest(f"behind{i}", _clip(0.5 + 0.1 * i, 71 + i), 32000, NO, params))
     for _ in range(3):
         engine.step()
-    active = engine.scheduler.active()
-    assert active == [0, 1, 2] and engine.positions[:3].tolist() == [12, 3, 3]
-    buffers = engine.buffers
-    before = buffers.self_k.clone(), buffers.self_v.clone()
-    cond, uncond = engine._forward(active, torch.tensor(active))
-    batched = buffers.self_k[:, :6].clone(), buffers.self_v[:, :6].clone()  # the 3 slots' rows
-    buffers.self_k.copy_(before[0])
-    buffers.self_v.copy_(before[1])
-    lengths = engine._attention_lengths(active)
-    parts = [engine._forward_slots([slot], lengths) for slot in active]
+    batch, buffers, runner = engine.batch, engine.buffers, engine.runner
+    assert [info.position for info in batch.infos] == [12, 3, 3]
+    assert batch.positions[:3].tolist() == [12, 3, 3]
+    before = buffers.self_kv.clone()
+    rows = batch.slot_index[:3]
+    logits, shape = runner.step(batch.current_tokens(rows), batch.positions[:3], 13, 41)
+    batched = logits.clone(), buffers.self_kv[:, :6].clone()  # the 3 slots' rows
+    buffers.self_kv.copy_(before)
+    parts = []
+    for slot in range(3):
+        index = torch.tensor([slot])
+        parts.append(runner.step_slots(index, batch.current_tokens(index), batch.positions[index],
+                                       shape))
     close = dict(rtol=0, atol=1e-5)
-    torch.testing.assert_close(torch.cat([c for c, _ in parts]), cond, **close)
-    torch.testing.assert_close(torch.cat([u for _, u in parts]), uncond, **close)
-    torch.testing.assert_close(buffers.self_k[:, :6], batched[0], **close)
-    torch.testing.assert_close(buffers.self_v[:, :6], batched[1], **close)
-    assert not torch.equal(buffers.self_k[:, :6], before[0][:, :6])  # the step wrote its K/V
+    torch.testing.assert_close(torch.cat(parts), batched[0], **close)
+    torch.testing.assert_close(buffers.self_kv[:, :6], batched[1], **close)
+    assert not torch.equal(buffers.self_kv[:, :6], before[:, :6])  # the step wrote its K/V
