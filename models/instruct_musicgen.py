@@ -598,8 +598,9 @@ class InstructMusicGen(nn.Module):
         rows = xt.shape[1]
         attn = layer.self_attn
         # Self-attention: q, k, v of every row; k, v go into the cache at the row's position.
+        # (attention kernels want the head dim contiguous: one small transposing copy)
         qkv = _project(attn.in_proj_weight, attn.in_proj_bias, layer.norm1(xt.t()))
-        qkv = qkv.view(3, heads, dh, rows).permute(3, 0, 1, 2)  # [R, 3, H, Dh]
+        qkv = qkv.t().contiguous().view(rows, 3, heads, dh)
         s.write_kv(m, qkv[:, 1:])
         q = qkv[:, 0]  # [R, H, Dh]
         a = F.scaled_dot_product_attention(q.unsqueeze(2), s.self_k[m], s.self_v[m],
@@ -617,8 +618,8 @@ class InstructMusicGen(nn.Module):
         xt = _project(out.weight, out.bias, a.view(rows, self.dim), residual=xt)
         # Text cross-attention (the LoRA is merged into its query/value weights).
         qc = _project(w.cross_q, w.cross_q_bias, layer.norm_cross(xt.t()))  # [D, R]
-        c = F.scaled_dot_product_attention(qc.t().view(rows, heads, 1, dh), s.text_k[m],
-                                           s.text_v[m], attn_mask=s.text_bias)
+        c = F.scaled_dot_product_attention(qc.t().contiguous().view(rows, heads, 1, dh),
+                                           s.text_k[m], s.text_v[m], attn_mask=s.text_bias)
         out = layer.cross_attention.out_proj
         xt = _project(out.weight, out.bias, c.view(rows, self.dim), residual=xt)
         # Feed-forward.

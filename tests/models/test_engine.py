@@ -1,11 +1,9 @@
 """The engine batches many jobs and still gives each job exactly what it would get alone."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from models import audio, codec
 from models.engine import (CacheBudgetTooSmall, EditEngine, EditRequest, EngineConfig,
                            InputTooLong, JobCanceled)
 from models.engine.kv_cache import SlotGeometry
@@ -14,29 +12,7 @@ from models.engine.windows import plan_windows
 from models.loader import load_model
 from models.reference import generate_codes
 from models.sampling import SamplingParams
-
-ADD = "Music piece. Instruct: Add Drums."
-ONLY = "Music piece. Instruct: Only Bass."
-NO = "Music piece. Instruct: No Guitar."
-# Short windows keep the tests fast; the logic is the same at 5 s.
-SMALL = dict(window_seconds=1.0, prompt_seconds=0.4)
-
-
-def _clip(seconds, seed):
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(32000 * seconds)) / 32000
-    tone = 0.2 * np.sin(2 * np.pi * (200 + 50 * seed) * t)
-    return (tone + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)[None]
-
-
-def _codes(model, wav):
-    return codec.encode(model.codec, audio.to_codec_input(wav, 32000, model.sample_rate))
-
-
-def _run(engine):
-    while engine.step():
-        pass
-
+from engine_helpers import ADD, NO, ONLY, SMALL, clip as _clip, input_codes as _codes, run_all as _run
 
 def _reference(model, wav, instruction, params):
     return generate_codes(model.lm, _codes(model, wav), instruction, params)[0]
