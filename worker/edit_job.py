@@ -14,12 +14,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from models.audio import read_audio, write_audio
-from models.engine import EditRequest, JobCanceled
+from models.engine import DeviceFailed, EditRequest, JobCanceled
 from models.sampling import SamplingParams
 from musicedit.errors import (
     AudioError,
@@ -56,6 +56,27 @@ class JobOutcome(str, enum.Enum):
     lease_lost = "lease_lost"  # another worker took the job over; it records the result
 
 
+class JobsInFlight:
+    """How many `run_edit_job` calls of this process hold a claimed job (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> JobsInFlight:
+        with self._lock:
+            self._count += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._count -= 1
+
+    def count(self) -> int:
+        with self._lock:
+            return self._count
+
+
 @dataclass
 class EditJobDeps:
     """What `run_edit_job` needs; built once per worker process by `WorkerRuntime`."""
@@ -70,6 +91,7 @@ class EditJobDeps:
     shutdown: ShutdownSignal
     worker_id: str
     sleep: Callable[[float], None] = time.sleep
+    in_flight: JobsInFlight = field(default_factory=JobsInFlight)
 
 
 class _JobStopped(Exception):
@@ -168,7 +190,8 @@ def run_edit_job(job_id: str, deps: EditJobDeps) -> JobOutcome:
         deps.metrics.time_in_queue_seconds.observe(max(0.0, time.time() - job.timings.created_at))
     log_event(log, "job_started", job_id=job.id, attempt=job.attempts,
               instruction=job.instruction.text, input_seconds=job.input.duration_seconds)
-    with LeaseKeeper(deps.store, job.id, deps.worker_id, settings.lease_seconds) as lease:
+    with deps.in_flight, LeaseKeeper(deps.store, job.id, deps.worker_id,
+                                     settings.lease_seconds) as lease:
         try:
             return _run_claimed(job, deps, lease)
         except LeaseLost:
@@ -234,6 +257,8 @@ def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> "
         handle = deps.engine.submit(EditRequest(
             job_id=job.id, wav=wav, sample_rate=rate, instruction=job.instruction.text,
             params=params, on_progress=progress.update))
+    except DeviceFailed as exc:  # this worker's GPU is gone: the job is not at fault
+        raise _JobStopped("device") from exc
     except AudioError as exc:
         raise JobFailure(f"The input audio cannot be edited: {exc.message}",
                          dead_letter=False) from exc
@@ -273,6 +298,8 @@ def _wait(handle: "EditHandle", job: EditJob, deps: EditJobDeps, lease: LeaseKee
         except JobCanceled as exc:
             # not canceled by us: the engine is stopping, so hand the job back
             raise _JobStopped(stop_reason or "engine") from exc
+        except DeviceFailed as exc:  # sticky device error: the worker exits, the job runs elsewhere
+            raise _JobStopped("device") from exc
         if stop_reason is not None:
             continue  # already canceled: wait for the engine to free the slot
         if lease.lost:

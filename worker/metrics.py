@@ -50,6 +50,10 @@ class WorkerMetrics:
         self.engine_active_jobs = Gauge(
             "musicedit_engine_active_jobs", "Jobs inside the engine (decoding or waiting).",
             registry=r)
+        self.graph_capture_failures = Gauge(
+            "musicedit_cuda_graph_capture_failures",
+            "Decode-step shapes that run eagerly because their CUDA graph capture failed when "
+            "the engine was built (each is logged once).", registry=r)
 
     def on_step(self, step: Any) -> None:
         """Engine `on_step` callback (engine thread): one `StepInfo` per decode step."""
@@ -59,8 +63,10 @@ class WorkerMetrics:
         if step.isolated:
             self.decode_step_isolations.inc()
 
-    def watch_engine(self, active_jobs: Callable[[], int]) -> None:
+    def watch_engine(self, active_jobs: Callable[[], int],
+                     capture_failures: Callable[[], int] = lambda: 0) -> None:
         self.engine_active_jobs.set_function(active_jobs)
+        self.graph_capture_failures.set_function(capture_failures)
 
     def watch_cuda(self) -> None:
         """Add `musicedit_gpu_memory_bytes` (only call when CUDA is present)."""

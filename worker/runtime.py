@@ -20,7 +20,7 @@ from musicedit.logs import log_event
 from musicedit.retention import sweep_expired
 from musicedit.settings import Settings
 from musicedit.storage import make_storage
-from worker.edit_job import EditJobDeps
+from worker.edit_job import EditJobDeps, JobsInFlight
 from worker.housekeeping import LeaseReaper, PeriodicThread, ShutdownSignal
 from worker.metrics import WorkerMetrics
 from musicedit.webhooks import WebhookNotifier
@@ -58,6 +58,7 @@ class WorkerRuntime:
 
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         metrics = WorkerMetrics()
+        in_flight = JobsInFlight()
         device = resolve_device(settings.device)
         dtype = None if settings.dtype == "auto" else getattr(torch, settings.dtype)
         started = time.perf_counter()
@@ -80,9 +81,11 @@ class WorkerRuntime:
             compile=settings.torch_compile,
             silence_peak_threshold=settings.silence_peak_threshold,
             on_step=metrics.on_step,
+            on_fatal=lambda exc: exit_after_device_failure(in_flight),
         ))
         engine.start()
-        metrics.watch_engine(lambda: engine.stats().active_jobs)
+        metrics.watch_engine(lambda: engine.stats().active_jobs,
+                             lambda: engine.stats().graph_capture_failures)
         if device.startswith("cuda"):
             metrics.watch_cuda()
         store = make_job_store(settings)
@@ -127,6 +130,32 @@ class WorkerRuntime:
             self.deps.notifier.close()
         self.deps.store.close()
         log_event(log, "worker_stopped", worker_id=self.deps.worker_id)
+
+
+# Exit status of a worker whose GPU hit a sticky error (EX_SOFTWARE): its orchestrator
+# restarts it on a fresh CUDA context; its jobs run on healthy workers meanwhile.
+DEVICE_FAILED_EXIT_CODE = 70
+# How long the task threads get to hand their jobs back before the process exits.
+DEVICE_FAILED_HANDBACK_SECONDS = 5.0
+
+
+def exit_after_device_failure(in_flight: JobsInFlight, exit: Callable[[int], None] = os._exit,
+                              handback_seconds: float = DEVICE_FAILED_HANDBACK_SECONDS) -> None:
+    """The engine's `on_fatal`: a sticky device error makes every later step fail while the
+    heartbeat would stay healthy (a black hole for jobs). The engine has already handed every
+    job back (`DeviceFailed`: the task threads release them to the queue); give those threads
+    up to `handback_seconds`, then exit non-zero. Leases of anything not handed back expire as
+    after a crash."""
+    log_event(log, "worker_exiting", logging.CRITICAL, reason="device failed",
+              exit_code=DEVICE_FAILED_EXIT_CODE)
+
+    def wait_then_exit() -> None:
+        deadline = time.monotonic() + handback_seconds
+        while in_flight.count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        exit(DEVICE_FAILED_EXIT_CODE)
+
+    threading.Thread(target=wait_then_exit, name="device-failed-exit", daemon=True).start()
 
 
 _runtime: WorkerRuntime | None = None
