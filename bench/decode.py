@@ -2,8 +2,8 @@
 
 Run by hand (not in CI):
 
-    .venv/bin/python bench/decode.py                     # tiny + small-random, CPU, < 10 min
-    .venv/bin/python bench/decode.py --presets tiny --batches 1 4
+    .venv/bin/python -m bench.decode                     # tiny + small-random, CPU, < 10 min
+    .venv/bin/python -m bench.decode --presets tiny --batches 1 4
 
 For each preset and batch size it prints decode steps/s and seconds of audio produced per
 wall-clock second for
@@ -18,7 +18,11 @@ with the ratios (c)/(a) and (c)/(b) and the peak resident memory during each run
 get the same work: clips of ``--seconds`` (>= 100 decode steps), classifier-free guidance
 (cfg 3), top-k 250 sampling. Timing covers producing the codes (text encoding, the
 condition path and decoding for (c)); EnCodec encode/decode of audio is excluded from all three.
-A CUDA section (fp16, CUDA graphs on and off) runs when a GPU is present.
+Each engine is built (CUDA graphs captured) and warmed up before its timed runs, as a worker's
+engine is before it takes jobs. A CUDA section (fp16, CUDA graphs on and off) runs when a GPU is
+present. Last, for each preset, one steady-state engine step is counted: ATen calls per layer
+(target <= 40), calls outside the layers, host reads and tensors built from Python lists
+(target 0).
 """
 from __future__ import annotations
 
@@ -30,15 +34,13 @@ import time
 from pathlib import Path
 
 import torch
+from audiocraft.modules.conditioners import ConditioningAttributes
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from audiocraft.modules.conditioners import ConditioningAttributes  # noqa: E402
-
-from models.engine import EditEngine, EditRequest, EngineConfig  # noqa: E402
-from models.loader import load_model  # noqa: E402
-from models.presets import resolve_model  # noqa: E402
-from models.sampling import SamplingParams  # noqa: E402
+from models.engine import EditEngine, EditRequest, EngineConfig
+from models.engine.inspection import count_dispatch
+from models.loader import load_model
+from models.presets import resolve_model
+from models.sampling import SamplingParams
 
 TOP_K = 250
 TEXTS = ["Music piece. Instruct: Add Drums.", "Music piece. Instruct: No Bass.",
@@ -104,14 +106,27 @@ def run_audiocraft(model, batch: int, frames: int) -> tuple[float, int]:
     return seconds, mem.peak
 
 
-def run_engine(model, batch: int, codes: torch.Tensor, use_cuda_graphs: bool = True) -> tuple[float, int, int]:
-    """Our engine on ``batch`` different jobs; returns (seconds, peak bytes, steps)."""
+def build_engine(model, batch: int, use_cuda_graphs: bool = True) -> EditEngine:
+    """An engine for `batch` jobs, built (graphs captured) and warmed up with a short job:
+    what a worker has before it takes its first job; none of this is timed."""
     engine = EditEngine(model, EngineConfig(max_batch_size=batch, use_cuda_graphs=use_cuda_graphs))
-    jobs = []
-    with torch.no_grad():
-        for i in range(batch):
-            jobs.append(dict(text=TEXTS[i % len(TEXTS)],
-                             params=SamplingParams(seed=i, top_k=min(TOP_K, model.lm.card), cfg_coef=3.0)))
+    warm = torch.zeros(model.lm.num_codebooks, 16, dtype=torch.long, device=model.device)
+    handles = [engine.submit_codes(EditRequest(f"warm{i}", None, model.sample_rate, TEXTS[0]),
+                                   warm) for i in range(batch)]
+    while engine.step():
+        pass
+    for handle in handles:
+        handle.codes()
+    return engine
+
+
+def run_engine(engine: EditEngine, batch: int, codes: torch.Tensor) -> tuple[float, int, int]:
+    """Our engine on `batch` different jobs; returns (seconds, peak bytes, steps)."""
+    model = engine.model
+    jobs = [dict(text=TEXTS[i % len(TEXTS)],
+                 params=SamplingParams(seed=i, top_k=min(TOP_K, model.lm.card), cfg_coef=3.0))
+            for i in range(batch)]
+    steps_before = engine.steps_total
     with PeakMemory(model.device) as mem:
         _sync(model.device)
         start = time.perf_counter()
@@ -124,7 +139,25 @@ def run_engine(model, batch: int, codes: torch.Tensor, use_cuda_graphs: bool = T
             handle.codes()
         _sync(model.device)
         seconds = time.perf_counter() - start
-    return seconds, mem.peak, engine.steps_total
+    return seconds, mem.peak, engine.steps_total - steps_before
+
+
+def count_step(model, codes: torch.Tensor, batch: int = 8) -> dict:
+    """ATen calls and host reads of one steady-state step of an eager engine."""
+    engine = EditEngine(model, EngineConfig(max_batch_size=batch, use_cuda_graphs=False))
+    for i in range(batch):
+        engine.submit_codes(EditRequest(f"count{i}", None, model.sample_rate, TEXTS[i % 4],
+                                        SamplingParams(seed=i, top_k=min(TOP_K, model.lm.card))),
+                            codes)
+    for _ in range(3):  # admission, prefill, first steps
+        engine.step()
+    with count_dispatch(model.lm) as counts:
+        engine.step()
+    while engine.step():
+        pass
+    return dict(per_layer=counts.per_layer, outside=counts.outside_layers,
+                host_reads=counts.host_reads, from_python=counts.from_python,
+                layers=counts.layers)
 
 
 def bench_preset(name: str, device: torch.device, batches: list[int], seconds_audio: float,
@@ -135,9 +168,8 @@ def bench_preset(name: str, device: torch.device, batches: list[int], seconds_au
     steps = frames + max(model.lm.lm.pattern_provider.delays)  # decode steps per job
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, model.lm.card, (model.lm.num_codebooks, frames), generator=g).to(device)
-    # warm-up (allocator, threads, lazy initialisation) with a short job of each kind
+    # warm-up (allocator, threads, lazy initialisation) for audiocraft; engines warm up as built
     run_audiocraft(model, 1, 16)
-    run_engine(model, 1, codes[:, :16])
     # (a): one job alone; a batch of them runs in sequence (time one job, multiply). It is
     # timed again next to each batch size's (c) and (b): this machine's speed drifts by tens
     # of percent over minutes (a shared VM), and ratios of runs minutes apart would carry that
@@ -150,7 +182,9 @@ def bench_preset(name: str, device: torch.device, batches: list[int], seconds_au
         sequential_s, sequential_mem = best(lambda: run_audiocraft(model, 1, frames))
         a_seconds = sequential_s * batch
         for graphs in use_graphs_options:
-            c_seconds, c_mem, _ = best(lambda: run_engine(model, batch, codes, use_cuda_graphs=graphs))
+            engine = build_engine(model, batch, use_cuda_graphs=graphs)
+            c_seconds, c_mem, _ = best(lambda: run_engine(engine, batch, codes))
+            del engine
             if batch == 1:  # (b) at batch 1 is the same run as (a)
                 b_seconds, b_mem = sequential_s, sequential_mem
             else:
@@ -166,6 +200,12 @@ def bench_preset(name: str, device: torch.device, batches: list[int], seconds_au
                        a_mem=sequential_mem, b_mem=b_mem, c_mem=c_mem)
             rows.append(row)
             print(_format_row(row), flush=True)
+    if device.type == "cpu":
+        counts = count_step(model, codes)
+        print(f"{name}: one steady-state eager step at batch 8: {counts['per_layer']:.1f} ATen "
+              f"calls per layer ({counts['layers']} layers), {counts['outside']} outside the "
+              f"layers, {counts['host_reads']} host reads, {counts['from_python']} tensors from "
+              "Python lists", flush=True)
     del model
 
 

@@ -23,8 +23,9 @@ import torch
 
 from . import configs
 from .instruct_musicgen import AdapterConfig, InstructMusicGen
-from .loader import (ADAPTER_FILE, CODEC_FILE, LM_FILE, RELEASE_STEMS, T5_DIR, ModelFiles,
-                     attach_text_conditioner, build_lm, save_release_checkpoint, write_metadata)
+from .loader import (ADAPTER_FILE, CODEC_FILE, LM_FILE, RELEASE_STEMS, T5_DIR, LoadedModel,
+                     ModelFiles, attach_text_conditioner, build_lm, save_release_checkpoint,
+                     write_metadata)
 
 RANDOM_PRESETS = {
     "tiny": (configs.TINY_LM, configs.TINY_CODEC),
@@ -134,3 +135,40 @@ def write_random_model(directory: Path, lm_size: configs.LMSize, codec_size: con
                             include_frozen_copies=include_frozen_copies)
     write_metadata(directory, stems)
     return model.eval()
+
+
+@torch.no_grad()
+def build_random_model(lm_size: configs.LMSize, codec_size: configs.CodecSize,
+                       device: str | torch.device, dtype: torch.dtype, t5_dir: Path,
+                       seed: int = 0) -> LoadedModel:
+    """A random-weight model built in memory, straight on `device` (for the GPU check: the
+    MusicGen-large LM in fp16 is allocated once on the GPU, never in host memory, and
+    nothing is downloaded). The LoRA is merged as for serving. `t5_dir` receives a tiny T5
+    with a tokenizer trained on the fly (the text encoder is not what is being measured).
+    """
+    from audiocraft.models import builders
+    from omegaconf import OmegaConf
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    write_tiny_t5(t5_dir)
+    lm = build_lm(OmegaConf.create(configs.lm_xp_cfg(lm_size)), device="meta").to_empty(device=device)
+    for name, parameter in lm.named_parameters():
+        if parameter.dim() >= 2:
+            parameter.normal_(0.0, 0.02)
+        elif "norm" in name and name.endswith("weight"):
+            parameter.fill_(1.0)
+        else:
+            parameter.zero_()
+    attach_text_conditioner(lm, t5_dir, device)
+    model = InstructMusicGen(lm, AdapterConfig(), adapter_device=device)
+    model.audio_fusion.gates.normal_(0.0, 0.5)
+    for lora in model.text_lora:
+        lora.q_B.normal_(0.0, 0.02)
+        lora.v_B.normal_(0.0, 0.02)
+    model.merge_lora()  # in float32, before the cast (as the loader does)
+    model = model.to(device=device, dtype=dtype).eval()  # with the text projection
+    for p in model.parameters():
+        p.requires_grad_(False)
+    codec = builders.get_compression_model(OmegaConf.create(configs.codec_xp_cfg(codec_size)))
+    files = ModelFiles(base=f"random:{lm_size}", t5=str(t5_dir), adapter=None)
+    return LoadedModel(model, codec.to(device).eval(), device, dtype, files, RELEASE_STEMS)

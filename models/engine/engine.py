@@ -540,7 +540,7 @@ class EditEngine:
     def _initial_sequence(self, job: _Job, window: Window) -> torch.Tensor:
         """`[K, max_sequence]`: special where the pattern is empty, the prompt where given,
         UNKNOWN where the model must generate."""
-        steps = self.buffers.sequence_steps
+        steps = self.buffers.sequence_steps[:self.geometry.max_sequence]
         frame = steps.view(1, -1) - 1 - self.batch.delays.view(-1, 1)
         valid = (frame >= 0) & (frame < window.frames)
         seq = torch.where(valid, UNKNOWN, self.lm.special_token_id)
@@ -632,7 +632,7 @@ class EditEngine:
             self.buffers.clear(slot)
         if slot != last:
             info = self.batch.infos[last]
-            self.buffers.move(last, slot, min(info.position + 1, self.geometry.max_sequence),
+            self.buffers.move(last, slot, min(info.position + 1, self.geometry.self_capacity),
                               info.frames + 1)
             self.batch.move(last, slot)
         self.buffers.reset(last)

@@ -18,6 +18,11 @@ import torch.nn.functional as F
 from ..instruct_musicgen import ConditionKV, DecodeStepState, InstructMusicGen, TextKV
 
 ROWS_PER_SLOT = 2  # conditional + unconditional (classifier-free guidance)
+ALIGN = 8  # positions; 16 bytes of fp16: what the fused attention kernels want for masks
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return multiple * math.ceil(value / multiple)
 
 
 @dataclass(frozen=True)
@@ -50,16 +55,28 @@ class SlotGeometry:
         """Condition frames plus the appended special-token frame."""
         return self.window_frames + 1
 
+    @property
+    def self_capacity(self) -> int:
+        """Cached self-attention positions allocated per row: `max_sequence` rounded up to a
+        multiple of 8, so that attention lengths (and masks) stay aligned for the fused CUDA
+        kernels; positions past `max_sequence` are never written nor attended."""
+        return _round_up(self.max_sequence, ALIGN)
+
+    @property
+    def condition_capacity(self) -> int:
+        """Condition positions allocated per slot (likewise rounded up)."""
+        return _round_up(self.condition_positions, ALIGN)
+
     def bytes_per_slot(self, dtype: torch.dtype) -> int:
         """Bytes :class:`SlotBuffers` allocates per slot: self-attention and text keys/values
         of its two rows, the condition path's q'/K'/V', the attention biases and the
         condition length."""
         item = torch.finfo(dtype).bits // 8
         width = self.num_layers * self.num_heads * self.head_dim
-        self_kv = ROWS_PER_SLOT * 2 * self.max_sequence * width
+        self_kv = ROWS_PER_SLOT * 2 * self.self_capacity * width
         text_kv = ROWS_PER_SLOT * 2 * self.max_text_tokens * width
-        condition = 3 * self.condition_positions * width
-        biases = ROWS_PER_SLOT * self.max_text_tokens + self.condition_positions
+        condition = 3 * self.condition_capacity * width
+        biases = ROWS_PER_SLOT * self.max_text_tokens + self.condition_capacity
         return (self_kv + text_kv + condition + biases) * item + 8  # + cond_frames (int64)
 
 
@@ -71,8 +88,8 @@ def length_bucket(length: int, multiple: int, maximum: int) -> int:
 class SlotBuffers:
     """All per-slot tensors of the engine, allocated once.
 
-    Shapes (S slots, R = 2S rows, L layers, H heads, Dh head dim, P = max_sequence,
-    T = max_text_tokens, C = window_frames + 1):
+    Shapes (S slots, R = 2S rows, L layers, H heads, Dh head dim, P = self_capacity,
+    T = max_text_tokens, C = condition_capacity):
         self_kv: `[2L, R, H, P, Dh]`, text_kv: `[2L, R, H, T, Dh]`,
         text_bias: `[R, 1, 1, T]` additive (0 attend, -inf not),
         cond_q: `[S, C, L, H, 1, Dh]` (slot-major: one gather serves every layer),
@@ -89,10 +106,10 @@ class SlotBuffers:
         self.num_slots = num_slots
         self.dtype = dtype
         layers2 = 2 * g.num_layers
-        self.self_kv = torch.zeros(layers2, rows, g.num_heads, g.max_sequence, g.head_dim, **kw)
+        self.self_kv = torch.zeros(layers2, rows, g.num_heads, g.self_capacity, g.head_dim, **kw)
         self.text_kv = torch.zeros(layers2, rows, g.num_heads, g.max_text_tokens, g.head_dim, **kw)
         self.text_bias = torch.full((rows, 1, 1, g.max_text_tokens), -math.inf, **kw)
-        c = g.condition_positions
+        c = g.condition_capacity
         self.cond_q = torch.zeros(num_slots, c, g.num_layers, g.num_heads, 1, g.head_dim, **kw)
         self.cond_kv = torch.zeros(layers2, num_slots, g.num_heads, c, g.head_dim, **kw)
         self.cond_bias = torch.full((num_slots, 1, 1, c), -math.inf, **kw)
@@ -103,7 +120,7 @@ class SlotBuffers:
         self.self_slabs = tuple(self.self_kv[2 * m:2 * m + 2] for m in range(g.num_layers))
         self.slot_index = torch.arange(num_slots, device=device)
         self.row_index = torch.arange(rows, device=device)
-        self.sequence_steps = torch.arange(g.max_sequence, device=device)
+        self.sequence_steps = torch.arange(g.self_capacity, device=device)
 
     # ------------------------------------------------------------- admission
     def load_text(self, slot: int, text: TextKV) -> None:

@@ -122,16 +122,16 @@ class DecodeRunner:
             return slots, self_length, cond_length
         g = self.buffers.geometry
         return (self.bucket_for(slots),
-                length_bucket(self_length, self.length_multiple, g.max_sequence),
-                length_bucket(cond_length, self.length_multiple, g.condition_positions))
+                length_bucket(self_length, self.length_multiple, g.self_capacity),
+                length_bucket(cond_length, self.length_multiple, g.condition_capacity))
 
     def all_shapes(self) -> list[StepShape]:
         """Every padded shape, largest first."""
         g = self.buffers.geometry
         m = self.length_multiple
-        self_lengths = sorted({length_bucket(n, m, g.max_sequence)
+        self_lengths = sorted({length_bucket(n, m, g.self_capacity)
                                for n in range(1, g.max_sequence + 1)})
-        cond_lengths = sorted({length_bucket(n, m, g.condition_positions)
+        cond_lengths = sorted({length_bucket(n, m, g.condition_capacity)
                                for n in range(1, g.condition_positions + 1)})
         return sorted(itertools.product(self.buckets, self_lengths, cond_lengths), reverse=True)
 
