@@ -184,7 +184,6 @@ def bench_preset(name: str, device: torch.device, batches: list[int], seconds_au
         for graphs in use_graphs_options:
             engine = build_engine(model, batch, use_cuda_graphs=graphs)
             c_seconds, c_mem, _ = best(lambda: run_engine(engine, batch, codes))
-            del engine
             if batch == 1:  # (b) at batch 1 is the same run as (a)
                 b_seconds, b_mem = sequential_s, sequential_mem
             else:
@@ -206,7 +205,6 @@ def bench_preset(name: str, device: torch.device, batches: list[int], seconds_au
               f"calls per layer ({counts['layers']} layers), {counts['outside']} outside the "
               f"layers, {counts['host_reads']} host reads, {counts['from_python']} tensors from "
               "Python lists", flush=True)
-    del model
 
 
 HEADER = ("preset        dev  dtype    graphs batch steps | (a) seq steps/s audio-s/s | "

@@ -289,7 +289,7 @@ def check_fp16(report: Report, model: tp.Any, sizes: tp.Any, tmp: Path) -> None:
     """The same random weights in float32 and in the serving dtype: logits of a window."""
     import torch
 
-    from models.instruct_musicgen import NoCache
+    from models.attention import NoCache
     from models.presets import build_random_model
     half_dtype = torch.float16
     if model.dtype == half_dtype:

@@ -25,8 +25,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from audiocraft.models.lm import LMModel
-from audiocraft.modules.transformer import StreamingTransformerLayer, create_sin_embedding
+from audiocraft.modules.transformer import (
+    StreamingTransformerLayer,
+    create_sin_embedding,
+)
 from torch import nn
+
+from .attention import ConditionKV, SelfAttentionKV, TextKV, attention, attention_bias
+from .decode_state import DecodeLayerWeights, DecodeStepState, DecodeWeights
 
 # Positions the sinusoidal table covers: the engine's windows need at most the adapter's
 # `max_frames` + the delay pattern (~504); whole-sequence forwards (reference, training) of up
@@ -89,70 +95,6 @@ class CrossAttentionLoRA(nn.Module):
         return F.linear(F.linear(x, self.v_A), self.v_B) * self.scale
 
 
-@dataclass
-class TextKV:
-    """Text cross-attention keys/values of a batch, computed once per job.
-
-    Attributes:
-        k, v: per layer, ``[B, H, Lt, Dh]``.
-        mask: ``[B, Lt]`` bool, True where a text position may be attended (padding between
-            jobs of different text lengths is False), or None when every position is real.
-    """
-
-    k: list[torch.Tensor]
-    v: list[torch.Tensor]
-    mask: torch.Tensor | None = None
-
-
-@dataclass
-class ConditionKV:
-    """Audio-fusion condition path of a batch (q', K', V' of every layer), computed once per job.
-
-    Attributes:
-        q, k, v: per layer, ``[N, H, Tc + 1, Dh]`` for Tc condition frames plus the appended
-            special-token frame.
-        num_frames: ``[N]`` long, Tc of each condition (they may differ when batched).
-        mask: ``[N, Tmax + 1]`` bool over condition positions, or None if all are full.
-        rows_per_condition: how many consecutive LM rows share one condition (2 under
-            classifier-free guidance: the conditional and unconditional rows of a job see the
-            same audio), so the batch has ``N * rows_per_condition`` rows.
-    """
-
-    q: list[torch.Tensor]
-    k: list[torch.Tensor]
-    v: list[torch.Tensor]
-    num_frames: torch.Tensor
-    mask: torch.Tensor | None = None
-    rows_per_condition: int = 1
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Scaled dot-product attention, ``[B, H, S, Dh]`` x ``[B, H, T, Dh]`` -> ``[B, H, S, Dh]``.
-
-    ``mask`` (broadcastable to ``[B, H, S, T]``) is either bool, True where attending is
-    allowed, or a float additive bias (0 allowed, -inf not; see :func:`attention_bias`: decode
-    steps build it once per step instead of once per layer).
-    Decode steps (a query or two per row) on the CPU use plain batched matmuls, which run
-    about 1.7x faster there than PyTorch's CPU flash kernel; everything else uses SDPA.
-    """
-    if q.device.type == "cpu" and q.shape[2] <= 2:
-        scores = torch.matmul(q * (q.shape[-1] ** -0.5), k.transpose(-1, -2))
-        if mask is not None:
-            scores = scores + mask if mask.is_floating_point() else scores.masked_fill(
-                ~mask, float("-inf"))
-        return torch.softmax(scores, dim=-1) @ v
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
-def attention_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Bool mask (True = may attend) -> additive bias (0 / -inf) in ``dtype``."""
-    if mask is None:
-        return None
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-        ~mask, float("-inf"))
-
-
 # Decode steps on the CPU (a few rows) compute projections as W @ x^T: MKL's kernel for a
 # narrow right-hand side ran 1.2-2.8x faster than F.linear's short left-hand side for 2-128
 # rows on our 2-core AMD EPYC (bench/gemm.py). Single rows, prefill chunks and CUDA keep F.linear.
@@ -176,116 +118,6 @@ def feed_forward(layer: StreamingTransformerLayer, x: torch.Tensor) -> torch.Ten
     :func:`linear`. ``[..., D]`` -> ``[..., D]``."""
     hidden = layer.activation(linear(x, layer.linear1.weight, layer.linear1.bias))
     return linear(hidden, layer.linear2.weight, layer.linear2.bias)
-
-
-class SelfAttentionKV(tp.Protocol):
-    """How a caller stores self-attention keys/values across decoding steps."""
-
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Store this step's ``k, v`` ``[B, H, S, Dh]`` and return causal attention of ``q``
-        ``[B, H, S, Dh]`` over everything stored for the rows, ``[B, H, S, Dh]``."""
-        ...
-
-
-class NoCache:
-    """Whole-sequence causal self-attention, nothing kept (training-style forward)."""
-
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)
-
-
-class ConcatKVCache:
-    """Growing cache for one batch decoding in lockstep (the reference path; not for serving)."""
-
-    def __init__(self) -> None:
-        self.k: dict[int, torch.Tensor] = {}
-        self.v: dict[int, torch.Tensor] = {}
-
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if layer in self.k:
-            k = torch.cat([self.k[layer], k], dim=2)
-            v = torch.cat([self.v[layer], v], dim=2)
-        self.k[layer], self.v[layer] = k, v
-        s, total = q.shape[2], k.shape[2]
-        if s == 1:
-            return attention(q, k, v)
-        qpos = torch.arange(total - s, total, device=q.device).view(-1, 1)
-        allowed = qpos >= torch.arange(total, device=q.device).view(1, -1)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-
-
-@dataclass(frozen=True)
-class DecodeLayerWeights:
-    """One layer's weights as the decode step uses them (views of the module parameters).
-
-    Attributes:
-        cross_q: `[D, D]` query rows of the text cross-attention's packed projection.
-        gate: the audio-fusion gate g_m as a host float (read once, not per step).
-    """
-
-    cross_q: torch.Tensor
-    cross_q_bias: torch.Tensor | None
-    gate: float
-
-
-@dataclass(frozen=True)
-class DecodeWeights:
-    """The model's weights prepared once for the decode step: per-layer views, the four
-    codebook heads as one `[K * card, D]` matrix (one GEMM instead of four) and the fusion gates
-    as host floats. Build with :meth:`InstructMusicGen.decode_weights` after the weights are
-    final (loaded, LoRA merged, cast)."""
-
-    layers: tuple[DecodeLayerWeights, ...]
-    heads: torch.Tensor
-    heads_bias: torch.Tensor | None
-
-
-@dataclass
-class DecodeStepState:
-    """Everything a decode step reads and writes besides the weights and the input tokens:
-    the caller's caches, as views or gathered copies (see `models.engine.kv_cache`).
-
-    R rows, N = R / rows_per_condition conditions, L layers; S cached positions per row,
-    T text positions, C condition positions attended over.
-
-    Attributes:
-        rows: `[R]` long, each row's index into the writable self-attention slabs.
-        positions: `[R]` long, where each row writes its new key/value (its sequence position).
-        self_slabs: per layer, `[2, R_all, H, S_all, Dh]` (keys, values): written in place.
-        self_k, self_v: per layer, `[R, H, S, Dh]`: what each row attends over.
-        self_bias: `[R, 1, 1, S]` additive mask (0 where allowed, -inf elsewhere).
-        text_k, text_v: per layer, `[R, H, T, Dh]`; text_bias: `[R, 1, 1, T]` or None.
-        cond_q: per layer, `[N, H, 1, Dh]`: each condition's q' at its rows' position.
-        cond_k, cond_v: per layer, `[N, H, C, Dh]`; cond_bias: `[N, 1, 1, C]` or None.
-        rows_per_condition: consecutive rows sharing one condition (2 under CFG).
-        gathered: `self_k`/`self_v` are copies, not views of the slabs (the failure-isolation
-            path): each step's new keys/values are written into them too.
-    """
-
-    rows: torch.Tensor
-    positions: torch.Tensor
-    self_slabs: tp.Sequence[torch.Tensor]
-    self_k: tp.Sequence[torch.Tensor]
-    self_v: tp.Sequence[torch.Tensor]
-    self_bias: torch.Tensor
-    text_k: tp.Sequence[torch.Tensor]
-    text_v: tp.Sequence[torch.Tensor]
-    text_bias: torch.Tensor | None
-    cond_q: tp.Sequence[torch.Tensor] | None
-    cond_k: tp.Sequence[torch.Tensor] | None
-    cond_v: tp.Sequence[torch.Tensor] | None
-    cond_bias: torch.Tensor | None
-    rows_per_condition: int = 2
-    gathered: bool = False
-
-    def write_kv(self, layer: int, kv: torch.Tensor) -> None:
-        """Store layer `layer`'s new keys and values, `kv [R, 2, H, Dh]`, at each row's
-        position."""
-        self.self_slabs[layer][:, self.rows, :, self.positions] = kv
-        if self.gathered:
-            rows = torch.arange(kv.shape[0], device=kv.device)
-            self.self_k[layer][rows, :, self.positions] = kv[:, 0]
-            self.self_v[layer][rows, :, self.positions] = kv[:, 1]
 
 
 def condition_query_index(positions: torch.Tensor, num_frames: torch.Tensor) -> torch.Tensor:

@@ -174,6 +174,7 @@ def build_lm(cfg: tp.Any, device: str | torch.device = "meta") -> tp.Any:
 
 def attach_text_conditioner(lm: tp.Any, t5_dir: Path, device: str | torch.device) -> None:
     from audiocraft.modules.conditioners import ConditioningProvider
+
     from .text_encoder import T5DirConditioner
     conditioner = T5DirConditioner(t5_dir, output_dim=lm.dim, device=str(device))
     lm.condition_provider = ConditioningProvider({"description": conditioner}, device=str(device))

@@ -23,9 +23,19 @@ import torch
 
 from . import configs
 from .instruct_musicgen import AdapterConfig, InstructMusicGen
-from .loader import (ADAPTER_FILE, CODEC_FILE, LM_FILE, RELEASE_STEMS, T5_DIR, LoadedModel,
-                     ModelFiles, attach_text_conditioner, build_lm, save_release_checkpoint,
-                     write_metadata)
+from .loader import (
+    ADAPTER_FILE,
+    CODEC_FILE,
+    LM_FILE,
+    RELEASE_STEMS,
+    T5_DIR,
+    LoadedModel,
+    ModelFiles,
+    attach_text_conditioner,
+    build_lm,
+    save_release_checkpoint,
+    write_metadata,
+)
 
 RANDOM_PRESETS = {
     "tiny": (configs.TINY_LM, configs.TINY_CODEC),

@@ -15,10 +15,17 @@ import torch
 from musicedit.instructions import normalize_instruction
 
 from . import audio, codec
-from .instruct_musicgen import ConcatKVCache, InstructMusicGen
+from .attention import ConcatKVCache
+from .instruct_musicgen import InstructMusicGen
 from .loader import LoadedModel
-from .sampling import (SamplingParams, guided_logits, sample_tokens, step_keys, token_hashes,
-                       window_key)
+from .sampling import (
+    SamplingParams,
+    guided_logits,
+    sample_tokens,
+    step_keys,
+    token_hashes,
+    window_key,
+)
 
 # MusicGen and the adapter were trained on 5 s clips; the reference path edits one window.
 TRAINING_WINDOW_SECONDS = 5.0

@@ -1,6 +1,12 @@
 """Batched decoding engine for Instruct-MusicGen (scheduler, batch state, runner, caches)."""
 from .engine import EditEngine, EditHandle
-from .errors import DeviceFailed, InputTooLong, JobCanceled, NonFiniteLogits, is_fatal_device_error
+from .errors import (
+           DeviceFailed,
+           InputTooLong,
+           JobCanceled,
+           NonFiniteLogits,
+           is_fatal_device_error,
+)
 from .scheduler import CacheBudgetTooSmall
 from .types import EditOutput, EditRequest, EngineConfig, EngineStats, StepInfo
 

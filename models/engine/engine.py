@@ -21,10 +21,8 @@ import math
 import threading
 import time
 import typing as tp
-from collections import deque
 from concurrent.futures import Future
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 
@@ -32,101 +30,29 @@ from musicedit.instructions import TEMPLATES
 from musicedit.logs import log_event
 
 from .. import audio, codec
-from ..instruct_musicgen import ConditionKV, TextKV
+from ..attention import ConditionKV
 from ..loader import LoadedModel
 from ..sampling import guided_logits, sample_tokens, step_keys, token_hashes, window_key
 from .batch_state import UNKNOWN, BatchState, SlotInfo
-from .errors import DeviceFailed, InputTooLong, JobCanceled, NonFiniteLogits, is_fatal_device_error
+from .errors import (
+    DeviceFailed,
+    InputTooLong,
+    JobCanceled,
+    NonFiniteLogits,
+    is_fatal_device_error,
+)
+from .handles import EditHandle, EngineJob, WindowWork
 from .isolation import run_narrowing
 from .kv_cache import ROWS_PER_SLOT, PrefillKVCache, SlotBuffers, SlotGeometry
+from .memory import gpu_cache_budget
+from .nonfinite import NonFiniteFlags
 from .runner import DecodeRunner, StepShape
 from .scheduler import Scheduler, slots_for_budget
+from .streams import CallerStream
 from .types import EditOutput, EditRequest, EngineConfig, EngineStats, StepInfo
 from .windows import Window, plan_windows
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Job:
-    request: EditRequest
-    codes: torch.Tensor             # [K, T] input codes on the engine's device
-    num_samples: int
-    text: TextKV                    # rows: conditional, null
-    windows: list[Window]
-    output: torch.Tensor            # [K, T] generated codes, UNKNOWN until written
-    future: Future
-    canceled: bool = False
-    steps: int = 0
-
-
-@dataclass
-class _WindowWork:
-    job: _Job
-    window: Window
-
-
-class EditHandle:
-    """A submitted edit: wait for it, or cancel it."""
-
-    def __init__(self, engine: EditEngine, job: _Job):
-        self._engine = engine
-        self._job = job
-
-    @property
-    def job_id(self) -> str:
-        return self._job.request.job_id
-
-    def cancel(self) -> None:
-        """Cancel; a job holding a slot frees it at the next step boundary."""
-        self._engine.cancel(self._job)
-
-    def done(self) -> bool:
-        return self._job.future.done()
-
-    def codes(self, timeout: float | None = None) -> torch.Tensor:
-        """Wait for the generated codes `[K, T]` (no audio decoding)."""
-        return self._job.future.result(timeout)
-
-    def result(self, timeout: float | None = None) -> EditOutput:
-        """Wait for the codes, then decode them to audio (in the caller's thread).
-
-        Raises:
-            JobCanceled: the job was canceled.
-            DeviceFailed: the engine's device failed; the job can run elsewhere.
-            Exception: what failed this job (other jobs of its batch are not affected).
-        """
-        codes = self._job.future.result(timeout)
-        return self._engine.decode(self._job, codes)
-
-
-class _PendingFlags:
-    """The non-finite flags of recent steps on their way to the host: each step's are copied
-    into pinned host memory without blocking, and read once the copy is done (a step or more
-    later), never by waiting for the device."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.pending: deque[tuple[torch.cuda.Event | None, torch.Tensor, list[_Job]]] = deque()
-
-    def record(self, flags: torch.Tensor, owners: list[_Job]) -> None:
-        """Start copying `flags` (`[n]` bool, one per owner) to the host."""
-        if self.device.type != "cuda":
-            self.pending.append((None, flags.clone(), owners))
-            return
-        host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
-        host.copy_(flags, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self.pending.append((event, host, owners))
-
-    def ready(self) -> list[_Job]:
-        """Jobs flagged by every copy that has completed (oldest first)."""
-        flagged: list[_Job] = []
-        while self.pending and (self.pending[0][0] is None or self.pending[0][0].query()):
-            _, host, owners = self.pending.popleft()
-            flagged.extend(job for job, bad in zip(owners, host.numpy()) if bad)
-        return flagged
 
 
 class EditEngine:
@@ -163,7 +89,8 @@ class EditEngine:
         self.memory_plan: dict[str, int] = {}
         budget = config.kv_cache_budget_bytes
         if budget is None and self.device.type == "cuda":
-            budget = self._gpu_budget()
+            budget, self.memory_plan = gpu_cache_budget(self)
+            log_event(log, "engine_memory_plan", **self.memory_plan)
         num_slots = slots_for_budget(self.geometry, model.dtype, config.max_batch_size, budget)
         self.buffers = SlotBuffers(self.geometry, num_slots, self.device, model.dtype)
         self.batch = BatchState(num_slots, self.lm.num_codebooks, self.geometry.max_sequence,
@@ -171,11 +98,11 @@ class EditEngine:
         self.runner = DecodeRunner(self.lm, self.weights, self.buffers, config.batch_buckets,
                                    config.length_multiple, config.use_cuda_graphs,
                                    config.compile, config.graph_backend)
-        self.scheduler: Scheduler[_WindowWork] = Scheduler()
+        self.scheduler: Scheduler[WindowWork] = Scheduler()
         self.token_hashes = token_hashes(self.lm.num_codebooks, self.lm.card, self.device)
-        self._flags = _PendingFlags(self.device)
+        self._flags = NonFiniteFlags(self.device)
         self._cancel_lock = threading.Lock()
-        self._cancel_requests: list[_Job] = []
+        self._cancel_requests: list[EngineJob] = []
         self._failure_lock = threading.Lock()
         self._failure: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -196,53 +123,6 @@ class EditEngine:
         with torch.no_grad():
             longest = max(e.shape[0] for e in self.lm.text_embeddings(texts))
         return 8 * math.ceil(longest / 8)
-
-    def _gpu_budget(self) -> int:
-        """Cache bytes on CUDA: `gpu_memory_fraction` of the free memory, minus the peak of
-        the work that runs beside decoding (measured here, once): `codec_concurrency` codec
-        chunks, one batched condition pass, and the batched prefill (estimated)."""
-        device = self.device
-        torch.cuda.synchronize(device)
-        free, _ = torch.cuda.mem_get_info(device)
-        codec_peak = self._measure_peak(self._codec_probe)
-        condition_peak = self._measure_peak(self._condition_probe)
-        g = self.geometry
-        rows = ROWS_PER_SLOT * self.config.condition_batch_size
-        item = torch.finfo(self.model.dtype).bits // 8
-        prompt = self.prompt_frames + self.max_delay + 1
-        # activations of one layer (q/k/v, 4x feed-forward, residual) and the logits
-        prefill = rows * prompt * item * (12 * self.lm.dim
-                                          + self.lm.num_codebooks * self.lm.card)
-        headroom = max(1, self.config.codec_concurrency) * codec_peak + condition_peak + prefill
-        budget = int(free * self.config.gpu_memory_fraction) - headroom
-        self.memory_plan = dict(free=free, codec_chunk_peak=codec_peak,
-                                condition_pass_peak=condition_peak, prefill_estimate=prefill,
-                                headroom=headroom, cache_budget=budget,
-                                bytes_per_slot=g.bytes_per_slot(self.model.dtype))
-        log_event(log, "engine_memory_plan", **self.memory_plan)
-        return max(0, budget)
-
-    def _measure_peak(self, probe: tp.Callable[[], object]) -> int:
-        torch.cuda.synchronize(self.device)
-        base = torch.cuda.memory_allocated(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        probe()
-        torch.cuda.synchronize(self.device)
-        return torch.cuda.max_memory_allocated(self.device) - base
-
-    def _codec_probe(self) -> None:
-        frames = self.chunking.chunk_frames + 2 * self.chunking.context_frames
-        hop = codec.hop_length(self.model.codec)
-        silence = torch.zeros(1, 1, frames * hop)
-        codes = codec.encode(self.model.codec, silence, self.chunking)
-        codec.decode(self.model.codec, codes, chunking=self.chunking)
-
-    @torch.no_grad()
-    def _condition_probe(self) -> ConditionKV:
-        n = max(1, self.config.condition_batch_size)
-        codes = torch.zeros(n, self.lm.num_codebooks, self.window_frames, dtype=torch.long,
-                            device=self.device)
-        return self.lm.encode_condition(codes)
 
     # ----------------------------------------------------------- submission
     def submit(self, request: EditRequest) -> EditHandle:
@@ -281,9 +161,9 @@ class EditEngine:
         windows = plan_windows(codes.shape[-1], self.window_frames, self.prompt_frames)
         if num_samples is None:
             num_samples = int(round(codes.shape[-1] * self.model.sample_rate / self.model.frame_rate))
-        job = _Job(request, codes, num_samples, text, windows, output, Future())
+        job = EngineJob(request, codes, num_samples, text, windows, output, Future())
         job.future.set_running_or_notify_cancel()
-        self.scheduler.submit(_WindowWork(job, windows[0]))
+        self.scheduler.submit(WindowWork(job, windows[0]))
         return EditHandle(self, job)
 
     def _check_length(self, seconds: float) -> None:
@@ -291,12 +171,12 @@ class EditEngine:
             raise InputTooLong(f"the input is {seconds:.1f} s; the engine accepts at most "
                                f"{self.config.max_input_seconds:g} s")
 
-    def cancel(self, job: _Job) -> None:
+    def cancel(self, job: EngineJob) -> None:
         with self._cancel_lock:
             self._cancel_requests.append(job)
         self.scheduler.wakeup.set()
 
-    def decode(self, job: _Job, codes: torch.Tensor) -> EditOutput:
+    def decode(self, job: EngineJob, codes: torch.Tensor) -> EditOutput:
         """Codes of a whole job -> audio on the host (continuous across windows; EnCodec in
         chunks, in the caller's thread)."""
         with self._caller_stream():
@@ -323,7 +203,7 @@ class EditEngine:
         stream = getattr(self._streams, "stream", None)
         if stream is None:
             stream = self._streams.stream = torch.cuda.Stream(self.device)
-        return _StreamScope(self, stream)
+        return CallerStream(self, stream)
 
     def _codec_guard(self) -> tp.ContextManager:
         return self._codec_slots
@@ -482,7 +362,7 @@ class EditEngine:
 
     # ----------------------------------------------------------- slot lifecycle
     @torch.no_grad()
-    def _start_windows(self, works: list[_WindowWork]) -> None:
+    def _start_windows(self, works: list[WindowWork]) -> None:
         """Start the windows admitted at this step boundary. Their condition paths run
         together, `condition_batch_size` windows per forward (right-padded to the longest,
         masked), so admitting a batch of jobs reads the weights once, not once per job."""
@@ -507,7 +387,7 @@ class EditEngine:
                         self._settle(work.job, exc)
         self._prefill_prompts([self.batch.infos[slot].work for slot in started])
 
-    def _encode_conditions(self, works: list[_WindowWork]) -> ConditionKV:
+    def _encode_conditions(self, works: list[WindowWork]) -> ConditionKV:
         frames = [w.window.frames for w in works]
         longest = max(frames)
         codes = torch.stack([
@@ -516,7 +396,7 @@ class EditEngine:
             for w in works])
         return self.lm.encode_condition(codes, torch.tensor(frames, device=self.device))
 
-    def _admit(self, work: _WindowWork, condition: ConditionKV, row: int) -> int:
+    def _admit(self, work: WindowWork, condition: ConditionKV, row: int) -> int:
         """Load a window into the next free slot; returns the slot."""
         job, window = work.job, work.window
         slot = self.batch.size
@@ -537,7 +417,7 @@ class EditEngine:
         return self.batch.add(info, self._initial_sequence(job, window),
                               window_key(params.seed, window.index), params)
 
-    def _initial_sequence(self, job: _Job, window: Window) -> torch.Tensor:
+    def _initial_sequence(self, job: EngineJob, window: Window) -> torch.Tensor:
         """`[K, max_sequence]`: special where the pattern is empty, the prompt where given,
         UNKNOWN where the model must generate."""
         steps = self.buffers.sequence_steps[:self.geometry.max_sequence]
@@ -552,18 +432,18 @@ class EditEngine:
         return seq
 
     @torch.no_grad()
-    def _prefill_prompts(self, works: list[_WindowWork]) -> None:
+    def _prefill_prompts(self, works: list[WindowWork]) -> None:
         """Prefill the prompts of newly started windows: one forward for all windows whose
         prompts have the same length (windows continuing a previous one all have
         `prompt_seconds` of prompt), up to `condition_batch_size` windows per forward; a
         forward that raises is narrowed down to the window(s) it raised for."""
-        by_length: dict[int, list[_WindowWork]] = {}
+        by_length: dict[int, list[WindowWork]] = {}
         for work in works:
             slot = self._slot_of(work)
             position = self.batch.infos[slot].position
             if position > 0:
                 by_length.setdefault(position, []).append(work)
-        failed: list[tuple[_WindowWork, Exception]] = []
+        failed: list[tuple[WindowWork, Exception]] = []
         size = max(1, self.config.condition_batch_size)
         for length, group in by_length.items():
             for first in range(0, len(group), size):
@@ -573,7 +453,7 @@ class EditEngine:
         for work, error in failed:
             self._fail(self._slot_of(work), error)
 
-    def _prefill(self, works: list[_WindowWork], length: int) -> None:
+    def _prefill(self, works: list[WindowWork], length: int) -> None:
         index = torch.tensor([self._slot_of(work) for work in works], device=self.device)
         rows = (index.view(-1, 1) * ROWS_PER_SLOT
                 + torch.arange(ROWS_PER_SLOT, device=self.device)).flatten()
@@ -597,7 +477,7 @@ class EditEngine:
             job.output[:, window.start:window.end] = self.batch.sequences[slot].gather(1, index)
             self._release(slot)
             if window.index + 1 < len(job.windows):
-                self.scheduler.submit(_WindowWork(job, job.windows[window.index + 1]), front=True)
+                self.scheduler.submit(WindowWork(job, job.windows[window.index + 1]), front=True)
                 continue
             if job.request.on_progress:
                 total = job.codes.shape[-1]
@@ -613,13 +493,13 @@ class EditEngine:
             self._call_progress(job, done, job.codes.shape[-1])
 
     @staticmethod
-    def _call_progress(job: _Job, done: int, total: int) -> None:
+    def _call_progress(job: EngineJob, done: int, total: int) -> None:
         try:
             job.request.on_progress(done, total)  # type: ignore[misc]
         except Exception:
             log.exception("progress callback failed", extra={"job_id": job.request.job_id})
 
-    def _slot_of(self, work: _WindowWork) -> int:
+    def _slot_of(self, work: WindowWork) -> int:
         for slot, info in enumerate(self.batch.infos):
             if info.work is work:
                 return slot
@@ -643,7 +523,7 @@ class EditEngine:
         self._release(slot, clear)
         self._settle(job, exc)
 
-    def _fail_job(self, job: _Job, exc: BaseException, clear: bool = False) -> None:
+    def _fail_job(self, job: EngineJob, exc: BaseException, clear: bool = False) -> None:
         """Fail `job` wherever it is (a slot, the queue)."""
         for slot in reversed(range(self.batch.size)):
             if self.batch.infos[slot].work.job is job:
@@ -652,12 +532,12 @@ class EditEngine:
         self._settle(job, exc)
 
     @staticmethod
-    def _settle(job: _Job, exc: BaseException) -> None:
+    def _settle(job: EngineJob, exc: BaseException) -> None:
         if not job.future.done():
             job.future.set_exception(exc)
 
     @staticmethod
-    def _nonfinite(job: _Job) -> NonFiniteLogits:
+    def _nonfinite(job: EngineJob) -> NonFiniteLogits:
         return NonFiniteLogits(f"the model produced non-finite logits for job {job.request.job_id}")
 
     def _apply_cancellations(self) -> None:
@@ -692,28 +572,3 @@ class EditEngine:
         self.scheduler.wakeup.set()
         if self.config.on_fatal is not None:
             self.config.on_fatal(exc)
-
-
-class _StreamScope:
-    """Run a caller's codec/text work on its own stream; on leaving, wait for that stream.
-    A sticky device error raised there stops the engine too (the context is shared)."""
-
-    def __init__(self, engine: EditEngine, stream: torch.cuda.Stream):
-        self.engine = engine
-        self.stream = stream
-        self._scope = torch.cuda.stream(stream)
-
-    def __enter__(self) -> None:
-        self._scope.__enter__()
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
-        try:
-            if exc is None:
-                self.stream.synchronize()
-        except Exception as error:
-            exc = error
-            raise
-        finally:
-            self._scope.__exit__(None, None, None)
-            if exc is not None and is_fatal_device_error(exc):
-                self.engine._device_failed(exc)

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..instruct_musicgen import ConditionKV, DecodeStepState, InstructMusicGen, TextKV
+from ..attention import ConditionKV, TextKV
+from ..decode_state import DecodeStepState
+from ..instruct_musicgen import InstructMusicGen
 
 ROWS_PER_SLOT = 2  # conditional + unconditional (classifier-free guidance)
 ALIGN = 8  # positions; 16 bytes of fp16: what the fused attention kernels want for masks

@@ -22,7 +22,8 @@ import torch
 
 from musicedit.logs import log_event
 
-from ..instruct_musicgen import DecodeWeights, InstructMusicGen
+from ..decode_state import DecodeWeights
+from ..instruct_musicgen import InstructMusicGen
 from .errors import is_fatal_device_error
 from .kv_cache import ROWS_PER_SLOT, SlotBuffers, length_bucket
 

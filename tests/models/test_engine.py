@@ -3,16 +3,26 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import ADD, NO, ONLY, SMALL
+from engine_helpers import clip as _clip
+from engine_helpers import input_codes as _codes
+from engine_helpers import run_all as _run
 
-from models.engine import (CacheBudgetTooSmall, EditEngine, EditRequest, EngineConfig,
-                           InputTooLong, JobCanceled)
+from models.engine import (
+    CacheBudgetTooSmall,
+    EditEngine,
+    EditRequest,
+    EngineConfig,
+    InputTooLong,
+    JobCanceled,
+)
 from models.engine.kv_cache import SlotGeometry
 from models.engine.runner import batch_buckets
 from models.engine.windows import plan_windows
 from models.loader import load_model
 from models.reference import generate_codes
 from models.sampling import SamplingParams
-from engine_helpers import ADD, NO, ONLY, SMALL, clip as _clip, input_codes as _codes, run_all as _run
+
 
 def _reference(model, wav, instruction, params):
     return generate_codes(model.lm, _codes(model, wav), instruction, params)[0]

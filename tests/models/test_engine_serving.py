@@ -12,16 +12,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from engine_helpers import ADD, NO, ONLY, SMALL, clip, input_codes, run_all
 
-from models.engine import (DeviceFailed, EditEngine, EditRequest, EngineConfig,
-                           is_fatal_device_error)
+from models.attention import ConcatKVCache
+from models.engine import (
+    DeviceFailed,
+    EditEngine,
+    EditRequest,
+    EngineConfig,
+    is_fatal_device_error,
+)
 from models.engine.inspection import count_dispatch
-from models.instruct_musicgen import ConcatKVCache
 from models.reference import generate_codes
 from models.sampling import SamplingParams
 from musicedit.instructions import TEMPLATES
-
-from engine_helpers import ADD, NO, ONLY, SMALL, clip, input_codes, run_all
 
 MAX_ATEN_CALLS_PER_LAYER = 40
 

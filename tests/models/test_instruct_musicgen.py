@@ -8,8 +8,13 @@ from audiocraft.modules.conditioners import ConditioningAttributes
 from omegaconf import OmegaConf
 
 from models import configs
-from models.instruct_musicgen import (AdapterConfig, ConcatKVCache, InstructMusicGen, NoCache,
-                                      condition_query_index, count_adapter_parameters)
+from models.attention import ConcatKVCache, NoCache
+from models.instruct_musicgen import (
+    AdapterConfig,
+    InstructMusicGen,
+    condition_query_index,
+    count_adapter_parameters,
+)
 from models.loader import build_lm
 
 TEXTS = ["Music piece. Instruct: Add Drums.", "Music piece. Instruct: Only Bass."]

@@ -13,10 +13,18 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from models import loader
+from models.attention import NoCache
 from models.checkpoint import CheckpointError, OpaqueObject, read_checkpoint
-from models.instruct_musicgen import AdapterConfig, InstructMusicGen, NoCache
-from models.loader import (ADAPTER_FILE, CODEC_FILE, LM_FILE, RELEASE_STEMS, ModelFiles,
-                           build_lm, load_model)
+from models.instruct_musicgen import AdapterConfig, InstructMusicGen
+from models.loader import (
+    ADAPTER_FILE,
+    CODEC_FILE,
+    LM_FILE,
+    RELEASE_STEMS,
+    ModelFiles,
+    build_lm,
+    load_model,
+)
 from models.presets import LARGE, configs, resolve_model, write_random_model
 
 

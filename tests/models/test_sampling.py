@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.sampling import (SamplingParams, hash32, hash32_int, sample_tokens, step_keys,
-                             token_hashes, uniforms, window_key)
+from models.sampling import (
+    SamplingParams,
+    hash32,
+    hash32_int,
+    sample_tokens,
+    step_keys,
+    token_hashes,
+    uniforms,
+    window_key,
+)
 
 CARD = 64
 K = 4
