@@ -111,6 +111,18 @@ def decode(codec: tp.Any, codes: torch.Tensor, num_samples: int | None = None,
     return out if num_samples is None else out[..., :num_samples]
 
 
+def decode_range(codec: tp.Any, codes: tp.Any, start: int, end: int,
+                 chunking: Chunking = Chunking(), guard: ChunkGuard = nullcontext) -> torch.Tensor:
+    """Audio of frames `[start, end)` of `codes [1, K, T]`: `[1, 1, (end - start) * hop]`
+    on the host, decoded with up to `context_frames` of the surrounding codes on each side
+    (the same audio a decode of the whole clip gives there, to the codec's memory)."""
+    left = max(0, start - chunking.context_frames)
+    right = min(codes.shape[-1], end + chunking.context_frames)
+    hop = hop_length(codec)
+    audio = decode(codec, codes[..., left:right], chunking=chunking, guard=guard)
+    return audio[..., (start - left) * hop:(end - left) * hop]
+
+
 def _chunks(total: int, chunking: Chunking) -> tp.Iterator[tuple[int, int, int, int]]:
     """`(start, end, left, right)` frames: each chunk's own frames and the range computed
     for it (with context, clipped to the input). One chunk when the input is short; else

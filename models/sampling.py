@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -22,6 +22,8 @@ _HASH_MUL_2 = 0x846CA68B
 _SEED_HIGH_SALT = 0x9E3779B9
 _STEP_MUL = 0x85EBCA77
 _TOKEN_SALT = 0xC2B2AE3D
+# Step k of a chained edit samples with seed + k * this (mod 2**63).
+_STEP_SEED_STRIDE = 0x9E3779B97F4A7C15 % 2**63
 # Uniforms carry 24 bits (a float32 mantissa) and lie strictly inside (0, 1).
 _UNIFORM_BITS = 24
 
@@ -57,6 +59,12 @@ class SamplingParams:
         if not self.cfg_coef >= 0.0:
             raise ValueError(f"cfg_coef must be >= 0, got {self.cfg_coef}")
 
+    def for_step(self, step: int) -> SamplingParams:
+        """The parameters step `step` of a chained edit samples with: step 0 is the job's own
+        seed; step k is the seed a separate job editing step k - 1's result would need to
+        sample the same tokens (`step_seed`)."""
+        return replace(self, seed=step_seed(self.seed, step))
+
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0 or self.top_k == 1
@@ -69,6 +77,12 @@ class SamplingParams:
         if self.top_p > 0 or self.top_k == 0:
             return card
         return min(self.top_k, card)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Seed of step `step` of a chain whose job seed is `seed` (`step_seed(s, 0) == s`):
+    steps of a chain never share a random stream."""
+    return (seed + step * _STEP_SEED_STRIDE) % 2**63
 
 
 # ----------------------------------------------------------------- the noise

@@ -49,7 +49,14 @@ from .nonfinite import NonFiniteFlags
 from .runner import DecodeRunner, StepShape
 from .scheduler import Scheduler, slots_for_budget
 from .streams import CallerStream
-from .types import EditOutput, EditRequest, EngineConfig, EngineStats, StepInfo
+from .types import (
+    MAX_STEPS,
+    EditOutput,
+    EditRequest,
+    EngineConfig,
+    EngineStats,
+    StepInfo,
+)
 from .windows import Window, plan_windows
 
 log = logging.getLogger(__name__)
@@ -145,23 +152,37 @@ class EditEngine:
                      num_samples: int | None = None) -> EditHandle:
         """Queue a job whose input is already EnCodec codes `[K, T]` (any device).
 
-        The text keys/values are computed here, once per job; the condition path once per
-        window when the window takes a slot.
+        The text keys/values of every step are computed here, once per job; the condition
+        path once per window when the window takes a slot.
+
+        Raises:
+            InputTooLong, ValueError: the request cannot run (length, parameters, steps,
+                range, instruction length).
         """
         self._raise_if_failed()
         request.params.validate(self.lm.card)
-        self._check_length(codes.shape[-1] / self.model.frame_rate)
+        steps = request.steps
+        if not 1 <= len(steps) <= MAX_STEPS:
+            raise ValueError(f"an edit has 1 to {MAX_STEPS} steps, got {len(steps)}")
+        total = codes.shape[-1]
+        self._check_length(total / self.model.frame_rate)
+        start, end = request.frame_range or (0, total)
+        if not 0 <= start < end <= total:
+            raise ValueError(f"frame range [{start}, {end}) is not inside the clip's {total} "
+                             "frames")
         with self._caller_stream(), torch.no_grad():
-            codes = codes.to(self.device, non_blocking=True)
-            text = self.lm.encode_text(self.lm.text_embeddings([request.instruction, None]))
-            output = torch.full_like(codes, UNKNOWN)
-        if text.k[0].shape[2] > self.geometry.max_text_tokens:
-            raise ValueError(f"the instruction is {text.k[0].shape[2]} tokens; at most "
+            codes = codes.to(self.device, non_blocking=True).long()
+            texts = [self.lm.encode_text(self.lm.text_embeddings([text, None])) for text in steps]
+            output = codes.clone()
+        longest = max(text.k[0].shape[2] for text in texts)
+        if longest > self.geometry.max_text_tokens:
+            raise ValueError(f"the instruction is {longest} tokens; at most "
                              f"{self.geometry.max_text_tokens} are accepted")
-        windows = plan_windows(codes.shape[-1], self.window_frames, self.prompt_frames)
+        windows = plan_windows(end, self.window_frames, self.prompt_frames, start=start)
         if num_samples is None:
-            num_samples = int(round(codes.shape[-1] * self.model.sample_rate / self.model.frame_rate))
-        job = EngineJob(request, codes, num_samples, text, windows, output, Future())
+            num_samples = int(round(total * self.model.sample_rate / self.model.frame_rate))
+        job = EngineJob(request, codes, num_samples, texts, (start, end), windows, output,
+                        Future())
         job.future.set_running_or_notify_cancel()
         self.scheduler.submit(WindowWork(job, windows[0]))
         return EditHandle(self, job)
@@ -177,12 +198,15 @@ class EditEngine:
         self.scheduler.wakeup.set()
 
     def decode(self, job: EngineJob, codes: torch.Tensor) -> EditOutput:
-        """Codes of a whole job -> audio on the host (continuous across windows; EnCodec in
-        chunks, in the caller's thread)."""
+        """A job's codes -> the audio of its edited frames, on the host (continuous across
+        windows; EnCodec in chunks with context beyond the range, in the caller's thread)."""
+        start, end = job.frame_range
+        hop = codec.hop_length(self.model.codec)
         with self._caller_stream():
-            wav = codec.decode(self.model.codec, codes.unsqueeze(0), num_samples=job.num_samples,
-                               chunking=self.chunking, guard=self._codec_guard)
-        return EditOutput(wav[0], self.model.sample_rate, codes.shape[-1], codes)
+            wav = codec.decode_range(self.model.codec, codes.unsqueeze(0), start, end,
+                                     chunking=self.chunking, guard=self._codec_guard)
+        wav = wav[..., :max(0, job.num_samples - start * hop)]  # the clip's last partial frame
+        return EditOutput(wav[0], self.model.sample_rate, codes.shape[-1], codes, (start, end))
 
     def stats(self) -> EngineStats:
         jobs = {id(info.work.job) for info in list(self.batch.infos)}
@@ -404,11 +428,11 @@ class EditEngine:
             job.codes.record_stream(self.stream)  # read on this stream, allocated on another
         try:
             self.buffers.load_condition(slot, condition, row)
-            self.buffers.load_text(slot, job.text)
+            self.buffers.load_text(slot, job.texts[job.step])
         except Exception:
             self.buffers.reset(slot)
             raise
-        params = job.request.params
+        params = job.request.params.for_step(job.step)
         # The first decode input is the step before the first unknown token; everything
         # before it (the prompt) is prefilled in one chunk (`_prefill_prompts`).
         first = window.prompt + self.min_delay
@@ -479,18 +503,25 @@ class EditEngine:
             if window.index + 1 < len(job.windows):
                 self.scheduler.submit(WindowWork(job, job.windows[window.index + 1]), front=True)
                 continue
+            if job.step + 1 < len(job.texts):
+                # The next step edits this one's codes: no decode and re-encode in between.
+                job.codes, job.output = job.output, job.output.clone()
+                job.step += 1
+                self.scheduler.submit(WindowWork(job, job.windows[0]), front=True)
+                continue
             if job.request.on_progress:
-                total = job.codes.shape[-1]
-                self._call_progress(job, total, total)
+                self._call_progress(job, job.frames_total, job.frames_total)
             if not job.future.done():
                 job.future.set_result(job.output)
 
     def _report_progress(self, info: SlotInfo) -> None:
-        window = info.work.window
-        done = window.start + min(max(0, info.position - 1 - self.max_delay), window.frames)
-        job = info.work.job
+        """Frames generated so far over all steps (a window's prompt counts as done)."""
+        window, job = info.work.window, info.work.job
         if job.request.on_progress:
-            self._call_progress(job, done, job.codes.shape[-1])
+            in_window = min(max(window.prompt, info.position - self.max_delay), window.frames)
+            start, end = job.frame_range
+            done = job.step * (end - start) + window.start + in_window - start
+            self._call_progress(job, done, job.frames_total)
 
     @staticmethod
     def _call_progress(job: EngineJob, done: int, total: int) -> None:

@@ -17,15 +17,35 @@ if tp.TYPE_CHECKING:
 
 @dataclass
 class EngineJob:
+    """A job inside the engine.
+
+    Attributes:
+        codes: `[K, T]` codes the current step edits (the input's for step 0, step n - 1's
+            output after), on the engine's device.
+        texts: each step's text keys/values (rows: conditional, null).
+        frame_range: `(start, end)` frames edited; windows cover only this range.
+        output: `[K, T]` the current step's codes: the input's outside the range, generated
+            inside as windows finish.
+        step: index of the step decoding now.
+        steps: decode steps run so far (all steps, all windows).
+    """
+
     request: EditRequest
-    codes: torch.Tensor             # [K, T] input codes on the engine's device
+    codes: torch.Tensor
     num_samples: int
-    text: TextKV                    # rows: conditional, null
+    texts: list[TextKV]
+    frame_range: tuple[int, int]
     windows: list[Window]
-    output: torch.Tensor            # [K, T] generated codes, UNKNOWN until written
+    output: torch.Tensor
     future: Future
     canceled: bool = False
+    step: int = 0
     steps: int = 0
+
+    @property
+    def frames_total(self) -> int:
+        """Frames to generate over all steps (the unit of progress)."""
+        return len(self.texts) * (self.frame_range[1] - self.frame_range[0])
 
 
 @dataclass

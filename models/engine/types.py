@@ -98,26 +98,47 @@ class EngineConfig:
     graph_backend: GraphBackend | None = field(default=None, repr=False)
 
 
+MAX_STEPS = 4  # instructions one job may chain
+
+
 @dataclass
 class EditRequest:
     """One user's edit.
 
     Attributes:
-        wav: `[C, N]` float32 samples at `sample_rate`.
-        instruction: the canonical template (`Music piece. Instruct: Add Drums.`).
+        wav: `[C, N]` float32 samples at `sample_rate` (None when codes are given).
+        instruction: the canonical template (`Music piece. Instruct: Add Drums.`), or up to
+            `MAX_STEPS` of them applied one after another (a chain: step n + 1 edits step n's
+            codes, with `params.for_step(n + 1)`).
+        frame_range: `(start, end)` codec frames to edit; None edits the whole clip. Outside
+            the range the codes are the input's.
     """
 
     job_id: str
     wav: np.ndarray | torch.Tensor | None
     sample_rate: int
-    instruction: str
+    instruction: str | tuple[str, ...]
     params: SamplingParams = SamplingParams()
     on_progress: tp.Callable[[int, int], None] | None = None
+    frame_range: tuple[int, int] | None = None
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        return (self.instruction,) if isinstance(self.instruction, str) else tuple(self.instruction)
 
 
 @dataclass
 class EditOutput:
-    audio: torch.Tensor   # [1, N] float32 at sample_rate
+    """A finished edit.
+
+    Attributes:
+        audio: `[1, N]` float32 at `sample_rate`: the decoded frames `frame_range` only.
+        codes: `[K, T]` codes of the whole clip (the input's outside `frame_range`).
+        frame_range: `(start, end)` frames the audio covers (the whole clip unless ranged).
+    """
+
+    audio: torch.Tensor
     sample_rate: int
     frames: int
-    codes: torch.Tensor   # [K, T]
+    codes: torch.Tensor
+    frame_range: tuple[int, int] = (0, 0)

@@ -10,7 +10,8 @@ is), and it is decoded by EnCodec in one pass: there is no seam to crossfade, so
 no click at the joins.
 
 Windows of one job are sequential (each needs the previous tail); windows of different jobs
-share decode batches.
+share decode batches. A time-range edit plans windows over its range only, the first one
+prompted with the input's codes just before the range.
 """
 from __future__ import annotations
 
@@ -35,21 +36,27 @@ class Window:
         return self.frames - self.prompt
 
 
-def plan_windows(total_frames: int, window: int, prompt: int) -> list[Window]:
-    """Cut ``total_frames`` into windows of at most ``window`` frames overlapping by ``prompt``.
+def plan_windows(total_frames: int, window: int, prompt: int,
+                 start: int = 0) -> list[Window]:
+    """Cut frames `[start, total_frames)` into windows of at most `window` frames that overlap
+    by `prompt`.
 
-    Every frame is generated exactly once; a short last window still adds at least
-    ``window - prompt`` new frames unless the input ends first.
+    Every frame of the range is generated exactly once; a short last window still adds at
+    least `window - prompt` new frames unless the range ends first. When the range starts
+    after the clip's start (a time-range edit), window 0 is prompted with up to `prompt`
+    frames before `start`: the edit continues the input's own codes.
 
     Raises:
-        ValueError: impossible sizes (prompt must leave room for new frames).
+        ValueError: impossible sizes (prompt must leave room for new frames) or an empty range.
     """
-    if total_frames < 1:
-        raise ValueError("nothing to edit: the input has no frames")
+    if not 0 <= start < total_frames:
+        raise ValueError(f"nothing to edit: frames [{start}, {total_frames}) are empty")
     if not 0 <= prompt < window:
         raise ValueError(f"prompt ({prompt} frames) must be shorter than the window ({window})")
-    windows = [Window(0, 0, min(window, total_frames), 0)]
+    first_prompt = min(prompt, start)
+    first = start - first_prompt
+    windows = [Window(0, first, min(first + window, total_frames), first_prompt)]
     while windows[-1].end < total_frames:
-        start = windows[-1].end - prompt
-        windows.append(Window(len(windows), start, min(start + window, total_frames), prompt))
+        begin = windows[-1].end - prompt
+        windows.append(Window(len(windows), begin, min(begin + window, total_frames), prompt))
     return windows
