@@ -7,6 +7,7 @@ model path (the reference edit, the engine) get the same clear errors without th
 """
 from __future__ import annotations
 
+import math
 import typing as tp
 from pathlib import Path
 
@@ -81,3 +82,81 @@ def write_audio(path: str | Path | tp.BinaryIO, wav: torch.Tensor, sample_rate: 
         sample_rate = output_rate
     fmt, subtype = OUTPUT_FORMATS[output_format]
     sf.write(path, x.clamp(-1, 1).squeeze(0).numpy(), sample_rate, format=fmt, subtype=subtype)
+
+
+# Transitions between the input and an edited range (inside the range), at most this long
+# and at most a quarter of the range.
+CROSSFADE_SECONDS = 0.2
+
+
+def to_shape(wav: np.ndarray, rate: int, out_rate: int, out_channels: int) -> np.ndarray:
+    """`[C, N]` float32 at `rate` -> `[out_channels, N']` at `out_rate` (mono is copied to
+    every channel, several channels are averaged to mono). Unchanged when the shape is."""
+    x = np.asarray(wav, dtype=np.float32)
+    if rate != out_rate:
+        import julius
+        x = julius.resample_frac(torch.from_numpy(np.ascontiguousarray(x)), rate, out_rate).numpy()
+    if x.shape[0] == out_channels:
+        return x
+    mono = x if x.shape[0] == 1 else x.mean(axis=0, keepdims=True)
+    return np.repeat(mono, out_channels, axis=0).astype(np.float32)
+
+
+def compose_result(edited: torch.Tensor, model_rate: int, edited_start_seconds: float,
+                   original: np.ndarray, input_rate: int,
+                   time_range: tuple[float, float] | None = None,
+                   output_rate: int | None = None, output_channels: int | None = None,
+                   crossfade_seconds: float = CROSSFADE_SECONDS) -> tuple[np.ndarray, int]:
+    """The file a user gets back: in the input's shape unless asked otherwise.
+
+    A whole-clip edit is the model's audio, resampled and copied to the output's channels,
+    as long as the input. A time-range edit is the input outside `[start, end]`, sample for
+    sample (bit-exact in 16-bit PCM when the shape is the input's), and the model's audio
+    inside, with equal-power transitions of at most `crossfade_seconds` (and a quarter of the
+    range) inside the range at both ends.
+
+    Args:
+        edited: `[1, M]` float at `model_rate`: the model's audio, starting at
+            `edited_start_seconds` of the clip (it covers the range).
+        original: `[C, N]` float32 input at `input_rate`.
+        time_range: `(start, end)` seconds edited, or None for the whole clip.
+    Returns:
+        `[C', N']` float32 and its rate.
+    """
+    out_rate = output_rate or input_rate
+    channels = output_channels or original.shape[0]
+    base = to_shape(original, input_rate, out_rate, channels)
+    length = base.shape[-1]
+    model = to_shape(edited.detach().float().cpu().reshape(1, -1).numpy(), model_rate, out_rate,
+                     channels)
+    offset = int(round(edited_start_seconds * out_rate))
+    if time_range is None:
+        out = np.zeros_like(base)
+        usable = min(length, model.shape[-1])
+        out[:, :usable] = model[:, :usable]
+        return out, out_rate
+    start = max(0, int(round(time_range[0] * out_rate)))
+    end = min(length, int(round(time_range[1] * out_rate)))
+    fade = min(int(round(crossfade_seconds * out_rate)), (end - start) // 4)
+    gain = np.ones(end - start, dtype=np.float32)
+    if fade:
+        ramp = np.sin(0.5 * math.pi * (np.arange(fade, dtype=np.float32) + 0.5) / fade)
+        gain[:fade] = ramp
+        gain[-fade:] = ramp[::-1]
+    inside = model[:, max(0, start - offset):max(0, end - offset)]
+    if inside.shape[-1] < end - start:  # the model's audio stops at the clip's last frame
+        inside = np.pad(inside, ((0, 0), (0, end - start - inside.shape[-1])))
+    out = base.copy()
+    keep = np.sqrt(np.clip(1.0 - gain ** 2, 0.0, 1.0))
+    out[:, start:end] = base[:, start:end] * keep + inside * gain
+    return out, out_rate
+
+
+def write_samples(path: str | Path | tp.BinaryIO, wav: np.ndarray, sample_rate: int,
+                  output_format: str = "wav") -> None:
+    """Write `[C, N]` float samples as 16-bit WAV or FLAC (a float32 copy of 16-bit input
+    comes back bit-exact)."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}")
+    fmt, subtype = OUTPUT_FORMATS[output_format]
+    sf.write(path, np.clip(wav, -1.0, 1.0).T, sample_rate, format=fmt, subtype=subtype)
