@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import redis
 
 from musicedit.errors import (
+    RETRY_AFTER_UNAVAILABLE,
     IdempotencyConflict,
     JobNotCancelable,
     JobNotFound,
@@ -47,7 +48,6 @@ Clock = Callable[[], float]
 # for "no change", value for the caller).
 Transition = Callable[[EditJob | None], tuple[EditJob | None, T]]
 
-RETRY_AFTER_UNAVAILABLE = 5
 RETRY_AFTER_QUEUE_FULL = 10
 RATE_WINDOW_SECONDS = 60
 

@@ -21,11 +21,15 @@ import boto3
 from botocore.client import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from musicedit.errors import ObjectNotFound, PayloadTooLarge, StorageUnavailable
+from musicedit.errors import (
+    RETRY_AFTER_UNAVAILABLE,
+    ObjectNotFound,
+    PayloadTooLarge,
+    StorageUnavailable,
+)
 from musicedit.settings import Settings
 
 T = TypeVar("T")
-RETRY_AFTER_UNAVAILABLE = 5
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 _COPY_CHUNK = 1024 * 1024
 # >= the gateway's thread pool (anyio's default 40 threads): past the pool size urllib3 opens
