@@ -37,21 +37,26 @@ from starlette.concurrency import run_in_threadpool
 from musicedit.audio_probe import MEDIA_TYPES, AudioLimits, probe_audio
 from musicedit.errors import InvalidRequest, MusiceditError
 from musicedit.instructions import normalize_instruction
-from musicedit.jobs import (EditJob, InputAudio, JobState, NormalizedInstruction, SamplingParams,
-                            seed_for_job)
+from musicedit.jobs import (
+    OUTPUT_MEDIA_TYPES,
+    EditJob,
+    InputAudio,
+    JobState,
+    NormalizedInstruction,
+    SamplingParams,
+    seed_for_job,
+)
 from musicedit.logs import log_event
 from musicedit.queue import enqueue_edit
 from musicedit.settings import ApiKey
 from musicedit.storage import input_key
 from musicedit.webhooks import check_webhook_url
 from service.dependencies import ServiceContext
-from service.uploads import FILE_FIELD, MultipartUpload, check_content_length, receive_multipart
+from service.edit_form import FORM_FIELDS, PARAM_FIELDS
+from service.uploads import MultipartUpload, check_content_length, receive_multipart
 
 log = logging.getLogger("musicedit.service")
 
-PARAM_FIELDS = ("seed", "top_k", "top_p", "temperature", "cfg_coef")
-FORM_FIELDS = (FILE_FIELD, "instruction", *PARAM_FIELDS, "output_format", "webhook_url")
-OUTPUT_FORMATS = ("wav", "flac")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
@@ -97,14 +102,15 @@ def _validate_fields(
         ]
         summary = "; ".join(f"{d['loc'][-1]}: {d['msg']}" for d in details)
         raise InvalidRequest(
-            f"Out-of-range or malformed sampling parameters: {summary}. Allowed: seed >= 0, "
-            "top_k 0..2048, top_p 0..1, temperature (0, 10], cfg_coef 0..20.",
+            f"Out-of-range or malformed sampling parameters: {summary}. Allowed: "
+            f"{SamplingParams.describe_ranges()}.",
             details,
         ) from exc
     output_format = fields.get("output_format") or "wav"
-    if output_format not in OUTPUT_FORMATS:
+    if output_format not in OUTPUT_MEDIA_TYPES:
         raise InvalidRequest(
-            f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format[:20]!r}.",
+            f"output_format must be one of {', '.join(OUTPUT_MEDIA_TYPES)}, got "
+            f"{output_format[:20]!r}.",
             [{"loc": ["body", "output_format"], "msg": "unsupported value"}],
         )
     webhook_url = fields.get("webhook_url") or None
