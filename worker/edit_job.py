@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 from models.audio import read_audio, write_audio
 from models.engine import EditRequest, JobCanceled
-from models.sampling import SamplingParams
 from musicedit.errors import (
     AudioError,
     LeaseLost,
@@ -29,20 +28,20 @@ from musicedit.errors import (
     StoreUnavailable,
 )
 from musicedit.job_store import BaseJobStore
-from musicedit.jobs import EditJob, JobState, seed_for_job
+from musicedit.jobs import OUTPUT_MEDIA_TYPES, EditJob, JobState
 from musicedit.logs import log_event
 from musicedit.settings import Settings
 from musicedit.storage import ObjectStorage, result_key
 from musicedit.webhooks import WebhookNotifier
 from worker.housekeeping import ShutdownSignal
 from worker.metrics import WorkerMetrics
+from worker.sampling import engine_params, job_seed
 
 if TYPE_CHECKING:
     from models.engine import EditEngine, EditHandle, EditOutput
 
 log = logging.getLogger("musicedit.worker")
 T = TypeVar("T")
-CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
 
 
 class JobOutcome(str, enum.Enum):
@@ -139,13 +138,6 @@ class _Progress:
         self.value = (frames_done, frames_total)
 
 
-def job_seed(job: EditJob) -> int:
-    """The job's seed; without one, a seed derived from the job id (same on every attempt)."""
-    if job.params.seed is not None:
-        return job.params.seed
-    return seed_for_job(job.id)  # a job queued before gateways filled the seed in
-
-
 def run_edit_job(job_id: str, deps: EditJobDeps) -> JobOutcome:
     """Run job `job_id` if the job store lets this worker have it; returns what happened."""
     settings = deps.settings
@@ -225,9 +217,7 @@ def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> "
     except AudioError as exc:
         raise JobFailure(f"The input audio could not be read: {exc.message}",
                          dead_letter=False) from exc
-    p = job.params
-    params = SamplingParams(seed=job_seed(job), top_k=p.top_k, top_p=p.top_p,
-                            temperature=p.temperature, cfg_coef=p.cfg_coef)
+    params = engine_params(job)
     progress = _Progress()
     started = time.perf_counter()
     try:
@@ -312,7 +302,7 @@ def _upload_result(job: EditJob, deps: EditJobDeps, key: str, path: Path,
 
     def upload() -> None:
         with path.open("rb") as source:
-            deps.storage.put_file(key, source, content_type=CONTENT_TYPES[job.output_format],
+            deps.storage.put_file(key, source, content_type=OUTPUT_MEDIA_TYPES[job.output_format],
                                   metadata=metadata)
 
     _with_storage_retries(deps, job.id, "upload_result", upload)
