@@ -29,7 +29,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 serve: setup
-	$(PY) -m musicedit.cli serve
+	$(PY) -m cli serve
 
 # Load test against a local stack of real processes (Redis, SeaweedFS, gateway, tiny-model
 # workers) that it starts on free loopback ports and stops at the end; run by hand, not in CI.

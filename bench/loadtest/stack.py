@@ -135,7 +135,7 @@ class LocalStack:
         for port in ports:
             index = len(self.workers)
             self.workers.append(self._spawn(f"worker-{index}", [
-                sys.executable, "-m", "musicedit.cli", "worker",
+                sys.executable, "-m", "cli", "worker",
             ], env=self._env({
                 "MUSICEDIT_WORKER_METRICS_PORT": str(port),
                 "MUSICEDIT_MAX_BATCH_SIZE": str(max_batch_size),

@@ -89,7 +89,7 @@ class WorkerProcess:
         env = subprocess_env({**self.values, "worker_metrics_port": str(self.metrics_port)})
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "musicedit.cli", "worker"], cwd=REPO, env=env,
+                [sys.executable, "-m", "cli", "worker"], cwd=REPO, env=env,
                 stdout=out, stderr=subprocess.STDOUT)
         started = len(self.events())
 

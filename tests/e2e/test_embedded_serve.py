@@ -46,7 +46,7 @@ def test_serve_edits_end_to_end_with_the_printed_curl_commands(
     env.pop("MUSICEDIT_API_KEYS", None)  # the embedded default makes a dev key
     out, err = tmp_path / "serve.out", tmp_path / "serve.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        serve = subprocess.Popen([sys.executable, "-m", "musicedit.cli", "serve"], cwd=REPO,
+        serve = subprocess.Popen([sys.executable, "-m", "cli", "serve"], cwd=REPO,
                                  env=env, stdout=stdout, stderr=stderr)
     try:
         shared.wait_until(lambda: serve.poll() is None and "is ready on" in out.read_text(),

@@ -414,12 +414,12 @@ def test_serve_banner_download_commands_fetch_a_presigned_result(gateway, audio_
     import shlex
     import subprocess
 
-    from musicedit.cli import _usage_banner
+    from service.embedded import usage_banner
 
     gw = gateway()
     job = submit(gw, audio_factory()).json()
     finish_job(gw, job["id"], payload=b"edited audio bytes")
-    banner = _usage_banner(gw.url, "alice-secret-key", "s3")
+    banner = usage_banner(gw.url, "alice-secret-key", "s3")
     lines = banner[banner.index("download the result:"):].splitlines()[1:3]
     assert "Authorization" not in lines[1]
     script = "\n".join(lines).replace("JOB_ID", job["id"]).replace(
