@@ -5,7 +5,7 @@ and SeaweedFS behind every gateway; a real worker for the full job.
 
 Already covered elsewhere (not repeated): 401 on every route for missing/unknown keys and
 the basic 404 for another key's job (tests/service/test_gateway.py), keys kept only as
-hashes (tests/shared/test_settings.py), safe checkpoint loading (tests/models/test_loader.py).
+hashes (tests/musicedit/test_settings.py), safe checkpoint loading (tests/models/test_loader.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_services import service_values, wait_terminal
+from local_stack import API_KEYS, S3_SECRET_KEY, stack_values, wait_terminal, wait_until
 
 from musicedit.client import MusiceditClient
 from musicedit.settings import webhook_secret_from_api_key
@@ -180,7 +180,7 @@ def test_no_cors_headers_without_configured_origins(gateway):
 
 @pytest.mark.slow
 def test_logs_of_a_full_job_hold_no_keys_secrets_or_presigned_urls(
-        shared, redis_server, s3_server, start_worker, start_gateway_process, webhook_receiver,
+        redis_server, s3_server, start_worker, start_gateway_process, webhook_receiver,
         audio_factory, tmp_path: Path) -> None:
     """Gateway and worker in their own processes, logging JSON lines at DEBUG; one job with a
     webhook, a 401, a 404, a download; then every line of both logs is searched."""
@@ -188,12 +188,12 @@ def test_logs_of_a_full_job_hold_no_keys_secrets_or_presigned_urls(
     redis_client.select(8)
     redis_client.flushdb()
     bucket = s3_server.create_bucket()
-    values = service_values(
-        shared, tmp_path / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/8",
+    values = stack_values(
+        tmp_path / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/8",
         s3=(s3_server, bucket), webhook_allow_private="true", log_level="DEBUG")
     gateway = start_gateway_process(values)
     worker = start_worker(values)
-    api_key = shared.API_KEYS["alice"]
+    api_key = API_KEYS["alice"]
     with MusiceditClient(gateway.url, api_key) as client:
         job = client.submit(audio_factory(seconds=1.0), "Add drums", seed=1,
                             webhook_url=webhook_receiver.url, idempotency_key="order-1")
@@ -203,15 +203,15 @@ def test_logs_of_a_full_job_hold_no_keys_secrets_or_presigned_urls(
         assert client.download(job.id)
     httpx.get(f"{gateway.url}/v1/edits", headers={"Authorization": "Bearer wrong-key-123"})
     httpx.get(f"{gateway.url}/v1/edits/{job.id}", headers=BOB)
-    shared.wait_until(lambda: webhook_receiver.events_for(job.id), 30, "webhook")
+    wait_until(lambda: webhook_receiver.events_for(job.id), 30, "webhook")
     gateway.stop()
     worker.stop()
 
     logs = {"gateway": gateway.log.read_text(errors="replace"),
             "worker": worker.log.read_text(errors="replace")}
     secrets = [
-        *shared.API_KEYS.values(), "wrong-key-123",
-        webhook_secret_from_api_key(api_key), shared.S3_SECRET_KEY,
+        *API_KEYS.values(), "wrong-key-123",
+        webhook_secret_from_api_key(api_key), S3_SECRET_KEY,
         location, location.split("?", 1)[1],
     ]
     for name, text in logs.items():

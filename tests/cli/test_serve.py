@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from e2e_services import REPO, subprocess_env
+from local_stack import child_env, free_ports, stop_process, wait_until
+from local_stack.settings import REPO
 
 
 def child_pids(pid: int) -> list[int]:
@@ -37,10 +38,10 @@ def run_shell(command: str) -> str:
 
 @pytest.mark.slow
 def test_serve_edits_end_to_end_with_the_printed_curl_commands(
-        shared, model_cache, tmp_path, audio_factory) -> None:
-    port, metrics_port = shared.free_ports(2)
+        model_cache, tmp_path, audio_factory) -> None:
+    port, metrics_port = free_ports(2)
     data_dir = tmp_path / "var"
-    env = subprocess_env({"data_dir": str(data_dir), "port": str(port),
+    env = child_env({"data_dir": str(data_dir), "port": str(port),
                           "worker_metrics_port": str(metrics_port),
                           "model_cache_dir": str(model_cache)})
     env.pop("MUSICEDIT_API_KEYS", None)  # the embedded default makes a dev key
@@ -49,7 +50,7 @@ def test_serve_edits_end_to_end_with_the_printed_curl_commands(
         serve = subprocess.Popen([sys.executable, "-m", "cli", "serve"], cwd=REPO,
                                  env=env, stdout=stdout, stderr=stderr)
     try:
-        shared.wait_until(lambda: serve.poll() is None and "is ready on" in out.read_text(),
+        wait_until(lambda: serve.poll() is None and "is ready on" in out.read_text(),
                           120, "musicedit serve", err)
         banner = out.read_text()
         key = (data_dir / "dev-api-key").read_text().strip()
@@ -79,4 +80,4 @@ def test_serve_edits_end_to_end_with_the_printed_curl_commands(
                 os.kill(pid, 0)
     finally:
         if serve.poll() is None:
-            shared.stop_process(serve)
+            stop_process(serve)

@@ -15,8 +15,6 @@ from musicedit.errors import (
 from musicedit.job_store import BaseJobStore, RedisJobStore, SqliteJobStore
 from musicedit.jobs import JobState
 
-from edit_jobs import new_job
-
 
 class Clock:
     def __init__(self) -> None:
@@ -49,7 +47,7 @@ def store(request, clock, tmp_path) -> BaseJobStore:
     s.close()
 
 
-def test_create_get_and_owner_scoping(store):
+def test_create_get_and_owner_scoping(store, new_job):
     job, created = store.create(new_job("alice"))
     assert created and job.state is JobState.queued and job.seq > 0
     assert store.get(job.id, "alice").id == job.id
@@ -59,7 +57,7 @@ def test_create_get_and_owner_scoping(store):
         store.get("missing", "alice")
 
 
-def test_idempotency_same_body_same_job_other_body_conflict(store):
+def test_idempotency_same_body_same_job_other_body_conflict(store, new_job):
     first, created = store.create(new_job(idempotency_key="k1", request_hash="h1"))
     again, created_again = store.create(new_job(idempotency_key="k1", request_hash="h1"))
     assert created and not created_again and again.id == first.id
@@ -74,7 +72,7 @@ def test_idempotency_same_body_same_job_other_body_conflict(store):
     assert store.count_queued() == 2
 
 
-def test_fifo_queue_position_and_per_owner_counts(store):
+def test_fifo_queue_position_and_per_owner_counts(store, new_job):
     jobs = [store.create(new_job("alice" if i % 2 else "bob"))[0] for i in range(4)]
     assert [store.queue_position(j.id) for j in jobs] == [0, 1, 2, 3]
     assert store.count_queued("alice") == 2 and store.count_queued("bob") == 2
@@ -83,7 +81,7 @@ def test_fifo_queue_position_and_per_owner_counts(store):
     assert store.count_queued() == 3
 
 
-def test_queued_cap_per_owner(store):
+def test_queued_cap_per_owner(store, new_job):
     store.create(new_job("alice"), max_queued_per_owner=2)
     store.create(new_job("alice"), max_queued_per_owner=2)
     with pytest.raises(TooManyQueuedJobs) as info:
@@ -92,7 +90,7 @@ def test_queued_cap_per_owner(store):
     store.create(new_job("bob"), max_queued_per_owner=2)
 
 
-def test_list_is_newest_first_and_paginated(store):
+def test_list_is_newest_first_and_paginated(store, new_job):
     ids = [store.create(new_job("alice"))[0].id for _ in range(5)]
     store.create(new_job("bob"))
     page1 = store.list_jobs("alice", limit=2)
@@ -103,7 +101,7 @@ def test_list_is_newest_first_and_paginated(store):
     assert [j.id for j in page3] == ids[:1]
 
 
-def test_claim_lease_complete_exactly_once(store):
+def test_claim_lease_complete_exactly_once(store, new_job):
     job, _ = store.create(new_job())
     claimed = store.claim(job.id, "w1", 30)
     assert claimed.state is JobState.running and claimed.attempts == 1
@@ -124,7 +122,7 @@ def test_claim_lease_complete_exactly_once(store):
     assert store.get(job.id).result_key == f"results/{job.id}.wav"
 
 
-def test_expired_lease_is_reclaimed_and_old_holder_is_fenced(store, clock):
+def test_expired_lease_is_reclaimed_and_old_holder_is_fenced(store, clock, new_job):
     job, _ = store.create(new_job())
     store.claim(job.id, "w1", 30)
     clock.advance(10)
@@ -143,7 +141,7 @@ def test_expired_lease_is_reclaimed_and_old_holder_is_fenced(store, clock):
     assert store.complete(job.id, "w2", "results/ok.wav").result_key == "results/ok.wav"
 
 
-def test_crash_looping_job_is_dead_lettered_after_max_attempts(store, clock):
+def test_crash_looping_job_is_dead_lettered_after_max_attempts(store, clock, new_job):
     job, _ = store.create(new_job())
     for worker in ("w1", "w2", "w3"):
         assert store.claim(job.id, worker, 30) is not None
@@ -155,7 +153,7 @@ def test_crash_looping_job_is_dead_lettered_after_max_attempts(store, clock):
     assert [j.id for j in store.dead_letters()] == [job.id]
 
 
-def test_fail_with_dead_letter_and_release(store):
+def test_fail_with_dead_letter_and_release(store, new_job):
     a, _ = store.create(new_job())
     b, _ = store.create(new_job())
     store.claim(a.id, "w1", 30)
@@ -169,7 +167,7 @@ def test_fail_with_dead_letter_and_release(store):
     assert store.claim(b.id, "w2", 30).attempts == 1
 
 
-def test_cancel_queued_running_and_terminal(store):
+def test_cancel_queued_running_and_terminal(store, new_job):
     queued, _ = store.create(new_job("alice"))
     running, _ = store.create(new_job("alice"))
     store.claim(running.id, "w1", 30)
@@ -186,7 +184,7 @@ def test_cancel_queued_running_and_terminal(store):
         store.request_cancel(running.id, "alice")
 
 
-def test_complete_after_cancel_request_records_no_result(store):
+def test_complete_after_cancel_request_records_no_result(store, new_job):
     job, _ = store.create(new_job())
     store.claim(job.id, "w1", 30)
     store.request_cancel(job.id)
@@ -194,7 +192,7 @@ def test_complete_after_cancel_request_records_no_result(store):
     assert finished.state is JobState.canceled and finished.result_key is None
 
 
-def test_retention_lists_expired_jobs_until_they_are_removed(store, clock):
+def test_retention_lists_expired_jobs_until_they_are_removed(store, clock, new_job):
     done, _ = store.create(new_job(idempotency_key="k", request_hash="h"))
     store.claim(done.id, "w1", 30)
     store.complete(done.id, "w1", f"results/{done.id}.wav")
@@ -251,7 +249,7 @@ def test_rate_limit_is_a_sliding_window(store, clock):
     assert info.value.retry_after == 1  # the third, admitted at +60.0, leaves at +120.0
 
 
-def test_admit_counts_the_rate_limit_then_checks_the_queued_cap(store, clock):
+def test_admit_counts_the_rate_limit_then_checks_the_queued_cap(store, clock, new_job):
     store.admit("alice", 3, max_queued=1)
     store.create(new_job("alice"))
     with pytest.raises(TooManyQueuedJobs, match=r"already has 1 queued jobs \(limit 1\)"):
@@ -266,7 +264,7 @@ def test_admit_counts_the_rate_limit_then_checks_the_queued_cap(store, clock):
     store.admit("alice", 3, max_queued=2)
 
 
-def test_admit_counts_retries_of_a_used_idempotency_key_apart(store, clock):
+def test_admit_counts_retries_of_a_used_idempotency_key_apart(store, clock, new_job):
     """A retry of the job that filled the queued cap, or used the minute's last submission,
     is not refused: the gateway answers it with that job (or 409 for another body). Retries
     have a rate window of their own with the same limit: each is an upload to read."""
@@ -285,7 +283,7 @@ def test_admit_counts_retries_of_a_used_idempotency_key_apart(store, clock):
     assert store.admit("alice", 2, max_queued=1, idempotency_key="k1") is True
 
 
-def test_count_by_state_counts_queued_and_running_jobs(store):
+def test_count_by_state_counts_queued_and_running_jobs(store, new_job):
     jobs = [store.create(new_job())[0] for _ in range(3)]
     assert store.count_by_state() == {JobState.queued: 3, JobState.running: 0}
     store.claim(jobs[0].id, "w1", 30)
@@ -294,7 +292,7 @@ def test_count_by_state_counts_queued_and_running_jobs(store):
     assert store.count_by_state() == {JobState.queued: 1, JobState.running: 1}
 
 
-def test_create_with_position_reads_the_position_in_the_same_call(store):
+def test_create_with_position_reads_the_position_in_the_same_call(store, new_job):
     first = store.create_with_position(new_job("alice"))
     second = store.create_with_position(new_job("bob", idempotency_key="k", request_hash="h"))
     assert (first.created, first.queue_position) == (True, 0)
@@ -320,7 +318,7 @@ def test_worker_heartbeats(store, clock):
     assert store.live_workers(30) == []
 
 
-def test_discard_removes_job_and_idempotency_record(store):
+def test_discard_removes_job_and_idempotency_record(store, new_job):
     job, _ = store.create(new_job(idempotency_key="k", request_hash="h"))
     store.discard(job.id)
     with pytest.raises(JobNotFound):
@@ -329,7 +327,7 @@ def test_discard_removes_job_and_idempotency_record(store):
     assert store.find_idempotent("alice", "k", "other") is None
 
 
-def test_concurrent_claims_have_one_winner(store):
+def test_concurrent_claims_have_one_winner(store, new_job):
     jobs = [store.create(new_job())[0] for _ in range(20)]
     winners: dict[str, list[str]] = {j.id: [] for j in jobs}
     lock = threading.Lock()
@@ -348,7 +346,7 @@ def test_concurrent_claims_have_one_winner(store):
     assert all(len(names) == 1 for names in winners.values())
 
 
-def test_dead_letters_outlive_the_retention_of_other_jobs(store, clock):
+def test_dead_letters_outlive_the_retention_of_other_jobs(store, clock, new_job):
     store.dead_letter_retention_seconds = 7 * 86400  # MUSICEDIT_DEAD_LETTER_RETENTION_SECONDS
     done, _ = store.create(new_job())
     store.claim(done.id, "w1", 30)
@@ -370,7 +368,7 @@ def test_dead_letters_outlive_the_retention_of_other_jobs(store, clock):
     assert store.dead_letters() == [] and store.expired_jobs() == []
 
 
-def test_requeue_dead_letter_makes_it_a_fresh_queued_job(store, clock):
+def test_requeue_dead_letter_makes_it_a_fresh_queued_job(store, clock, new_job):
     job, _ = store.create(new_job())
     other, _ = store.create(new_job())
     for attempt in range(3):  # three workers died holding it

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from local_stack import WebhookReceiver
 from musicedit.errors import WebhookUrlRejected
 from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction, WebhookEvent
 from musicedit.settings import Settings, webhook_secret_from_api_key
@@ -23,11 +24,11 @@ from musicedit.webhooks import (
 
 
 @pytest.fixture
-def receiver_factory(shared):
+def receiver_factory():
     made = []
 
     def make(statuses=()):
-        made.append(shared.WebhookReceiver(statuses))
+        made.append(WebhookReceiver(statuses))
         return made[-1]
 
     yield make

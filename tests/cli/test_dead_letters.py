@@ -1,45 +1,32 @@
-"""`musicedit dead-letters`: the operator's view of jobs failed for good, run as the console
-script against real Redis (job store and broker) and SeaweedFS S3."""
+"""`musicedit dead-letters` (cli/dead_letters.py): the operator's view of jobs failed for
+good, run as the console script against real Redis (job store and broker) and SeaweedFS S3."""
 
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from local_stack import child_env, stack_values
 from musicedit.errors import JobNotFound
 from musicedit.job_store import make_job_store
 from musicedit.jobs import EditJob, JobState
 from musicedit.queue import make_celery, queue_depth
+from musicedit.settings import Settings
 from musicedit.storage import make_storage
-
-from edit_jobs import new_job
 
 SCRIPT = Path(sys.executable).with_name("musicedit")
 
 
 @pytest.fixture
-def services(make_settings, redis_url, s3_server, s3_bucket):
-    url = redis_url  # flushed for this test: the broker's queue holds only its messages
-    settings = make_settings(redis_url=url, s3=(s3_server, s3_bucket))
+def services(redis_url, s3_server, s3_bucket, tmp_path, _no_musicedit_env):
+    # redis_url is flushed for this test: the broker's queue holds only its messages
+    values = stack_values(tmp_path / "var", redis_url=redis_url, s3=(s3_server, s3_bucket))
+    settings = Settings(**values)
     store = make_job_store(settings)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MUSICEDIT_")}
-    env.update({
-        "MUSICEDIT_DATA_DIR": str(settings.data_dir),
-        "MUSICEDIT_JOB_STORE_URL": url,
-        "MUSICEDIT_BROKER_URL": url,
-        "MUSICEDIT_STORAGE_BACKEND": "s3",
-        "MUSICEDIT_S3_ENDPOINT_URL": settings.s3_endpoint_url,
-        "MUSICEDIT_S3_BUCKET": settings.s3_bucket,
-        "MUSICEDIT_S3_ACCESS_KEY_ID": settings.s3_access_key_id,
-        "MUSICEDIT_S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),
-        "MUSICEDIT_S3_PATH_STYLE": "true",
-        "MUSICEDIT_S3_REGION": "us-east-1",
-    })
-    yield settings, store, make_storage(settings), env
+    yield settings, store, make_storage(settings), child_env(values)
     store.close()
 
 
@@ -48,7 +35,7 @@ def cli(env, *args):
                           text=True, timeout=60)
 
 
-def failed_job(store, storage, *, dead: bool) -> EditJob:
+def failed_job(store, storage, *, dead: bool, new_job) -> EditJob:
     job = new_job(size_bytes=3)
     job_id = job.id
     store.create(job)
@@ -58,10 +45,10 @@ def failed_job(store, storage, *, dead: bool) -> EditJob:
                       dead_letter=dead)
 
 
-def test_list_show_requeue_and_purge_dead_letters(services):
+def test_list_show_requeue_and_purge_dead_letters(services, new_job):
     settings, store, storage, env = services
-    dead = failed_job(store, storage, dead=True)
-    plain = failed_job(store, storage, dead=False)
+    dead = failed_job(store, storage, dead=True, new_job=new_job)
+    plain = failed_job(store, storage, dead=False, new_job=new_job)
 
     listed = cli(env, "list")
     assert listed.returncode == 0, listed.stderr
@@ -95,9 +82,9 @@ def test_list_show_requeue_and_purge_dead_letters(services):
     assert storage.exists(plain.input_key)  # only the dead letter went
 
 
-def test_requeue_refuses_a_dead_letter_whose_input_is_gone(services):
+def test_requeue_refuses_a_dead_letter_whose_input_is_gone(services, new_job):
     _, store, storage, env = services
-    dead = failed_job(store, storage, dead=True)
+    dead = failed_job(store, storage, dead=True, new_job=new_job)
     storage.delete(dead.input_key)
     refused = cli(env, "requeue", dead.id)
     assert refused.returncode == 2 and "is gone" in refused.stderr

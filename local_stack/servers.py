@@ -1,91 +1,33 @@
-"""Real services on free loopback ports, for the test suite, the load tests and the soak:
-`redis-server` and SeaweedFS (`weed mini`, an S3 server that checks signatures and expiry).
+"""`redis-server` and SeaweedFS (`weed mini`, S3) on free loopback ports.
 
 `stop()` then `start()` on the same object simulates an outage: same port, same directory
-(with `appendonly=True`, Redis replays its AOF). Nothing listens on anything but 127.0.0.1.
+(with `appendonly=True`, Redis replays its AOF).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from local_stack.processes import (
+    STARTUP_TIMEOUT,
+    ServiceNotReady,
+    free_port,
+    free_ports,
+    log_tail,
+    stop_process,
+    wait_until,
+)
 
 WEED = Path(sys.executable).parent / "weed"
 S3_ACCESS_KEY = "musicedit-test"
 S3_SECRET_KEY = "musicedit-test-secret"
-STARTUP_TIMEOUT = 60.0
-
-
-class ServiceNotReady(RuntimeError):
-    """A service did not come up (or exited) in time; the message ends with its log tail."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str,
-               log: Path | None = None) -> None:
-    """Poll `check` until it returns true; `ServiceNotReady` after `timeout` seconds. Errors
-    from `check` count as not ready (services refuse connections while starting), except
-    `ServiceNotReady` itself (the service died: no point waiting)."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except ServiceNotReady:
-            raise
-        except Exception as exc:
-            last_error = exc
-        time.sleep(0.1)
-    raise ServiceNotReady(f"{what} not ready after {timeout} s (last error: {last_error!r})"
-                          f"{log_tail(log)}")
-
-
-def log_tail(log: Path | None, lines: int = 30) -> str:
-    if log is None or not log.exists():
-        return ""
-    return "\n--- log tail ---\n" + "\n".join(
-        log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after `timeout` seconds."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=timeout)
 
 
 @dataclass
@@ -98,7 +40,7 @@ class RedisServer:
 
     directory: Path
     port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     appendonly: bool = False
 
     @property
@@ -132,7 +74,8 @@ class RedisServer:
             stop_process(self.process)
             self.process = None
 
-    def client(self):  # -> redis.Redis
+    def client(self) -> Any:
+        """A `redis.Redis` client of this server."""
         import redis
 
         return redis.Redis.from_url(self.url)
@@ -144,7 +87,7 @@ class S3Server:
 
     directory: Path
     ports: list[int] = field(default_factory=lambda: free_ports(10))
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -197,7 +140,8 @@ class S3Server:
             stop_process(self.process)
             self.process = None
 
-    def client(self):  # -> an S3 client (boto3)
+    def client(self) -> Any:
+        """A boto3 S3 client with this server's credentials."""
         import boto3
         from botocore.config import Config
 

@@ -11,8 +11,6 @@ from musicedit.jobs import EditJob
 from musicedit.retention import sweep_expired
 from musicedit.storage import S3Storage
 
-from edit_jobs import new_job
-
 
 @pytest.fixture
 def clock():
@@ -30,7 +28,7 @@ def storage(make_settings, s3_server, s3_bucket):
     return S3Storage.from_settings(make_settings(s3=(s3_server, s3_bucket)))
 
 
-def stored_job(store, storage, job_id: str) -> EditJob:
+def stored_job(store, storage, job_id: str, new_job) -> EditJob:
     job = new_job(job_id=job_id, size_bytes=3)
     store.create(job)
     storage.put_file(job.input_key, io.BytesIO(b"in"))
@@ -43,9 +41,9 @@ def succeed(store, storage, job_id: str) -> None:
     store.complete(job_id, "w1", f"results/{job_id}.wav")
 
 
-def test_sweep_deletes_expired_jobs_and_their_objects(store, storage, clock):
-    stored_job(store, storage, "job0")
-    stored_job(store, storage, "job1")
+def test_sweep_deletes_expired_jobs_and_their_objects(store, storage, clock, new_job):
+    stored_job(store, storage, "job0", new_job)
+    stored_job(store, storage, "job1", new_job)
     succeed(store, storage, "job0")
     clock[0] += 61
     assert sweep_expired(store, storage) == 2
@@ -54,10 +52,10 @@ def test_sweep_deletes_expired_jobs_and_their_objects(store, storage, clock):
 
 
 def test_a_failed_object_delete_keeps_the_job_for_the_next_sweep(
-        store, storage, clock, make_settings, s3_server, s3_bucket):
+        store, storage, clock, make_settings, s3_server, s3_bucket, new_job):
     """The record names the objects: it goes only after they did, so a storage failure
     orphans nothing and a later sweep deletes both."""
-    stored_job(store, storage, "job0")
+    stored_job(store, storage, "job0", new_job)
     succeed(store, storage, "job0")
     clock[0] += 61
     refused = S3Storage.from_settings(make_settings(  # the S3 server refuses these requests
