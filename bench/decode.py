@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audiocraft.modules.conditioners import ConditioningAttributes  # noqa: E402
 
