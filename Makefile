@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup test test-fast serve bench clean loadtest
+.PHONY: setup lint test test-fast serve bench clean loadtest
 
 setup: $(STAMP)
 
@@ -21,6 +21,12 @@ $(STAMP): requirements/torch.txt requirements/audiocraft.txt requirements/lock.t
 	$(PY) -m pip install --quiet -r requirements/dev.txt -c requirements/lock.txt -c requirements/torch.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# ruff (pyflakes, pycodestyle, import order, bugbear, pyupgrade) and mypy, configured in
+# pyproject.toml.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: setup
 	$(PY) -m pytest -q

@@ -32,6 +32,6 @@ from local_stack.worker import WorkerProcess
 __all__ = [
     "API_KEYS", "S3_ACCESS_KEY", "S3_SECRET_KEY", "SMALL_LIMITS", "GatewayProcess",
     "LocalStack", "RedisServer", "S3Server", "ServiceNotReady", "ThreadedGateway",
-    "WebhookReceiver", "WorkerProcess", "child_env", "free_port", "free_ports", "log_events", "rss_bytes",
-    "stack_values", "stop_process", "wait_terminal", "wait_until",
+    "WebhookReceiver", "WorkerProcess", "child_env", "free_port", "free_ports", "log_events",
+    "rss_bytes", "stack_values", "stop_process", "wait_terminal", "wait_until",
 ]

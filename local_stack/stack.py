@@ -82,18 +82,19 @@ class LocalStack:
             raise
         return self
 
-    def start_worker(self, name: str | None = None, **overrides: object) -> WorkerProcess:
-        """Start one worker (`tiny` model, CPU) and wait until it is ready."""
+    def start_worker(self, name: str | None = None,
+                     overrides: dict[str, object] | None = None) -> WorkerProcess:
+        """Start one worker (`tiny` model, CPU, settings `overrides`); return once it is ready."""
         name = name or f"worker-{len(self.workers)}"
         values = {**self.values, "log_level": "INFO",
-                  **{key: str(value) for key, value in overrides.items()}}
+                  **{key: str(value) for key, value in (overrides or {}).items()}}
         # several workers may load the model at once on a busy machine: allow minutes
         worker = WorkerProcess(values, self.directory / f"{name}.log", ready_timeout=300.0)
         self.workers.append(worker)
         return worker.start()
 
     def start_workers(self, count: int, **overrides: object) -> list[WorkerProcess]:
-        return [self.start_worker(**overrides) for _ in range(count)]
+        return [self.start_worker(overrides=overrides) for _ in range(count)]
 
     def stop_workers(self) -> None:
         for worker in self.workers:

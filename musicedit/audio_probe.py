@@ -39,7 +39,8 @@ _ACCEPTED_TEXT = "WAV, FLAC, OGG (Vorbis/Opus) or MP3"
 # informal `audio/wav`: SeaweedFS gzips every object it sees as `audio/wav`/`audio/wave`
 # (also when sniffed from an `application/octet-stream` body), ~2 ms of its CPU per 640 kB
 # upload for a 5 % smaller object.
-MEDIA_TYPES = {"WAV": "audio/vnd.wave", "FLAC": "audio/flac", "OGG": "audio/ogg", "MP3": "audio/mpeg"}
+MEDIA_TYPES = {"WAV": "audio/vnd.wave", "FLAC": "audio/flac", "OGG": "audio/ogg",
+               "MP3": "audio/mpeg"}
 BLOCK_FRAMES = 65536
 FIRST_BLOCK_FRAMES = 8192  # most clips are audible within their first 0.2 s
 TAIL_FRAMES = 1024
@@ -71,7 +72,7 @@ class AudioLimits:
     silence_peak_threshold: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "AudioLimits":
+    def from_settings(cls, settings: Settings) -> AudioLimits:
         return cls(
             min_seconds=settings.min_input_seconds,
             max_seconds=settings.max_input_seconds,

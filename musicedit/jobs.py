@@ -82,7 +82,7 @@ class NormalizedInstruction(BaseModel):
     text: str
 
     @classmethod
-    def from_instruction(cls, instruction: Instruction) -> "NormalizedInstruction":
+    def from_instruction(cls, instruction: Instruction) -> NormalizedInstruction:
         return cls(operation=instruction.operation, stem=instruction.stem, text=instruction.text)
 
 
@@ -161,7 +161,9 @@ class EditJobView(BaseModel):
     audio_url: str | None = Field(None, description="Where to fetch the result once succeeded.")
 
     @classmethod
-    def from_job(cls, job: EditJob, base_url: str, queue_position: int | None = None) -> "EditJobView":
+    def from_job(
+        cls, job: EditJob, base_url: str, queue_position: int | None = None
+    ) -> EditJobView:
         status_url = f"{base_url.rstrip('/')}/v1/edits/{job.id}"
         return cls(
             id=job.id,
@@ -197,5 +199,5 @@ class WebhookEvent(BaseModel):
     job: EditJobView
 
     @classmethod
-    def for_job(cls, job: EditJob, base_url: str) -> "WebhookEvent":
+    def for_job(cls, job: EditJob, base_url: str) -> WebhookEvent:
         return cls(event=f"edit.{job.state.value}", job=EditJobView.from_job(job, base_url))

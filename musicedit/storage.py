@@ -230,7 +230,7 @@ class S3Storage:
             parameter_validation=False,
         )
 
-        def client(endpoint: str | None, client_config: Config = config):
+        def client(endpoint: str | None, client_config: Config = config) -> Any:
             return boto3.session.Session().client(
                 "s3",
                 endpoint_url=endpoint,
@@ -259,7 +259,7 @@ class S3Storage:
             self.presign_client = client(public_endpoint_url)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "S3Storage":
+    def from_settings(cls, settings: Settings) -> S3Storage:
         secret = settings.s3_secret_access_key
         return cls(
             bucket=settings.s3_bucket,
@@ -343,7 +343,8 @@ class S3Storage:
 
     def presigned_get_url(self, key: str, expires_in: int) -> str | None:
         return self.presign_client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": check_key(key)}, ExpiresIn=expires_in
+            "get_object", Params={"Bucket": self.bucket, "Key": check_key(key)},
+            ExpiresIn=expires_in,
         )
 
     def local_path(self, key: str) -> Path | None:

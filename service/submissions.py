@@ -12,11 +12,12 @@ over its limits never makes us read its upload; and everything after the body, i
 
 A retry is not a new submission: when the caller already used the request's
 `Idempotency-Key` (the same round trip tells), admission skips the queued-jobs cap and counts
-the request in a sliding one-minute window of its own, so a retry of the job that filled the cap, or
-that used the last of the minute's quota, gets that job back instead of `429`, while retries
-still cannot send more than the rate limit of uploads; another body with the key is `409`. The key is looked
-up as soon as the fields are read, before the webhook URL's DNS lookup and the audio probe:
-a retry costs the gateway the upload and a hash, not a probe, whether it replays or conflicts.
+the request in a sliding one-minute window of its own, so a retry of the job that filled the
+cap, or that used the last of the minute's quota, gets that job back instead of `429`, while
+retries still cannot send more than the rate limit of uploads; another body with the key is
+`409`. The key is looked up as soon as the fields are read, before the webhook URL's DNS
+lookup and the audio probe: a retry costs the gateway the upload and a hash, not a probe,
+whether it replays or conflicts.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ def _submit_upload(
             owner=key.name,
             instruction=instruction,
             params=params,
-            output_format=output_format,  # type: ignore[arg-type]
+            output_format=output_format,
             webhook_url=webhook_url,
             input_key=input_key(job_id),
             input=InputAudio(

@@ -16,9 +16,15 @@ import unicodedata
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from python_multipart.multipart import (
+    MultipartCallbacks,
+    MultipartParser,
+    MultipartState,
+    parse_options_header,
+)
 
 from musicedit.errors import InvalidRequest, MalformedRequest, PayloadTooLarge
 
@@ -94,10 +100,10 @@ class _Collector:
         self.headers: dict[bytes, bytes] = {}
         self.current: str | None = None
         self.buffer = bytearray()
-        self.file = None
+        self.file: BinaryIO | None = None
         self.hasher = hashlib.sha256()
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self.on_part_begin,
             "on_header_field": self.on_header_field,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from models.audio import read_audio, write_audio
 from models.engine import EditRequest, JobCanceled
@@ -62,7 +62,7 @@ class EditJobDeps:
     settings: Settings
     store: BaseJobStore
     storage: ObjectStorage
-    engine: "EditEngine"
+    engine: EditEngine
     metrics: WorkerMetrics
     notifier: WebhookNotifier | None
     requeue: Callable[[str], None]
@@ -106,7 +106,7 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{job_id[:8]}", daemon=True)
 
-    def __enter__(self) -> "LeaseKeeper":
+    def __enter__(self) -> LeaseKeeper:
         self._thread.start()
         return self
 
@@ -203,7 +203,7 @@ def _run_claimed(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper) -> JobOutc
     return _finished(done, deps, JobOutcome.succeeded)
 
 
-def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> "EditOutput":
+def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> EditOutput:
     """Download the input and run it through the engine; raises `_JobStopped`/`JobFailure`."""
     input_path = tmp / "input"
     try:
@@ -249,8 +249,8 @@ def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> "
     return output
 
 
-def _wait(handle: "EditHandle", job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
-          progress: _Progress) -> "EditOutput":
+def _wait(handle: EditHandle, job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
+          progress: _Progress) -> EditOutput:
     """Wait for the engine, syncing progress and the cancel flag every progress interval."""
     interval = deps.settings.worker_progress_interval_seconds
     reported = (0, 0)
@@ -290,7 +290,7 @@ def _wait(handle: "EditHandle", job: EditJob, deps: EditJobDeps, lease: LeaseKee
 
 
 def _upload_result(job: EditJob, deps: EditJobDeps, key: str, path: Path,
-                   output: "EditOutput") -> None:
+                   output: EditOutput) -> None:
     metadata = {
         "job-id": job.id,
         "instruction": job.instruction.text,
@@ -357,7 +357,7 @@ def _retry_store(deps: EditJobDeps, job_id: str, operation: str, action: Callabl
 
 def _finished(done: EditJob, deps: EditJobDeps, outcome: JobOutcome) -> JobOutcome:
     deps.metrics.jobs.labels(done.state.value).inc()
-    fields = {"error": done.error} if done.error else {}
+    fields: dict[str, Any] = {"error": done.error} if done.error else {}
     level = logging.WARNING if done.state is JobState.failed else logging.INFO
     log_event(log, f"job_{done.state.value}", level, job_id=done.id, attempt=done.attempts,
               dead_lettered=done.dead_lettered, **fields)

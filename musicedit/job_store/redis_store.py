@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -104,6 +104,11 @@ return {tostring(wait), redis.call('SCARD', KEYS[2]), retry}
 """
 
 
+def _members(reply: Any) -> list[str]:
+    """The members of a sorted-set reply as strings (redis-py returns bytes)."""
+    return [m.decode() if isinstance(m, bytes) else str(m) for m in reply]
+
+
 class RedisJobStore(BaseJobStore):
     """Jobs as JSON strings; indexes as sorted sets, all under `prefix`."""
 
@@ -117,15 +122,15 @@ class RedisJobStore(BaseJobStore):
         prefix: str = "musicedit:",
         dead_letter_retention_seconds: float | None = None,
     ) -> None:
-        super().__init__(retention_seconds=retention_seconds, max_attempts=max_attempts, clock=clock,
-                         dead_letter_retention_seconds=dead_letter_retention_seconds)
+        super().__init__(retention_seconds=retention_seconds, max_attempts=max_attempts,
+                         clock=clock, dead_letter_retention_seconds=dead_letter_retention_seconds)
         self.redis = client
         self.p = prefix
         self._insert_script = client.register_script(_INSERT_SCRIPT)
         self._admit_script = client.register_script(_ADMIT_SCRIPT)
 
     @classmethod
-    def from_url(cls, url: str, settings: Settings, clock: Clock = time.time) -> "RedisJobStore":
+    def from_url(cls, url: str, settings: Settings, clock: Clock = time.time) -> RedisJobStore:
         client = redis.Redis.from_url(
             url,
             socket_timeout=settings.redis_socket_timeout_seconds,
@@ -286,25 +291,24 @@ class RedisJobStore(BaseJobStore):
         raw = self.redis.get(self._job(job_id))
         return EditJob.model_validate_json(raw) if raw else None
 
-    def _load_many(self, job_ids: list[bytes | str]) -> list[EditJob]:
+    def _load_many(self, job_ids: list[str]) -> list[EditJob]:
         if not job_ids:
             return []
-        ids = [j.decode() if isinstance(j, bytes) else j for j in job_ids]
-        raws = self.redis.mget([self._job(j) for j in ids])
+        raws = self.redis.mget([self._job(j) for j in job_ids])
         return [EditJob.model_validate_json(raw) for raw in raws if raw]
 
     @_redis_errors
     def list_jobs(self, owner: str, limit: int = 20, before: int | None = None) -> list[EditJob]:
         """The owner's jobs, newest first; pass the last job's `seq` as `before` for more."""
         high = f"({before}" if before is not None else "+inf"
-        ids = self.redis.zrevrangebyscore(self._owner_jobs(owner), high, "-inf", start=0, num=limit)
-        return self._load_many(ids)
+        return self._load_many(_members(self.redis.zrevrangebyscore(
+            self._owner_jobs(owner), high, "-inf", start=0, num=limit)))
 
     @_redis_errors
     def queue_position(self, job_id: str) -> int | None:
         """How many queued jobs are ahead of this one (0 = next); None if not queued."""
-        rank = self.redis.zrank(self._queued, job_id)
-        return None if rank is None else int(rank)
+        rank = cast("int | None", self.redis.zrank(self._queued, job_id))
+        return rank
 
     @_redis_errors
     def count_queued(self, owner: str | None = None) -> int:
@@ -323,17 +327,16 @@ class RedisJobStore(BaseJobStore):
 
     @_redis_errors
     def expired_leases(self) -> list[str]:
-        ids = self.redis.zrangebyscore(self._running, "-inf", self.clock())
-        return [j.decode() for j in ids]
+        return _members(self.redis.zrangebyscore(self._running, "-inf", self.clock()))
 
     @_redis_errors
     def oldest_queued(self, limit: int = 20) -> list[EditJob]:
         """The first `limit` queued jobs, oldest first (for re-sending lost wake-ups)."""
-        return self._load_many(self.redis.zrange(self._queued, 0, limit - 1))
+        return self._load_many(_members(self.redis.zrange(self._queued, 0, limit - 1)))
 
     @_redis_errors
     def dead_letters(self, limit: int = 100) -> list[EditJob]:
-        return self._load_many(self.redis.zrevrange(self._dead, 0, limit - 1))
+        return self._load_many(_members(self.redis.zrevrange(self._dead, 0, limit - 1)))
 
     @_redis_errors
     def expired_jobs(self, limit: int = 1000) -> list[EditJob]:
@@ -344,8 +347,8 @@ class RedisJobStore(BaseJobStore):
         jobs: list[EditJob] = []
         for index, retention in ((self._finished, self.retention_seconds),
                                  (self._dead, self.dead_letter_retention_seconds)):
-            ids = [j.decode() for j in self.redis.zrangebyscore(
-                index, "-inf", now - retention, start=0, num=limit - len(jobs))]
+            ids = _members(self.redis.zrangebyscore(
+                index, "-inf", now - retention, start=0, num=limit - len(jobs)))
             found = self._load_many(ids)
             gone = set(ids) - {job.id for job in found}
             if gone:  # removed by another sweeper between the two reads
@@ -382,11 +385,11 @@ class RedisJobStore(BaseJobStore):
     def live_workers(self, ttl_seconds: float) -> list[dict[str, Any]]:
         cutoff = self.clock() - ttl_seconds
         seen = f"{self._workers}:seen"
-        stale = self.redis.zrangebyscore(seen, "-inf", f"({cutoff}")
+        stale = _members(self.redis.zrangebyscore(seen, "-inf", f"({cutoff}"))
         if stale:
             self.redis.zrem(seen, *stale)
             self.redis.hdel(self._workers, *stale)
-        ids = self.redis.zrangebyscore(seen, cutoff, "+inf")
+        ids = _members(self.redis.zrangebyscore(seen, cutoff, "+inf"))
         raws = self.redis.hmget(self._workers, ids) if ids else []
         return [json.loads(raw) for raw in raws if raw]
 

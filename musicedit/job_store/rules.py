@@ -92,6 +92,65 @@ class BaseJobStore(ABC):
     @abstractmethod
     def _load(self, job_id: str) -> EditJob | None: ...
 
+    # --- backend reads and housekeeping (no transition rules in them) ---------------------
+    @abstractmethod
+    def list_jobs(self, owner: str, limit: int = 20, before: int | None = None) -> list[EditJob]:
+        """The owner's jobs, newest first; pass the last job's `seq` as `before` for more."""
+
+    @abstractmethod
+    def queue_position(self, job_id: str) -> int | None:
+        """How many queued jobs are ahead of this one (0 = next); None if not queued."""
+
+    @abstractmethod
+    def count_queued(self, owner: str | None = None) -> int:
+        """Queued jobs, of one owner or of all."""
+
+    @abstractmethod
+    def count_by_state(self) -> dict[JobState, int]:
+        """Jobs queued and running now (finished ones are counted when they finish)."""
+
+    @abstractmethod
+    def discard(self, job_id: str) -> None:
+        """Delete a job that was never announced to workers (its enqueue failed)."""
+
+    @abstractmethod
+    def expired_leases(self) -> list[str]:
+        """Ids of running jobs whose lease has expired (for the reaper)."""
+
+    @abstractmethod
+    def oldest_queued(self, limit: int = 20) -> list[EditJob]:
+        """The first `limit` queued jobs, oldest first (for re-sending lost wake-ups)."""
+
+    @abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[EditJob]:
+        """Dead letters, most recently failed first."""
+
+    @abstractmethod
+    def expired_jobs(self, limit: int = 1000) -> list[EditJob]:
+        """Up to `limit` jobs finished more than `retention_seconds` ago (dead letters:
+        `dead_letter_retention_seconds`), oldest first. They stay stored until
+        `remove_expired`: the caller deletes their objects first."""
+
+    @abstractmethod
+    def remove_expired(self, job_id: str) -> None:
+        """Delete a finished job's record (its objects are gone already)."""
+
+    @abstractmethod
+    def register_worker_heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
+        """Record that `worker_id` is alive, with what it reports about itself."""
+
+    @abstractmethod
+    def live_workers(self, ttl_seconds: float) -> list[dict[str, Any]]:
+        """What the workers that heartbeated in the last `ttl_seconds` reported."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the store answers."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
     # --- gateway side ----------------------------------------------------------------
     def admit(
         self, owner: str, limit_per_minute: int, max_queued: int,
@@ -106,10 +165,10 @@ class BaseJobStore(ABC):
         A request whose `idempotency_key` the owner already used is a retry: its answer is the
         earlier job (or `IdempotencyConflict` for another body, once the body is read), so the
         queued cap, which that job may fill, does not apply, and it counts in a rate window of
-        its own (a log of its own) with the same limit: a retry of the submission that used the minute's last
-        slot still gets its job, and retries (each still an upload to read and hash) cannot
-        exceed the limit either. The result says whether it is a retry. One round trip;
-        `create` checks the cap again atomically when it writes the job.
+        its own (a log of its own) with the same limit: a retry of the submission that used
+        the minute's last slot still gets its job, and retries (each still an upload to read
+        and hash) cannot exceed the limit either. The result says whether it is a retry. One
+        round trip; `create` checks the cap again atomically when it writes the job.
         """
         wait, queued, retry = self._count_submission(owner, idempotency_key, limit_per_minute)
         if wait > 0:
@@ -191,7 +250,7 @@ class BaseJobStore(ABC):
         """
         return self.claim_or_finish(job_id, worker_id, lease_seconds).job
 
-    def claim_or_finish(self, job_id: str, worker_id: str, lease_seconds: float) -> "ClaimResult":
+    def claim_or_finish(self, job_id: str, worker_id: str, lease_seconds: float) -> ClaimResult:
         """:meth:`claim`, also telling the caller when this very call finished the job (an
         abandoned job dead-lettered after `max_attempts`, or one canceled while abandoned):
         exactly one caller sees that, so exactly one webhook and metric count follow."""

@@ -88,8 +88,8 @@ class SqliteJobStore(BaseJobStore):
         clock: Clock = time.time,
         dead_letter_retention_seconds: float | None = None,
     ) -> None:
-        super().__init__(retention_seconds=retention_seconds, max_attempts=max_attempts, clock=clock,
-                         dead_letter_retention_seconds=dead_letter_retention_seconds)
+        super().__init__(retention_seconds=retention_seconds, max_attempts=max_attempts,
+                         clock=clock, dead_letter_retention_seconds=dead_letter_retention_seconds)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
@@ -100,7 +100,7 @@ class SqliteJobStore(BaseJobStore):
             conn.close()
 
     @classmethod
-    def from_url(cls, url: str, settings: Settings, clock: Clock = time.time) -> "SqliteJobStore":
+    def from_url(cls, url: str, settings: Settings, clock: Clock = time.time) -> SqliteJobStore:
         return cls(
             url.removeprefix("sqlite:///"),
             retention_seconds=settings.job_retention_seconds,
@@ -114,7 +114,7 @@ class SqliteJobStore(BaseJobStore):
         conn.row_factory = sqlite3.Row
         return conn
 
-    def _write_tx(self) -> "_Transaction":
+    def _write_tx(self) -> _Transaction:
         return _Transaction(self._connect())
 
     @staticmethod
@@ -178,7 +178,8 @@ class SqliteJobStore(BaseJobStore):
                 ":finished_at, :dead_lettered, :data)",
                 self._row_values(job),
             )
-            new = job.model_copy(update={"seq": int(cursor.lastrowid)})
+            assert cursor.lastrowid is not None  # set by every INSERT
+            new = job.model_copy(update={"seq": cursor.lastrowid})
             conn.execute("UPDATE jobs SET data=? WHERE id=?", (new.model_dump_json(), job.id))
             if job.idempotency_key:
                 conn.execute(

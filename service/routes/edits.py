@@ -66,7 +66,8 @@ async def list_edits(
     context: Context,
     key: CallerKey,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    before: Annotated[int | None, Query(ge=1, description="`next_cursor` of the previous page")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, description="`next_cursor` of the previous page")] = None,
 ) -> EditJobList:
     def page_with_positions() -> tuple[list[EditJob], list[int | None]]:
         jobs = context.store.list_jobs(key.name, limit + 1, before)

@@ -10,7 +10,8 @@ from typing import Any
 JOB_EXAMPLE: dict[str, Any] = {
     "id": "3f0c2a9e5b7d4c1e8a6f0b2d4e6f8a1c",
     "status": "queued",
-    "instruction": {"operation": "add", "stem": "Drums", "text": "Music piece. Instruct: Add Drums."},
+    "instruction": {"operation": "add", "stem": "Drums",
+                    "text": "Music piece. Instruct: Add Drums."},
     "params": {"seed": 42, "top_k": 100, "top_p": 0.0, "temperature": 1.0, "cfg_coef": 3.0},
     "output_format": "wav",
     "input": {"format": "WAV", "sample_rate": 44100, "channels": 2, "duration_seconds": 10.0,

@@ -81,8 +81,9 @@ def test_three_jobs_at_once_share_a_batch_and_download_through_presigned_urls(
 
     after = stack.worker.metrics()
     # decode steps that ran more than two jobs together (histogram: count minus le=2 bucket)
-    wide_steps = ((after["musicedit_batch_size_count"] - after['musicedit_batch_size_bucket{le="2.0"}'])
-                  - (before["musicedit_batch_size_count"] - before['musicedit_batch_size_bucket{le="2.0"}']))
+    narrow = 'musicedit_batch_size_bucket{le="2.0"}'
+    wide_steps = ((after["musicedit_batch_size_count"] - after[narrow])
+                  - (before["musicedit_batch_size_count"] - before[narrow]))
     assert wide_steps > 0, "the three jobs never shared a decode step"
     assert after['musicedit_jobs_total{state="succeeded"}'] >= 3
     for histogram in ("musicedit_real_time_factor", "musicedit_time_in_queue_seconds",

@@ -162,7 +162,8 @@ def test_client_gives_up_after_its_retries():
             attempts.append(request.method)
             return super().handle_request(request)
 
-    with MusiceditClient(f"http://127.0.0.1:{port}", "k", retries=2, transport=Counting()) as client:
+    with MusiceditClient(f"http://127.0.0.1:{port}", "k", retries=2,
+                         transport=Counting()) as client:
         with pytest.raises(httpx.ConnectError):
             client.get("some-job")
     assert attempts == ["GET"] * 3

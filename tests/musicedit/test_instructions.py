@@ -40,7 +40,8 @@ STEMS = ["Drums", "Bass", "Piano", "Guitar"]
 )
 def test_supported_forms_map_to_the_exact_template(text, operation, stem, template):
     instruction = normalize_instruction(text, STEMS)
-    assert (instruction.operation, instruction.stem, instruction.text) == (operation, stem, template)
+    assert (instruction.operation, instruction.stem, instruction.text) == (
+        operation, stem, template)
 
 
 @pytest.mark.parametrize(
@@ -77,6 +78,7 @@ def test_rejections_explain_what_is_supported(text, fragment):
 
 
 def test_stems_come_from_the_caller():
-    assert normalize_instruction("add vocals", ["Vocals"]).text == "Music piece. Instruct: Add Vocals."
+    vocals = normalize_instruction("add vocals", ["Vocals"])
+    assert vocals.text == "Music piece. Instruct: Add Vocals."
     with pytest.raises(InstructionError):
         normalize_instruction("add drums", ["Vocals"])

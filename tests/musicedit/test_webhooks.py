@@ -69,7 +69,8 @@ def test_delivery_is_signed_with_the_keys_webhook_secret(receiver_factory):
     assert sender.send(receiver.url, body, secret, job_id="job123")
     headers, received = receiver.received[0]
     assert received == body
-    assert verify(received, headers[SIGNATURE_HEADER.lower()], webhook_secret_from_api_key("alice-secret-key"))
+    secret = webhook_secret_from_api_key("alice-secret-key")
+    assert verify(received, headers[SIGNATURE_HEADER.lower()], secret)
     event = json.loads(received)
     assert event["event"] == "edit.succeeded" and event["job"]["id"] == "job123"
     assert event["job"]["audio_url"] == "http://gw/v1/edits/job123/audio"

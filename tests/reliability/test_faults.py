@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from local_stack import (
     API_KEYS,
     RedisServer,
@@ -24,7 +25,6 @@ from local_stack import (
     wait_terminal,
     wait_until,
 )
-
 from musicedit.client import ApiError, MusiceditClient
 from musicedit.job_store import make_job_store
 from musicedit.jobs import EditJob, InputAudio, NormalizedInstruction

@@ -1,7 +1,8 @@
-"""One job the model fails on (non-finite logits for its row only) fails alone; the jobs decoding in the same batch
-complete and their results land in S3. Real Redis (job store and broker) and SeaweedFS S3
-from the session fixtures, the real engine with the `tiny` model: once in-process through the
-worker path (`run_edit_job`), once through the gateway and a real Celery worker process.
+"""One job the model fails on (non-finite logits for its row only) fails alone; the jobs
+decoding in the same batch complete and their results land in S3. Real Redis (job store and
+broker) and SeaweedFS S3 from the session fixtures, the real engine with the `tiny` model:
+once in-process through the worker path (`run_edit_job`), once through the gateway and a
+real Celery worker process.
 
 How the fault is made: tests/reliability/model_fault.py.
 """
@@ -78,8 +79,8 @@ def test_a_job_with_non_finite_logits_in_a_worker_process_fails_alone_and_the_re
                           model_cache_dir=str(model_cache))
     # `musicedit worker` whose engine runs jobs submitted with seed `FAULT_SEED` at
     # `cfg_coef=inf` (tests/reliability/model_fault.py)
-    worker = WorkerProcess(values, tmp_path / "worker.log",
-                           command=(sys.executable, str(Path(__file__).with_name("model_fault.py"))))
+    fault_script = str(Path(__file__).with_name("model_fault.py"))
+    worker = WorkerProcess(values, tmp_path / "worker.log", command=(sys.executable, fault_script))
     try:
         worker.start()
         gateway = run_gateway(Settings(**values))

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from local_stack import API_KEYS, S3_SECRET_KEY, stack_values, wait_terminal, wait_until
 
+from local_stack import API_KEYS, S3_SECRET_KEY, stack_values, wait_terminal, wait_until
 from musicedit.client import MusiceditClient
 from musicedit.settings import webhook_secret_from_api_key
 from musicedit.storage import result_key

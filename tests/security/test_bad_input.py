@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from local_stack import rss_bytes, stack_values
 
+from local_stack import rss_bytes, stack_values
 from musicedit.queue import queue_depth
 
 ALICE = {"Authorization": "Bearer alice-secret-key"}

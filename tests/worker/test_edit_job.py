@@ -197,7 +197,8 @@ def test_shutdown_hands_a_running_job_back_to_the_queue(harness, audio_factory, 
     assert h.storage.list_keys("results/") == []
 
 
-def test_a_worker_that_lost_its_lease_does_not_record_a_result(harness, audio_factory, wait_decoding):
+def test_a_worker_that_lost_its_lease_does_not_record_a_result(
+        harness, audio_factory, wait_decoding):
     h = harness(lease_seconds=1)
     job = h.submit(audio_factory(seconds=20.0))
     thread, outcome = run_in_thread(job.id, h.deps)
@@ -219,8 +220,7 @@ def test_a_job_abandoned_max_attempts_times_is_dead_lettered_with_a_webhook(
         harness, audio_factory, webhook_receiver):
     """The claim that dead-letters an abandoned job also reports it: the owner gets the
     edit.failed webhook and the failure is counted, though no worker ran the job to its end."""
-    from musicedit.webhooks import SIGNATURE_HEADER, verify
-    from musicedit.webhooks import WebhookNotifier
+    from musicedit.webhooks import SIGNATURE_HEADER, WebhookNotifier, verify
 
     h = harness(max_attempts=2, webhook_allow_private=True)
     notifier = WebhookNotifier(h.deps.settings)
@@ -238,7 +238,8 @@ def test_a_job_abandoned_max_attempts_times_is_dead_lettered_with_a_webhook(
     webhook_receiver.wait_for(1)
     notifier.close()
     [(headers, body)] = webhook_receiver.events_for(job.id)
-    assert verify(body, headers[SIGNATURE_HEADER.lower()], h.deps.settings.webhook_secret_for("alice"))
+    secret = h.deps.settings.webhook_secret_for("alice")
+    assert verify(body, headers[SIGNATURE_HEADER.lower()], secret)
     assert b'"edit.failed"' in body and b"abandoned by 2 workers" in body
     # a redelivered message for it afterwards does nothing and sends nothing more
     assert run_edit_job(job.id, h.deps) is JobOutcome.skipped
