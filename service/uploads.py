@@ -16,17 +16,15 @@ import unicodedata
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import (
-    MultipartCallbacks,
-    MultipartParser,
-    MultipartState,
-    parse_options_header,
-)
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from musicedit.errors import InvalidRequest, MalformedRequest, PayloadTooLarge
+
+if TYPE_CHECKING:  # defined for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 FILE_FIELD = "file"
 MAX_FIELD_BYTES = 16 * 1024
