@@ -9,6 +9,7 @@ uvloop, JSON-line logs at `MUSICEDIT_LOG_LEVEL`, configured by `MUSICEDIT_*` var
 from __future__ import annotations
 
 import argparse
+import io
 import subprocess
 import sys
 import threading
@@ -22,10 +23,9 @@ from fastapi import FastAPI
 
 from local_stack.processes import (
     STARTUP_TIMEOUT,
+    ChildProcess,
     ServiceNotReady,
     free_port,
-    rss_bytes,
-    stop_process,
     wait_until,
 )
 from local_stack.settings import REPO, child_env
@@ -43,7 +43,7 @@ def create_logged_app() -> FastAPI:
 
 
 @dataclass
-class GatewayProcess:
+class GatewayProcess(ChildProcess):
     """The gateway in a child process configured by `values` (see `stack_values`).
 
     `processes` > 1 runs that many uvicorn worker processes on the one port (`pid` is then
@@ -55,7 +55,7 @@ class GatewayProcess:
     port: int = field(default_factory=free_port)
     processes: int = 1
     access_log: bool = True
-    process: subprocess.Popen[bytes] | None = None
+    stop_timeout = 30.0
 
     @property
     def url(self) -> str:
@@ -78,18 +78,6 @@ class GatewayProcess:
 
         wait_until(up, STARTUP_TIMEOUT, "gateway process", self.log)
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def rss(self) -> int:
-        return rss_bytes(self.pid)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            stop_process(self.process, timeout=30)
 
 
 @dataclass
@@ -120,6 +108,18 @@ class ThreadedGateway:
     def context(self) -> Any:
         """The `ServiceContext`: settings, store, storage, celery, metrics, notifier."""
         return self.app.state.context
+
+    def finish_job(self, job_id: str, result: bytes = b"RIFF-result",
+                   worker_id: str = "w1") -> Any:
+        """Play a worker's part on the real job store and storage: claim the job, store
+        `result` as its result, complete it; returns the finished job."""
+        from musicedit.storage import result_key
+
+        store, storage = self.context.store, self.context.storage
+        job = store.claim(job_id, worker_id, 30)
+        key = result_key(job_id, job.output_format)
+        storage.put_file(key, io.BytesIO(result))
+        return store.complete(job_id, worker_id, key)
 
     def stop(self) -> None:
         self.server.should_exit = True

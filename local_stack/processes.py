@@ -8,8 +8,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 STARTUP_TIMEOUT = 60.0
 
@@ -82,6 +83,32 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=timeout)
+
+
+@dataclass
+class ChildProcess:
+    """A process this harness started: its pid, its memory, and stopping it.
+
+    `stop()` sends SIGTERM, then SIGKILL after `stop_timeout` seconds; `start()` (in each
+    subclass) may run again afterwards, as after an outage.
+    """
+
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    stop_timeout: ClassVar[float] = 10.0
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
+
+    def rss(self) -> int:
+        """Resident set size (bytes)."""
+        return rss_bytes(self.pid)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout=self.stop_timeout)
+            self.process = None
 
 
 def rss_bytes(pid: int) -> int:

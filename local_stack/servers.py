@@ -17,11 +17,11 @@ from typing import Any
 
 from local_stack.processes import (
     STARTUP_TIMEOUT,
+    ChildProcess,
     ServiceNotReady,
     free_port,
     free_ports,
     log_tail,
-    stop_process,
     wait_until,
 )
 
@@ -31,7 +31,7 @@ S3_SECRET_KEY = "musicedit-test-secret"
 
 
 @dataclass
-class RedisServer:
+class RedisServer(ChildProcess):
     """A `redis-server` on a free loopback port; `stop()`/`start()` simulate an outage.
 
     `appendonly=True` turns on AOF persistence (fsync on every write), so a restart keeps
@@ -40,7 +40,6 @@ class RedisServer:
 
     directory: Path
     port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
     appendonly: bool = False
 
     @property
@@ -69,11 +68,6 @@ class RedisServer:
         client.close()
         return self
 
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
-
     def client(self) -> Any:
         """A `redis.Redis` client of this server."""
         import redis
@@ -82,12 +76,11 @@ class RedisServer:
 
 
 @dataclass
-class S3Server:
+class S3Server(ChildProcess):
     """SeaweedFS `weed mini` (S3 with signature checks) on free loopback ports."""
 
     directory: Path
     ports: list[int] = field(default_factory=lambda: free_ports(10))
-    process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -134,11 +127,6 @@ class S3Server:
 
         wait_until(ready, STARTUP_TIMEOUT, "SeaweedFS S3 (weed mini)", log)
         return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
 
     def client(self) -> Any:
         """A boto3 S3 client with this server's credentials."""

@@ -12,14 +12,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from local_stack.processes import (
-    ServiceNotReady,
-    free_port,
-    log_events,
-    rss_bytes,
-    stop_process,
-    wait_until,
-)
+from local_stack.processes import ChildProcess, ServiceNotReady, free_port, log_events, wait_until
 from local_stack.settings import REPO, child_env
 
 WORKER_READY_TIMEOUT = 90.0
@@ -27,7 +20,7 @@ WORKER_COMMAND = (sys.executable, "-m", "cli", "worker")
 
 
 @dataclass
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """A worker configured by `values` (see `stack_values`), serving its metrics on
     `metrics_port`. `start()` returns once Celery logged that the worker is ready, so the
     values must keep `log_level` at INFO or DEBUG. `command` runs something else that ends in
@@ -38,7 +31,7 @@ class WorkerProcess:
     metrics_port: int = field(default_factory=free_port)
     ready_timeout: float = WORKER_READY_TIMEOUT
     command: tuple[str, ...] = WORKER_COMMAND
-    process: subprocess.Popen[bytes] | None = None
+    stop_timeout = 60.0
 
     def start(self) -> WorkerProcess:
         env = child_env({**self.values, "worker_metrics_port": str(self.metrics_port)})
@@ -57,14 +50,6 @@ class WorkerProcess:
 
         wait_until(ready, self.ready_timeout, "celery worker", self.log)
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def rss(self) -> int:
-        return rss_bytes(self.pid)
 
     def events(self, name: str | None = None, job_id: str | None = None) -> list[dict[str, Any]]:
         """The worker's log events, optionally only those named `name` or about `job_id`."""
@@ -94,7 +79,3 @@ class WorkerProcess:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            stop_process(self.process, timeout=60)

@@ -10,7 +10,6 @@ hashes (tests/musicedit/test_settings.py), safe checkpoint loading (tests/models
 
 from __future__ import annotations
 
-import io
 import re
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ import pytest
 from local_stack import API_KEYS, S3_SECRET_KEY, stack_values, wait_terminal, wait_until
 from musicedit.client import MusiceditClient
 from musicedit.settings import webhook_secret_from_api_key
-from musicedit.storage import result_key
 
 ALICE = {"Authorization": "Bearer alice-secret-key"}
 BOB = {"Authorization": "Bearer bob-secret-key"}
@@ -40,15 +38,6 @@ def submit(gw, clip: bytes, headers=ALICE, **fields):
     data = {"instruction": "Add drums", **{k: str(v) for k, v in fields.items()}}
     return httpx.post(f"{gw.url}/v1/edits", headers=headers, data=data,
                       files={"file": ("clip.wav", clip, "audio/wav")}, timeout=30)
-
-
-def finish_job(gw, job_id: str, payload: bytes = b"edited") -> None:
-    """Play the worker's part on the real store and bucket: claim, upload, complete."""
-    ctx = gw.context
-    job = ctx.store.claim(job_id, "w1", 30)
-    key = result_key(job_id, job.output_format)
-    ctx.storage.put_file(key, io.BytesIO(payload))
-    ctx.store.complete(job_id, "w1", key)
 
 
 def job_routes(app) -> list[tuple[str, str]]:
@@ -107,7 +96,7 @@ def test_no_route_lets_one_key_read_cancel_or_list_another_keys_job(gateway, aud
     clip = audio_factory().read_bytes()
     queued = submit(gw, clip).json()
     done = submit(gw, clip).json()
-    finish_job(gw, done["id"])
+    gw.finish_job(done["id"], b"edited")
     routes = job_routes(gw.app)
     # every job route of the app is here; a new route fails this test until it is checked
     assert sorted(routes) == [("DELETE", "/v1/edits/{job_id}"), ("GET", "/v1/edits/{job_id}"),
@@ -141,7 +130,7 @@ def test_no_route_lets_one_key_read_cancel_or_list_another_keys_job(gateway, aud
 def test_presigned_result_url_is_refused_by_s3_once_expired(gateway, audio_factory):
     gw = gateway(presign_expiry_seconds=2)
     job = submit(gw, audio_factory().read_bytes()).json()
-    finish_job(gw, job["id"], b"edited audio bytes")
+    gw.finish_job(job["id"], b"edited audio bytes")
     location = httpx.get(f"{job['status_url']}/audio", headers=ALICE).headers["location"]
     assert "X-Amz-Expires=2&" in location or location.endswith("X-Amz-Expires=2")
     assert httpx.get(location).content == b"edited audio bytes"
