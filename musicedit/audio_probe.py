@@ -111,8 +111,9 @@ def _check_wav_not_truncated(path: Path) -> None:
 def probe_audio(path: str | Path, limits: AudioLimits) -> AudioInfo:
     """Probe `path` and enforce `limits`.
 
-    Raises `UnsupportedAudio` (not decodable / not an accepted format / truncated) or
-    `InvalidAudio` (decodes but breaks a limit, is silent or has NaN/inf samples).
+    Raises:
+        UnsupportedAudio: not decodable, not an accepted format, or truncated.
+        InvalidAudio: decodes but breaks a limit, is silent or has NaN/inf samples.
     """
     path = Path(path)
     if path.stat().st_size == 0:
@@ -169,7 +170,11 @@ def _scan(
 ) -> tuple[int, float]:
     """Read blocks from the current position to the end (or, with `until_audible`, up to the
     first block whose peak reaches the silence threshold): count frames, track the peak,
-    reject non-finite samples. Returns (frames read, peak)."""
+    reject non-finite samples.
+
+    Returns:
+        (frames read, peak).
+    """
     frames, peak = 0, 0.0
     size = FIRST_BLOCK_FRAMES if until_audible else BLOCK_FRAMES
     try:

@@ -265,7 +265,6 @@ class RedisJobStore(BaseJobStore):
 
     @_redis_errors
     def discard(self, job_id: str) -> None:
-        """Delete a job that was never announced to workers (its enqueue failed)."""
         job = self._load(job_id)
         if job is None:
             return
@@ -299,14 +298,12 @@ class RedisJobStore(BaseJobStore):
 
     @_redis_errors
     def list_jobs(self, owner: str, limit: int = 20, before: int | None = None) -> list[EditJob]:
-        """The owner's jobs, newest first; pass the last job's `seq` as `before` for more."""
         high = f"({before}" if before is not None else "+inf"
         return self._load_many(_members(self.redis.zrevrangebyscore(
             self._owner_jobs(owner), high, "-inf", start=0, num=limit)))
 
     @_redis_errors
     def queue_position(self, job_id: str) -> int | None:
-        """How many queued jobs are ahead of this one (0 = next); None if not queued."""
         rank = cast("int | None", self.redis.zrank(self._queued, job_id))
         return rank
 
@@ -318,7 +315,6 @@ class RedisJobStore(BaseJobStore):
 
     @_redis_errors
     def count_by_state(self) -> dict[JobState, int]:
-        """Jobs queued and running now (finished ones are counted when they finish)."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(self._queued)
             pipe.zcard(self._running)
@@ -331,7 +327,6 @@ class RedisJobStore(BaseJobStore):
 
     @_redis_errors
     def oldest_queued(self, limit: int = 20) -> list[EditJob]:
-        """The first `limit` queued jobs, oldest first (for re-sending lost wake-ups)."""
         return self._load_many(_members(self.redis.zrange(self._queued, 0, limit - 1)))
 
     @_redis_errors
@@ -340,9 +335,6 @@ class RedisJobStore(BaseJobStore):
 
     @_redis_errors
     def expired_jobs(self, limit: int = 1000) -> list[EditJob]:
-        """Up to `limit` jobs finished more than `retention_seconds` ago (dead letters:
-        `dead_letter_retention_seconds`), oldest first. They stay stored until
-        `remove_expired`: the caller deletes their objects first."""
         now = self.clock()
         jobs: list[EditJob] = []
         for index, retention in ((self._finished, self.retention_seconds),

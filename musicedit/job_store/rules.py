@@ -182,11 +182,16 @@ class BaseJobStore(ABC):
     def create(
         self, job: EditJob, *, max_queued_per_owner: int | None = None
     ) -> tuple[EditJob, bool]:
-        """Store a new queued job. Returns (job, created).
+        """Store a new queued job.
 
-        With `job.idempotency_key`: the same key and `request_hash` return the existing job
-        (created=False); the same key with another hash raises `IdempotencyConflict`.
-        Raises `TooManyQueuedJobs` when the owner already has `max_queued_per_owner` queued.
+        With `job.idempotency_key`, the same key and `request_hash` return the existing job.
+
+        Returns:
+            (the stored job, whether this call created it).
+
+        Raises:
+            IdempotencyConflict: the key was used with another `request_hash`.
+            TooManyQueuedJobs: the owner already has `max_queued_per_owner` queued jobs.
         """
         stored = self.create_with_position(job, max_queued_per_owner=max_queued_per_owner)
         return stored.job, stored.created
@@ -204,7 +209,8 @@ class BaseJobStore(ABC):
     ) -> EditJob | None:
         """The job made earlier with this key and body, None if the key is unused.
 
-        Raises `IdempotencyConflict` if the key was used with a different body.
+        Raises:
+            IdempotencyConflict: the key was used with a different body.
         """
         record = self._idempotency_record(owner, idempotency_key)
         if record is None:
@@ -251,7 +257,7 @@ class BaseJobStore(ABC):
         return self.claim_or_finish(job_id, worker_id, lease_seconds).job
 
     def claim_or_finish(self, job_id: str, worker_id: str, lease_seconds: float) -> ClaimResult:
-        """:meth:`claim`, also telling the caller when this very call finished the job (an
+        """`claim`, also telling the caller when this very call finished the job (an
         abandoned job dead-lettered after `max_attempts`, or one canceled while abandoned):
         exactly one caller sees that, so exactly one webhook and metric count follow."""
         now = self.clock()
@@ -314,8 +320,10 @@ class BaseJobStore(ABC):
         """Record the one result of the job. Only the lease holder may do this, once.
 
         If a cancel was requested meanwhile the job becomes `canceled` and `result_key` is not
-        recorded (check `.state`; the worker should delete the object). Raises `LeaseLost`
-        when `worker_id` does not hold the job.
+        recorded (check `.state`; the worker should delete the object).
+
+        Raises:
+            LeaseLost: `worker_id` does not hold the job.
         """
 
         def transition(job: EditJob | None) -> tuple[EditJob | None, EditJob]:
@@ -378,7 +386,10 @@ class BaseJobStore(ABC):
         """Put a dead letter back in the queue as a fresh job (attempts 0, no error), once
         the operator has fixed what killed it; the caller sends its wake-up message. It keeps
         its id, owner, input and place in the FIFO, and its webhook fires again when it ends.
-        Raises `JobNotFound` unless the job is a dead letter."""
+
+        Raises:
+            JobNotFound: the job is not a dead letter.
+        """
 
         def transition(job: EditJob | None) -> tuple[EditJob | None, EditJob]:
             if job is None or not job.dead_lettered:

@@ -196,7 +196,6 @@ class SqliteJobStore(BaseJobStore):
 
     @_sqlite_errors
     def discard(self, job_id: str) -> None:
-        """Delete a job that was never announced to workers (its enqueue failed)."""
         with self._write_tx() as conn:
             conn.execute("DELETE FROM jobs WHERE id=?", (job_id,))
             conn.execute("DELETE FROM idempotency WHERE job_id=?", (job_id,))
@@ -224,7 +223,6 @@ class SqliteJobStore(BaseJobStore):
 
     @_sqlite_errors
     def list_jobs(self, owner: str, limit: int = 20, before: int | None = None) -> list[EditJob]:
-        """The owner's jobs, newest first; pass the last job's `seq` as `before` for more."""
         rows = self._select(
             "SELECT seq, data FROM jobs WHERE owner=? AND seq < ? ORDER BY seq DESC LIMIT ?",
             (owner, before if before is not None else 2**62, limit),
@@ -233,7 +231,6 @@ class SqliteJobStore(BaseJobStore):
 
     @_sqlite_errors
     def queue_position(self, job_id: str) -> int | None:
-        """How many queued jobs are ahead of this one (0 = next); None if not queued."""
         rows = self._select(
             "SELECT (SELECT count(*) FROM jobs q WHERE q.state='queued' AND q.seq < j.seq) "
             "FROM jobs j WHERE j.id=? AND j.state='queued'",
@@ -253,7 +250,6 @@ class SqliteJobStore(BaseJobStore):
 
     @_sqlite_errors
     def count_by_state(self) -> dict[JobState, int]:
-        """Jobs queued and running now (finished ones are counted when they finish)."""
         rows = self._select(
             "SELECT state, count(*) AS n FROM jobs WHERE state IN ('queued', 'running') "
             "GROUP BY state", ())
@@ -298,7 +294,6 @@ class SqliteJobStore(BaseJobStore):
 
     @_sqlite_errors
     def oldest_queued(self, limit: int = 20) -> list[EditJob]:
-        """The first `limit` queued jobs, oldest first (for re-sending lost wake-ups)."""
         rows = self._select(
             "SELECT seq, data FROM jobs WHERE state='queued' ORDER BY seq LIMIT ?", (limit,))
         return [_row_job(row) for row in rows]
@@ -313,9 +308,6 @@ class SqliteJobStore(BaseJobStore):
 
     @_sqlite_errors
     def expired_jobs(self, limit: int = 1000) -> list[EditJob]:
-        """Up to `limit` jobs finished more than `retention_seconds` ago (dead letters:
-        `dead_letter_retention_seconds`), oldest first. They stay stored until
-        `remove_expired`: the caller deletes their objects first."""
         now = self.clock()
         rows = self._select(
             "SELECT seq, data FROM jobs WHERE finished_at IS NOT NULL AND ("
@@ -327,7 +319,6 @@ class SqliteJobStore(BaseJobStore):
 
     @_sqlite_errors
     def remove_expired(self, job_id: str) -> None:
-        """Delete a finished job's record (its objects are gone already)."""
         with self._write_tx() as conn:
             conn.execute("DELETE FROM jobs WHERE id=? AND finished_at IS NOT NULL", (job_id,))
 
