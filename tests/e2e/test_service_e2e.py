@@ -66,7 +66,8 @@ def stack(redis_server, s3_server, model_cache, tmp_path_factory) -> Iterator[St
 
 def test_three_jobs_at_once_share_a_batch_and_download_through_presigned_urls(
         stack: Stack, audio_factory) -> None:
-    clips = {audio_factory(seconds=s, sample_rate=44100): s for s in (6.0, 7.0, 8.0)}
+    # long enough that the first job is still decoding when the others have been admitted
+    clips = {audio_factory(seconds=s, sample_rate=44100): s for s in (16.0, 17.0, 18.0)}
     before = stack.worker.metrics()
 
     async def submit_all() -> list[str]:

@@ -85,7 +85,8 @@ def test_a_job_with_non_finite_logits_in_a_worker_process_fails_alone_and_the_re
         worker.start()
         gateway = run_gateway(Settings(**values))
         with MusiceditClient(gateway.url, API_KEYS["alice"]) as client:
-            good = [client.submit(audio_factory(seconds=6.0, sample_rate=16000, channels=1),
+            # long enough to still be decoding when the failing job arrives on a fast machine
+            good = [client.submit(audio_factory(seconds=20.0, sample_rate=16000, channels=1),
                                   "Add drums", seed=i) for i in range(2)]
             wait_until(lambda: all(client.get(j.id).progress.frames_done > 0
                                    for j in good), 60, "the good jobs decoding")
