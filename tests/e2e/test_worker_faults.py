@@ -59,8 +59,9 @@ def wait_all_decoding(client: MusiceditClient, job_ids: list[str], timeout: floa
 def test_kill_9_mid_batch_every_job_completes_exactly_once_within_60_s(
         fault_stack: FaultStack, start_worker, audio_factory) -> None:
     first = start_worker(fault_stack.values)
+    # long enough that none has finished when the worker is killed, on a fast machine too
     jobs = [fault_stack.client.submit(audio_factory(seconds=s), "Add drums", seed=i)
-            for i, s in enumerate((8.0, 9.0, 10.0))]
+            for i, s in enumerate((20.0, 21.0, 22.0))]
     job_ids = [job.id for job in jobs]
     wait_all_decoding(fault_stack.client, job_ids)
 
