@@ -32,9 +32,11 @@ RUN groupadd --system --gid 10001 musicedit \
     && chown musicedit:musicedit /var/lib/musicedit
 COPY --from=gateway-build /opt/venv /opt/venv
 WORKDIR /app
-# Only the torch-free packages: the gateway never imports models/ or worker/.
+# Only the torch-free packages: the gateway never imports models/ or worker/. cli/ for
+# `python -m cli dead-letters ...` (its commands import torch only when they run).
 COPY musicedit/ /app/musicedit/
 COPY service/ /app/service/
+COPY cli/ /app/cli/
 COPY deploy/healthcheck.py /app/deploy/healthcheck.py
 USER 10001:10001
 EXPOSE 8000
@@ -89,6 +91,7 @@ WORKDIR /app
 COPY musicedit/ /app/musicedit/
 COPY models/ /app/models/
 COPY worker/ /app/worker/
+COPY cli/ /app/cli/
 COPY deploy/healthcheck.py /app/deploy/healthcheck.py
 USER 10001:10001
 # Model weights (a release directory: MUSICEDIT_MODEL=/models/<dir>), preset and hub caches.
@@ -98,4 +101,4 @@ EXPOSE 9101
 HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
     CMD ["python", "/app/deploy/healthcheck.py", "worker"]
 # SIGTERM = warm shutdown: running jobs get MUSICEDIT_WORKER_SHUTDOWN_GRACE_SECONDS, then go back.
-CMD ["python", "-m", "musicedit.cli", "worker"]
+CMD ["python", "-m", "cli", "worker"]

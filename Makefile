@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup test test-fast serve bench clean loadtest
+.PHONY: setup lint test test-fast serve bench clean loadtest
 
 setup: $(STAMP)
 
@@ -22,6 +22,12 @@ $(STAMP): requirements/torch.txt requirements/audiocraft.txt requirements/lock.t
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# ruff (pyflakes, pycodestyle, import order, bugbear, pyupgrade) and mypy, configured in
+# pyproject.toml.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -29,7 +35,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 serve: setup
-	$(PY) -m musicedit.cli serve
+	$(PY) -m cli serve
 
 # Load test against a local stack of real processes (Redis, SeaweedFS, gateway, tiny-model
 # workers) that it starts on free loopback ports and stops at the end; run by hand, not in CI.

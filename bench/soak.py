@@ -2,11 +2,12 @@
 
 Run by hand (not in CI); it starts everything itself on free loopback ports and stops by itself:
 
-    .venv/bin/python bench/soak.py                      # 10 min of load, then drain
-    .venv/bin/python bench/soak.py --minutes 2 --kill-every 40 --redis-restart-at 60   # smoke run
+    .venv/bin/python -m bench.soak                      # 10 min of load, then drain
+    .venv/bin/python -m bench.soak --minutes 2 --kill-every 40 --redis-restart-at 60   # smoke run
 
-The stack: redis-server with AOF (fsync always; job store + Celery broker), SeaweedFS
-`weed mini` (S3), the gateway (uvicorn, its own process), and two Celery workers
+The stack (`local_stack.LocalStack`): redis-server with AOF (fsync always; job store +
+Celery broker), SeaweedFS `weed mini` (S3), the gateway (uvicorn, its own process), and two
+Celery workers
 (`musicedit worker`, `tiny` model, CPU): worker A runs the whole time, worker B is killed with
 SIGKILL and restarted every `--kill-every` seconds. Redis is restarted once (SIGTERM, down
 for `--redis-down` seconds, same port and AOF).
@@ -26,7 +27,6 @@ the gateway and of worker A at the start and at the end.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
 import sys
 import tempfile
@@ -36,31 +36,17 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e"), str(REPO / "tests" / "reliability")]
-
-from e2e_services import WorkerProcess, service_values, subprocess_env  # noqa: E402
-from stack_processes import GatewayProcess, rss_bytes  # noqa: E402
-
-from musicedit.client import ApiError, MusiceditClient  # noqa: E402
+from local_stack import API_KEYS, SMALL_LIMITS, LocalStack, RedisServer, WorkerProcess
+from musicedit.client import ApiError, MusiceditClient
 
 INSTRUCTIONS = ["Add drums", "Remove the bass", "Only piano", "add guitar", "no drums",
                 "extract bass", "Music piece. Instruct: Add Piano."]
 TERMINAL = {"succeeded", "failed", "canceled"}
 MiB = 1024 * 1024
-
-
-def load_test_services():
-    """tests/conftest.py as a module: RedisServer, S3Server, free_port, wait_until, API_KEYS."""
-    spec = importlib.util.spec_from_file_location("musicedit_test_services",
-                                                  REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_clips(directory: Path) -> list[bytes]:
@@ -161,8 +147,8 @@ def submit_with_retries(client: MusiceditClient, key_name: str, rng: random.Rand
             return
 
 
-def chaos_loop(stop: threading.Event, started: float, args, worker_b: WorkerProcess,
-               redis, log: list[str]) -> None:
+def chaos_loop(stop: threading.Event, started: float, args: argparse.Namespace,
+               worker_b: WorkerProcess, redis: RedisServer, log: list[str]) -> None:
     next_kill = started + args.kill_every
     redis_at = started + args.redis_restart_at
     restarted_redis = False
@@ -184,11 +170,11 @@ def chaos_loop(stop: threading.Event, started: float, args, worker_b: WorkerProc
             restarted_redis = True
 
 
-def drain(url: str, services, tally: Tally, timeout: float) -> dict[str, dict]:
+def drain(url: str, tally: Tally, timeout: float) -> dict[str, dict[str, Any]]:
     """Final state of every accepted job (None if the store does not know it)."""
-    clients = {name: MusiceditClient(url, services.API_KEYS[name], timeout=30)
-               for name in services.API_KEYS}
-    final: dict[str, dict] = {}
+    clients = {name: MusiceditClient(url, secret, timeout=30)
+               for name, secret in API_KEYS.items()}
+    final: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout
     pending = dict(tally.accepted)
     try:
@@ -231,43 +217,37 @@ def main() -> int:
                         help="how long to wait for accepted jobs after the load")
     args = parser.parse_args()
 
-    services = load_test_services()
     root = Path(tempfile.mkdtemp(prefix="musicedit-soak-"))
     print(f"soak: working directory {root}", flush=True)
-    redis = services.RedisServer(root / "redis", appendonly=True).start()
-    s3 = services.S3Server(root / "seaweedfs").start()
-    gateway = worker_a = worker_b = None
-    try:
-        from models.presets import resolve_model
+    from models.presets import resolve_model
 
-        resolve_model("tiny", root / "models")
-        bucket = s3.create_bucket()
-        values = service_values(services, root / "var", redis_url=redis.url, s3=(s3, bucket),
-                                max_batch_size="4", max_queued_jobs_per_key="200",
-                                rate_limit_per_minute="10000", model="tiny",
-                                model_cache_dir=str(root / "models"),
-                                job_retention_seconds="86400")
-        gateway = GatewayProcess(subprocess_env(values), services.free_port(),
-                                 root / "gateway.log", services).start()
-        worker_a = WorkerProcess(values, root / "worker-a.log", services.free_port(),
-                                 services).start()
-        worker_b = WorkerProcess(values, root / "worker-b.log", services.free_port(),
-                                 services).start()
+    resolve_model("tiny", root / "models")  # written once, before two workers read it
+    stack = LocalStack(
+        root, limits={**SMALL_LIMITS, "max_queued_jobs_per_key": 200,
+                      "rate_limit_per_minute": 10000},
+        overrides={"max_batch_size": 4, "model_cache_dir": root / "models",
+                   "job_retention_seconds": 86400, "log_level": "INFO"},
+        redis_appendonly=True, access_log=True)
+    try:
+        stack.start()
+        gateway = stack.gateway
+        worker_a = stack.start_worker("worker-a")
+        worker_b = stack.start_worker("worker-b")
         clips = write_clips(root)
-        with MusiceditClient(gateway.url, services.API_KEYS["alice"]) as warmup:
+        with MusiceditClient(gateway.url, API_KEYS["alice"]) as warmup:
             warmup.wait(warmup.submit(clips[0], "Add drums", seed=0).id, timeout=120)
-        rss_start = {"gateway": gateway.rss(), "worker A": rss_bytes(worker_a.pid),
-                     "worker B": rss_bytes(worker_b.pid)}
+        rss_start = {"gateway": gateway.rss(), "worker A": worker_a.rss(),
+                     "worker B": worker_b.rss()}
 
         tally, chaos_log, stop = Tally(), [], threading.Event()
         started = time.monotonic()
         deadline = started + args.minutes * 60
         chaos = threading.Thread(target=chaos_loop,
-                                 args=(stop, started, args, worker_b, redis, chaos_log))
+                                 args=(stop, started, args, worker_b, stack.redis, chaos_log))
         chaos.start()
-        names = list(services.API_KEYS)
+        names = list(API_KEYS)
         clients = [threading.Thread(target=client_loop, args=(
-            gateway.url, names[i % len(names)], services.API_KEYS[names[i % len(names)]],
+            gateway.url, names[i % len(names)], API_KEYS[names[i % len(names)]],
             clips, tally, deadline, i)) for i in range(args.clients)]
         for thread in clients:
             thread.start()
@@ -285,9 +265,9 @@ def main() -> int:
         chaos.join()
         load_seconds = time.monotonic() - started
 
-        final = drain(gateway.url, services, tally, args.drain_seconds)
-        rss_end = {"gateway": gateway.rss(), "worker A": rss_bytes(worker_a.pid),
-                   "worker B": rss_bytes(worker_b.pid)}
+        final = drain(gateway.url, tally, args.drain_seconds)
+        rss_end = {"gateway": gateway.rss(), "worker A": worker_a.rss(),
+                   "worker B": worker_b.rss()}
         succeeded_events = Counter(
             e["job_id"] for w in (worker_a, worker_b) for e in w.events("job_succeeded"))
         states = Counter(v["status"] for v in final.values())
@@ -328,11 +308,7 @@ def main() -> int:
         print(f"\nlogs: {root}")
         return 0 if lost == 0 and twice == 0 else 1
     finally:
-        for process in (worker_b, worker_a, gateway):
-            if process is not None:
-                process.stop()
-        s3.stop()
-        redis.stop()
+        stack.stop()
 
 
 def pct(values: list[float], q: float) -> float:

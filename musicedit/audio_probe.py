@@ -39,7 +39,8 @@ _ACCEPTED_TEXT = "WAV, FLAC, OGG (Vorbis/Opus) or MP3"
 # informal `audio/wav`: SeaweedFS gzips every object it sees as `audio/wav`/`audio/wave`
 # (also when sniffed from an `application/octet-stream` body), ~2 ms of its CPU per 640 kB
 # upload for a 5 % smaller object.
-MEDIA_TYPES = {"WAV": "audio/vnd.wave", "FLAC": "audio/flac", "OGG": "audio/ogg", "MP3": "audio/mpeg"}
+MEDIA_TYPES = {"WAV": "audio/vnd.wave", "FLAC": "audio/flac", "OGG": "audio/ogg",
+               "MP3": "audio/mpeg"}
 BLOCK_FRAMES = 65536
 FIRST_BLOCK_FRAMES = 8192  # most clips are audible within their first 0.2 s
 TAIL_FRAMES = 1024
@@ -71,7 +72,7 @@ class AudioLimits:
     silence_peak_threshold: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "AudioLimits":
+    def from_settings(cls, settings: Settings) -> AudioLimits:
         return cls(
             min_seconds=settings.min_input_seconds,
             max_seconds=settings.max_input_seconds,
@@ -110,8 +111,9 @@ def _check_wav_not_truncated(path: Path) -> None:
 def probe_audio(path: str | Path, limits: AudioLimits) -> AudioInfo:
     """Probe `path` and enforce `limits`.
 
-    Raises `UnsupportedAudio` (not decodable / not an accepted format / truncated) or
-    `InvalidAudio` (decodes but breaks a limit, is silent or has NaN/inf samples).
+    Raises:
+        UnsupportedAudio: not decodable, not an accepted format, or truncated.
+        InvalidAudio: decodes but breaks a limit, is silent or has NaN/inf samples.
     """
     path = Path(path)
     if path.stat().st_size == 0:
@@ -168,7 +170,11 @@ def _scan(
 ) -> tuple[int, float]:
     """Read blocks from the current position to the end (or, with `until_audible`, up to the
     first block whose peak reaches the silence threshold): count frames, track the peak,
-    reject non-finite samples. Returns (frames read, peak)."""
+    reject non-finite samples.
+
+    Returns:
+        (frames read, peak).
+    """
     frames, peak = 0, 0.0
     size = FIRST_BLOCK_FRAMES if until_audible else BLOCK_FRAMES
     try:

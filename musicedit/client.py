@@ -123,7 +123,7 @@ class MusiceditClient:
             time.sleep(RETRY_BACKOFF_SECONDS * 2**attempt)
         raise AssertionError("unreachable")
 
-    def __enter__(self) -> "MusiceditClient":
+    def __enter__(self) -> MusiceditClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -239,7 +239,7 @@ class AsyncMusiceditClient:
             await asyncio.sleep(RETRY_BACKOFF_SECONDS * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def __aenter__(self) -> "AsyncMusiceditClient":
+    async def __aenter__(self) -> AsyncMusiceditClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -6,6 +6,10 @@ place. Every message says what the caller should change.
 
 from __future__ import annotations
 
+# Seconds a client is told to wait (`Retry-After`) when a backing service (job store, object
+# storage, broker) is unreachable or the gateway is not ready.
+RETRY_AFTER_UNAVAILABLE = 5
+
 
 class MusiceditError(Exception):
     """Base class of every error raised on purpose by musicedit code."""

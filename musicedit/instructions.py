@@ -107,7 +107,9 @@ def _instruction(operation: Operation, stem: str) -> Instruction:
 def normalize_instruction(text: str, stems: Sequence[str]) -> Instruction:
     """Map `text` ("add the drums", "Music piece. Instruct: No Bass.") to an `Instruction`.
 
-    Raises `InstructionError` for empty, over-long, control-character or unsupported text.
+    Raises:
+        InstructionError: the text is empty, over-long, has control characters, or asks for
+            an operation or stem outside `stems`.
     """
     if not isinstance(text, str) or not text.strip():
         raise InstructionError("The instruction is empty. " + _help(stems))

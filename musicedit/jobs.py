@@ -7,6 +7,7 @@ import time
 from enum import Enum
 from typing import Literal
 
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field
 
 from musicedit.instructions import Instruction
@@ -25,6 +26,9 @@ class JobState(str, Enum):
 
 
 OutputFormat = Literal["wav", "flac"]
+# The formats an edit is written in, and the media type it is stored and served with.
+OUTPUT_MEDIA_TYPES: dict[OutputFormat, str] = {"wav": "audio/wav", "flac": "audio/flac"}
+SEED_MAX = 2**63 - 1  # seeds are signed 64-bit integers everywhere they are stored
 
 
 class SamplingParams(BaseModel):
@@ -33,7 +37,7 @@ class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int | None = Field(
-        None, ge=0, le=2**63 - 1,
+        None, ge=0, le=SEED_MAX,
         description="Random seed. Left out on submit, one is drawn for the job (from its id) "
         "and shown here, so any result can be reproduced by resubmitting with it.",
     )
@@ -41,6 +45,25 @@ class SamplingParams(BaseModel):
     top_p: float = Field(0.0, ge=0.0, le=1.0, description="Nucleus sampling; 0 disables it.")
     temperature: float = Field(1.0, gt=0.0, le=10.0, description="Softmax temperature.")
     cfg_coef: float = Field(3.0, ge=0.0, le=20.0, description="Classifier-free guidance scale.")
+
+    @classmethod
+    def describe_ranges(cls) -> str:
+        """The allowed values, read from the fields' bounds: `seed >= 0, top_k 0..2048, ...`."""
+        parts = []
+        for name, field in cls.model_fields.items():
+            low = next(m for m in field.metadata if isinstance(m, (Ge, Gt)))
+            high = next(m for m in field.metadata if isinstance(m, (Le, Lt)))
+            low_value = low.ge if isinstance(low, Ge) else low.gt
+            high_value = high.le if isinstance(high, Le) else high.lt
+            if high_value == SEED_MAX:  # the storage limit, not a choice worth stating
+                parts.append(f"{name} >= {low_value:g}")
+            elif isinstance(low, Ge) and isinstance(high, Le):
+                parts.append(f"{name} {low_value:g}..{high_value:g}")
+            else:
+                opening = "[" if isinstance(low, Ge) else "("
+                closing = "]" if isinstance(high, Le) else ")"
+                parts.append(f"{name} {opening}{low_value:g}, {high_value:g}{closing}")
+        return ", ".join(parts)
 
 
 def seed_for_job(job_id: str) -> int:
@@ -59,7 +82,7 @@ class NormalizedInstruction(BaseModel):
     text: str
 
     @classmethod
-    def from_instruction(cls, instruction: Instruction) -> "NormalizedInstruction":
+    def from_instruction(cls, instruction: Instruction) -> NormalizedInstruction:
         return cls(operation=instruction.operation, stem=instruction.stem, text=instruction.text)
 
 
@@ -138,7 +161,9 @@ class EditJobView(BaseModel):
     audio_url: str | None = Field(None, description="Where to fetch the result once succeeded.")
 
     @classmethod
-    def from_job(cls, job: EditJob, base_url: str, queue_position: int | None = None) -> "EditJobView":
+    def from_job(
+        cls, job: EditJob, base_url: str, queue_position: int | None = None
+    ) -> EditJobView:
         status_url = f"{base_url.rstrip('/')}/v1/edits/{job.id}"
         return cls(
             id=job.id,
@@ -164,12 +189,15 @@ class EditJobList(BaseModel):
     next_cursor: int | None = Field(None, description="Pass as `before` for the next page.")
 
 
+WebhookEventName = Literal["edit.succeeded", "edit.failed", "edit.canceled"]
+
+
 class WebhookEvent(BaseModel):
     """Body of the webhook POST sent when a job reaches a terminal state."""
 
-    event: Literal["edit.succeeded", "edit.failed", "edit.canceled"]
+    event: WebhookEventName
     job: EditJobView
 
     @classmethod
-    def for_job(cls, job: EditJob, base_url: str) -> "WebhookEvent":
+    def for_job(cls, job: EditJob, base_url: str) -> WebhookEvent:
         return cls(event=f"edit.{job.state.value}", job=EditJobView.from_job(job, base_url))

@@ -33,7 +33,8 @@ class _JsonLineFormatter(logging.Formatter):
                            "logger": record.name})
         line = head[:-1] + ", " + message[1:]
         if record.exc_info:
-            line = line[:-1] + ", " + json.dumps({"exception": self.formatException(record.exc_info)})[1:]
+            exception = json.dumps({"exception": self.formatException(record.exc_info)})
+            line = line[:-1] + ", " + exception[1:]
         return line
 
 

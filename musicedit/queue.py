@@ -34,12 +34,11 @@ from typing import Any
 from celery import Celery
 from kombu.transport import redis as kombu_redis
 
-from musicedit.errors import BrokerUnavailable
+from musicedit.errors import RETRY_AFTER_UNAVAILABLE, BrokerUnavailable
 from musicedit.settings import Settings
 
 EDIT_TASK = "musicedit.edit"
 EDIT_QUEUE = "musicedit.edits"
-RETRY_AFTER_UNAVAILABLE = 5
 UNACKED_RESTORE_INTERVAL_SECONDS = 10
 
 

@@ -11,7 +11,7 @@ import hmac
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -206,7 +206,7 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         keys: list[ApiKey] = []
-        for pair in _split_csv(value):
+        for pair in cast(list[str], _split_csv(value)):
             name, sep, secret = pair.partition(":")
             if not sep or not name.strip() or not secret:
                 raise ValueError(
@@ -234,7 +234,7 @@ class Settings(BaseSettings):
         return [stem[:1].upper() + stem[1:].lower() for stem in value]
 
     @model_validator(mode="after")
-    def _check_limits(self) -> "Settings":
+    def _check_limits(self) -> Settings:
         if self.min_input_seconds >= self.max_input_seconds:
             raise ValueError("MUSICEDIT_MIN_INPUT_SECONDS must be below MAX_INPUT_SECONDS")
         return self

@@ -21,11 +21,15 @@ import boto3
 from botocore.client import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from musicedit.errors import ObjectNotFound, PayloadTooLarge, StorageUnavailable
+from musicedit.errors import (
+    RETRY_AFTER_UNAVAILABLE,
+    ObjectNotFound,
+    PayloadTooLarge,
+    StorageUnavailable,
+)
 from musicedit.settings import Settings
 
 T = TypeVar("T")
-RETRY_AFTER_UNAVAILABLE = 5
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 _COPY_CHUNK = 1024 * 1024
 # >= the gateway's thread pool (anyio's default 40 threads): past the pool size urllib3 opens
@@ -226,7 +230,7 @@ class S3Storage:
             parameter_validation=False,
         )
 
-        def client(endpoint: str | None, client_config: Config = config):
+        def client(endpoint: str | None, client_config: Config = config) -> Any:
             return boto3.session.Session().client(
                 "s3",
                 endpoint_url=endpoint,
@@ -255,7 +259,7 @@ class S3Storage:
             self.presign_client = client(public_endpoint_url)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "S3Storage":
+    def from_settings(cls, settings: Settings) -> S3Storage:
         secret = settings.s3_secret_access_key
         return cls(
             bucket=settings.s3_bucket,
@@ -339,7 +343,8 @@ class S3Storage:
 
     def presigned_get_url(self, key: str, expires_in: int) -> str | None:
         return self.presign_client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": check_key(key)}, ExpiresIn=expires_in
+            "get_object", Params={"Bucket": self.bucket, "Key": check_key(key)},
+            ExpiresIn=expires_in,
         )
 
     def local_path(self, key: str) -> Path | None:

@@ -101,7 +101,7 @@ def check_webhook_url(url: str, allow_private: bool) -> str:
         raise WebhookUrlRejected(
             f"webhook_url host {parts.hostname!r} does not resolve; use a reachable host."
         ) from exc
-    addresses = {info[4][0] for info in infos}
+    addresses = {str(info[4][0]) for info in infos}
     blocked = sorted(a for a in addresses if not _is_public(a))
     if blocked:
         raise WebhookUrlRejected(
@@ -134,7 +134,7 @@ class WebhookSender:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "WebhookSender":
+    def from_settings(cls, settings: Settings) -> WebhookSender:
         return cls(
             timeout_seconds=settings.webhook_timeout_seconds,
             retries=settings.webhook_retries,
@@ -153,7 +153,8 @@ class WebhookSender:
                 headers = {"Content-Type": "application/json", **signed_headers(body, secret)}
                 response = self.client.post(url, content=body, headers=headers)
             except WebhookUrlRejected as exc:
-                log_event(log, "webhook_refused", logging.WARNING, job_id=job_id, reason=exc.message)
+                log_event(log, "webhook_refused", logging.WARNING, job_id=job_id,
+                          reason=exc.message)
                 return False
             except httpx.HTTPError as exc:
                 log_event(log, "webhook_retry", job_id=job_id, attempt=attempt,

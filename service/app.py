@@ -22,7 +22,7 @@ from musicedit.webhooks import WebhookNotifier
 from service.dependencies import ServiceContext
 from service.metrics import GatewayMetrics, RequestMetricsMiddleware
 from service.problems import install_problem_handlers
-from service.routes import edits, health, webhooks
+from service.routes import audio, edits, operations, webhooks
 
 log = logging.getLogger("musicedit.service")
 
@@ -84,9 +84,10 @@ def create_app(
     )
     app.state.context = context
     install_problem_handlers(app)
-    app.include_router(edits)
-    app.include_router(health)
-    app.webhooks.include_router(webhooks)
+    app.include_router(edits.router)
+    app.include_router(audio.router)
+    app.include_router(operations.router)
+    app.webhooks.include_router(webhooks.router)
     app.add_middleware(RequestMetricsMiddleware, metrics=context.metrics)
     if settings.cors_origins:
         app.add_middleware(

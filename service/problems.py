@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from musicedit import errors
+from musicedit.jobs import OUTPUT_MEDIA_TYPES
 from musicedit.logs import log_event
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -178,12 +179,13 @@ PROBLEM_EXAMPLES: dict[int, dict[str, Any]] = {
                   limit_bytes=104857600),
     415: _example(415, "Unsupported audio", "The uploaded file is empty. Send a WAV, FLAC, OGG "
                   "(Vorbis/Opus) or MP3 file."),
-    422: _example(422, "Invalid request", "output_format must be one of wav, flac, got 'mp3'.",
+    422: _example(422, "Invalid request",
+                  f"output_format must be one of {', '.join(OUTPUT_MEDIA_TYPES)}, got 'mp3'.",
                   errors=[{"loc": ["body", "output_format"], "msg": "unsupported value"}]),
     429: _example(429, "Rate limit exceeded", "This API key sent more than 60 submissions in "
                   "the last minute; wait for the indicated delay.", retry_after=37),
     503: _example(503, "Job store unavailable", "The job store (Redis) is unreachable; retry "
-                  "after the indicated delay.", retry_after=5),
+                  "after the indicated delay.", retry_after=errors.RETRY_AFTER_UNAVAILABLE),
 }
 
 

@@ -12,11 +12,12 @@ over its limits never makes us read its upload; and everything after the body, i
 
 A retry is not a new submission: when the caller already used the request's
 `Idempotency-Key` (the same round trip tells), admission skips the queued-jobs cap and counts
-the request in a sliding one-minute window of its own, so a retry of the job that filled the cap, or
-that used the last of the minute's quota, gets that job back instead of `429`, while retries
-still cannot send more than the rate limit of uploads; another body with the key is `409`. The key is looked
-up as soon as the fields are read, before the webhook URL's DNS lookup and the audio probe:
-a retry costs the gateway the upload and a hash, not a probe, whether it replays or conflicts.
+the request in a sliding one-minute window of its own, so a retry of the job that filled the
+cap, or that used the last of the minute's quota, gets that job back instead of `429`, while
+retries still cannot send more than the rate limit of uploads; another body with the key is
+`409`. The key is looked up as soon as the fields are read, before the webhook URL's DNS
+lookup and the audio probe: a retry costs the gateway the upload and a hash, not a probe,
+whether it replays or conflicts.
 """
 
 from __future__ import annotations
@@ -37,21 +38,26 @@ from starlette.concurrency import run_in_threadpool
 from musicedit.audio_probe import MEDIA_TYPES, AudioLimits, probe_audio
 from musicedit.errors import InvalidRequest, MusiceditError
 from musicedit.instructions import normalize_instruction
-from musicedit.jobs import (EditJob, InputAudio, JobState, NormalizedInstruction, SamplingParams,
-                            seed_for_job)
+from musicedit.jobs import (
+    OUTPUT_MEDIA_TYPES,
+    EditJob,
+    InputAudio,
+    JobState,
+    NormalizedInstruction,
+    SamplingParams,
+    seed_for_job,
+)
 from musicedit.logs import log_event
 from musicedit.queue import enqueue_edit
 from musicedit.settings import ApiKey
 from musicedit.storage import input_key
 from musicedit.webhooks import check_webhook_url
 from service.dependencies import ServiceContext
-from service.uploads import FILE_FIELD, MultipartUpload, check_content_length, receive_multipart
+from service.edit_form import FORM_FIELDS, PARAM_FIELDS
+from service.uploads import MultipartUpload, check_content_length, receive_multipart
 
 log = logging.getLogger("musicedit.service")
 
-PARAM_FIELDS = ("seed", "top_k", "top_p", "temperature", "cfg_coef")
-FORM_FIELDS = (FILE_FIELD, "instruction", *PARAM_FIELDS, "output_format", "webhook_url")
-OUTPUT_FORMATS = ("wav", "flac")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
@@ -97,14 +103,15 @@ def _validate_fields(
         ]
         summary = "; ".join(f"{d['loc'][-1]}: {d['msg']}" for d in details)
         raise InvalidRequest(
-            f"Out-of-range or malformed sampling parameters: {summary}. Allowed: seed >= 0, "
-            "top_k 0..2048, top_p 0..1, temperature (0, 10], cfg_coef 0..20.",
+            f"Out-of-range or malformed sampling parameters: {summary}. Allowed: "
+            f"{SamplingParams.describe_ranges()}.",
             details,
         ) from exc
     output_format = fields.get("output_format") or "wav"
-    if output_format not in OUTPUT_FORMATS:
+    if output_format not in OUTPUT_MEDIA_TYPES:
         raise InvalidRequest(
-            f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format[:20]!r}.",
+            f"output_format must be one of {', '.join(OUTPUT_MEDIA_TYPES)}, got "
+            f"{output_format[:20]!r}.",
             [{"loc": ["body", "output_format"], "msg": "unsupported value"}],
         )
     webhook_url = fields.get("webhook_url") or None
@@ -195,7 +202,7 @@ def _submit_upload(
             owner=key.name,
             instruction=instruction,
             params=params,
-            output_format=output_format,  # type: ignore[arg-type]
+            output_format=output_format,
             webhook_url=webhook_url,
             input_key=input_key(job_id),
             input=InputAudio(

@@ -16,11 +16,15 @@ import unicodedata
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from musicedit.errors import InvalidRequest, MalformedRequest, PayloadTooLarge
+
+if TYPE_CHECKING:  # defined for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 FILE_FIELD = "file"
 MAX_FIELD_BYTES = 16 * 1024
@@ -94,10 +98,10 @@ class _Collector:
         self.headers: dict[bytes, bytes] = {}
         self.current: str | None = None
         self.buffer = bytearray()
-        self.file = None
+        self.file: BinaryIO | None = None
         self.hasher = hashlib.sha256()
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self.on_part_begin,
             "on_header_field": self.on_header_field,

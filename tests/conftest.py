@@ -1,43 +1,43 @@
-"""Real services for the tests, started on free loopback ports and torn down at the end.
+"""Fixtures of the whole suite: real services on free loopback ports (from `local_stack`),
+torn down at the end.
 
-- `redis_server`: a `redis-server` process (session); `redis_url` gives each test a flushed DB.
-- `s3_server`: SeaweedFS `weed mini` with S3 credentials (session); `s3_bucket` gives each
-  test its own fresh bucket.
+- `redis_server` (session; `redis_url` flushes it per test), `s3_server` (SeaweedFS, session;
+  `s3_bucket` gives each test a fresh bucket).
 - `make_settings(...)`: `Settings` for these services with small limits; override anything.
-
-The worker engineer adds a Celery worker fixture on top of `make_settings` (same broker and
-job store URLs as the gateway under test).
+- `run_gateway(settings)`: a gateway over real HTTP in a thread; `gw`: one per module.
+- `start_worker(values)` / `start_gateway_process(values)`: `musicedit worker` / the gateway in
+  their own processes, with the `tiny` model from `model_cache`.
+- `harness(...)`: `run_edit_job` on the real engine (`tiny`), without a broker.
+- `audio_factory(...)`, `webhook_receiver`, `new_job(...)`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import threading
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
+import soundfile as sf
 
-from bench import local_services
-
-# The service helpers live in bench/local_services.py (the load tests and the soak use them
-# too); other conftests and the soak reach them through this module (`shared`).
-from bench.local_services import (S3_ACCESS_KEY, S3_SECRET_KEY,  # noqa: F401
-                                  RedisServer, S3Server, ServiceNotReady, free_port, free_ports,
-                                  stop_process)
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
-    """`local_services.wait_until`, failing the test (not erroring it) when time runs out."""
-    try:
-        local_services.wait_until(check, timeout, what, log)
-    except ServiceNotReady as exc:
-        pytest.fail(str(exc))
+from local_stack import (
+    GatewayProcess,
+    RedisServer,
+    S3Server,
+    ThreadedGateway,
+    WebhookReceiver,
+    WorkerProcess,
+    stack_values,
+)
+from musicedit.job_store import BaseJobStore, make_job_store
+from musicedit.jobs import EditJob, InputAudio, NormalizedInstruction
+from musicedit.settings import Settings
+from musicedit.storage import ObjectStorage, input_key, make_storage
 
 
+# --- services ------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
@@ -67,56 +67,215 @@ def s3_bucket(s3_server: S3Server) -> str:
     return s3_server.create_bucket()
 
 
-API_KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key"}
-
-
-def build_settings(data_dir: Path, *, redis_url: str | None = None,
-                   s3: tuple[S3Server, str] | None = None, **overrides: object):
-    """`Settings` for tests: small limits, two API keys (`API_KEYS`), optional real services."""
-    from musicedit.settings import Settings
-
-    values: dict[str, object] = {
-        "data_dir": data_dir,
-        "api_keys": ",".join(f"{name}:{secret}" for name, secret in API_KEYS.items()),
-        "max_upload_bytes": 2 * 1024 * 1024,
-        "max_input_seconds": 30.0,
-        "rate_limit_per_minute": 1000,
-        "max_queued_jobs_per_key": 100,
-    }
-    if redis_url is not None:
-        values["job_store_url"] = redis_url
-        values["broker_url"] = redis_url
-    if s3 is not None:
-        server, bucket = s3
-        values.update(
-            storage_backend="s3",
-            s3_endpoint_url=server.endpoint_url,
-            s3_bucket=bucket,
-            s3_access_key_id=S3_ACCESS_KEY,
-            s3_secret_access_key=S3_SECRET_KEY,
-            s3_path_style=True,
-            s3_region="us-east-1",
-        )
-    values.update(overrides)
-    return Settings(**values)
-
-
-@pytest.fixture
-def make_settings(tmp_path: Path, _no_musicedit_env: None) -> Callable[..., "Settings"]:  # noqa: F821
-    """Build `Settings` for the test; pass `redis_url=`/`s3=` to use the real services."""
-
-    def build(**kwargs: object):
-        return build_settings(tmp_path / "var", **kwargs)
-
-    return build
-
-
+# --- settings ------------------------------------------------------------------------------
 @pytest.fixture
 def _no_musicedit_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests build Settings explicitly; a developer's MUSICEDIT_* variables must not leak in."""
     for name in list(os.environ):
         if name.startswith("MUSICEDIT_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, _no_musicedit_env: None) -> Callable[..., Settings]:
+    """`make_settings(redis_url=..., s3=(server, bucket), **overrides)`: `Settings` for the
+    test (`local_stack.stack_values`: two API keys, small limits)."""
+
+    def build(**kwargs: Any) -> Settings:
+        return Settings(**stack_values(tmp_path / "var", **kwargs))
+
+    return build
+
+
+# --- gateways ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def module_gateway(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer,
+                   s3_server: S3Server) -> Iterator[ThreadedGateway]:
+    """A gateway with the test settings on the session Redis and a bucket of its own, shared
+    by the tests of one module (starting one per test costs seconds); use it through `gw`."""
+    values = stack_values(tmp_path_factory.mktemp("gw") / "var", redis_url=redis_server.url,
+                          s3=(s3_server, s3_server.create_bucket()))
+    gateway = ThreadedGateway.start(Settings(**values))
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def gw(module_gateway: ThreadedGateway, redis_url: str) -> ThreadedGateway:
+    """The module's gateway with its Redis flushed and its bucket emptied for this test."""
+    storage = module_gateway.context.storage
+    for key in storage.list_keys():
+        storage.delete(key)
+    return module_gateway
+
+
+@pytest.fixture
+def run_gateway() -> Iterator[Callable[..., ThreadedGateway]]:
+    """`run_gateway(settings, **components)` serves a gateway over real HTTP until the test
+    ends."""
+    running: list[ThreadedGateway] = []
+
+    def start(settings: Settings, **components: Any) -> ThreadedGateway:
+        gateway = ThreadedGateway.start(settings, **components)
+        running.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in running:
+        gateway.stop()
+
+
+@pytest.fixture
+def start_gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """`start_gateway_process(values)`: the gateway in its own process until the test ends."""
+    gateways: list[GatewayProcess] = []
+
+    def start(values: dict[str, str]) -> GatewayProcess:
+        gateway = GatewayProcess(values, tmp_path / f"gateway-{len(gateways)}.log")
+        gateways.append(gateway)
+        return gateway.start()
+
+    yield start
+    for gateway in gateways:
+        gateway.stop()
+
+
+# --- workers -------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model cache with the `tiny` preset already written (workers only read it)."""
+    from models.presets import resolve_model
+
+    cache = tmp_path_factory.mktemp("model-cache")
+    resolve_model("tiny", cache)
+    return cache
+
+
+@pytest.fixture
+def start_worker(model_cache: Path, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """`start_worker(values)` runs a worker on the services named by `values` until the test
+    ends."""
+    workers: list[WorkerProcess] = []
+
+    def start(values: dict[str, str]) -> WorkerProcess:
+        values = {"model": "tiny", "model_cache_dir": str(model_cache), **values}
+        worker = WorkerProcess(values, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from models.loader import load_model
+    from models.presets import resolve_model
+
+    return load_model(resolve_model("tiny", tmp_path_factory.mktemp("models")), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: Any) -> Iterator[Any]:
+    """One shared engine, as in a worker process (batches whatever is submitted)."""
+    from models.engine import EditEngine, EngineConfig
+
+    engine = EditEngine(tiny_model, EngineConfig(max_batch_size=4, max_input_seconds=60.0))
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+class WorkerHarness:
+    """`EditJobDeps` for one test plus helpers to create jobs the way the gateway does."""
+
+    def __init__(self, deps: Any) -> None:
+        self.deps = deps
+        self.requeued: list[str] = []
+
+    @property
+    def store(self) -> BaseJobStore:
+        return self.deps.store
+
+    @property
+    def storage(self) -> ObjectStorage:
+        return self.deps.storage
+
+    def submit(self, clip: Path, output_format: str = "wav", seed: int | None = 1,
+               webhook_url: str | None = None) -> EditJob:
+        info = sf.info(str(clip))
+        job_id = uuid.uuid4().hex
+        with clip.open("rb") as source:
+            size = self.storage.put_file(input_key(job_id), source)
+        job = EditJob(
+            id=job_id,
+            owner="alice",
+            instruction=NormalizedInstruction(operation="add", stem="Drums",
+                                              text="Music piece. Instruct: Add Drums."),
+            params={"seed": seed},
+            output_format=output_format,
+            webhook_url=webhook_url,
+            input_key=input_key(job_id),
+            input=InputAudio(format=info.format, sample_rate=info.samplerate,
+                             channels=info.channels, duration_seconds=info.duration,
+                             size_bytes=size),
+        )
+        created, _ = self.store.create(job)
+        return created
+
+
+@pytest.fixture
+def harness(tmp_path: Path, engine: Any, _no_musicedit_env: None) -> Callable[..., WorkerHarness]:
+    """`harness(**settings)`: `run_edit_job`'s dependencies on the shared engine, a job store
+    and storage (SQLite and files unless the settings name Redis and S3), without Celery."""
+    from worker.edit_job import EditJobDeps
+    from worker.housekeeping import ShutdownSignal
+    from worker.metrics import WorkerMetrics
+
+    def build(**overrides: Any) -> WorkerHarness:
+        values: dict[str, Any] = {"worker_progress_interval_seconds": 0.2,
+                                  "storage_backoff_seconds": 0.01}
+        values.update(overrides)
+        settings = Settings(**stack_values(tmp_path / "var", **values))
+        holder: list[WorkerHarness] = []
+        deps = EditJobDeps(
+            settings=settings, store=make_job_store(settings), storage=make_storage(settings),
+            engine=engine, metrics=WorkerMetrics(), notifier=None,
+            requeue=lambda job_id: holder[0].requeued.append(job_id),
+            shutdown=ShutdownSignal(), worker_id=f"test-{uuid.uuid4().hex[:6]}",
+        )
+        holder.append(WorkerHarness(deps))
+        return holder[0]
+
+    return build
+
+
+# --- data ----------------------------------------------------------------------------------
+def _new_job(owner: str = "alice", idempotency_key: str | None = None,
+             request_hash: str | None = None, job_id: str | None = None,
+             size_bytes: int = 64000) -> EditJob:
+    """A queued "Add drums" job of a 1 s WAV input stored at `inputs/{id}`."""
+    job_id = job_id or uuid.uuid4().hex
+    return EditJob(
+        id=job_id,
+        owner=owner,
+        instruction=NormalizedInstruction(operation="add", stem="Drums",
+                                          text="Music piece. Instruct: Add Drums."),
+        input_key=f"inputs/{job_id}",
+        input=InputAudio(format="WAV", sample_rate=32000, channels=1, duration_seconds=1.0,
+                         size_bytes=size_bytes),
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+
+
+@pytest.fixture
+def new_job() -> Callable[..., EditJob]:
+    """The one way tests make an `EditJob` record without the gateway:
+    `new_job(owner="alice", idempotency_key=None, request_hash=None, job_id=None,
+    size_bytes=64000)`."""
+    return _new_job
 
 
 @pytest.fixture
@@ -146,113 +305,6 @@ def audio_factory(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
-@dataclass
-class RunningGateway:
-    """A gateway served by uvicorn in a thread; `url` is its base URL."""
-
-    app: object
-    url: str
-    server: object
-    thread: object
-
-    @property
-    def context(self):  # the ServiceContext: store, storage, celery, metrics, settings
-        return self.app.state.context
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def start_gateway(settings, **components) -> RunningGateway:
-    """Serve `service.app.create_app(settings)` with uvicorn in a thread on a free port."""
-    import threading
-
-    import uvicorn
-
-    from service.app import create_app
-
-    app = create_app(settings, **components)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, 20, "uvicorn gateway")
-    return RunningGateway(app, f"http://127.0.0.1:{port}", server, thread)
-
-
-@pytest.fixture(scope="module")
-def module_gateway(tmp_path_factory, redis_server, s3_server) -> Iterator[RunningGateway]:
-    """A gateway with the test settings on the session Redis and a bucket of its own, shared
-    by the tests of one module (starting one per test costs seconds); use it through `gw`."""
-    gateway = start_gateway(build_settings(tmp_path_factory.mktemp("gw") / "var",
-                                           redis_url=redis_server.url,
-                                           s3=(s3_server, s3_server.create_bucket())))
-    yield gateway
-    gateway.stop()
-
-
-@pytest.fixture
-def gw(module_gateway: RunningGateway, redis_url: str) -> RunningGateway:
-    """The module's gateway with its Redis flushed and its bucket emptied for this test."""
-    storage = module_gateway.context.storage
-    for key in storage.list_keys():
-        storage.delete(key)
-    return module_gateway
-
-
-@pytest.fixture
-def run_gateway() -> Iterator[Callable[..., RunningGateway]]:
-    """`run_gateway(settings)` serves a gateway over real HTTP until the test ends."""
-    running: list[RunningGateway] = []
-
-    def start(settings, **components) -> RunningGateway:
-        gateway = start_gateway(settings, **components)
-        running.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in running:
-        gateway.stop()
-
-
-class WebhookReceiver:
-    """A loopback HTTP server recording every POST as (headers, body); it answers with the
-    queued status codes, then 200. Header names are lower-cased."""
-
-    def __init__(self, statuses: tuple[int, ...] | list[int] = (), port: int = 0) -> None:
-        self.statuses = list(statuses)
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/musicedit"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def events_for(self, job_id: str) -> list[tuple[dict[str, str], bytes]]:
-        return [(h, b) for h, b in self.received if json.loads(b)["job"]["id"] == job_id]
-
-    def wait_for(self, count: int, timeout: float = 20.0) -> None:
-        wait_until(lambda: len(self.received) >= count, timeout, f"{count} webhook(s)")
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
 def webhook_receiver() -> Iterator[WebhookReceiver]:
@@ -260,10 +312,3 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     yield receiver
     receiver.close()
 
-
-@pytest.fixture(scope="session")
-def shared(request: pytest.FixtureRequest):
-    """This module (`tests/conftest.py`) itself: RedisServer, S3Server, build_settings,
-    start_gateway, free_port, wait_until, WebhookReceiver, API_KEYS. Test files cannot `import conftest`:
-    every test folder has a conftest module of that name."""
-    return request.config.pluginmanager.get_plugin(str(Path(__file__)))

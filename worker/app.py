@@ -105,3 +105,8 @@ def worker_argv(settings: Settings) -> list[str]:
 
 
 app = create_worker_app(get_settings())
+
+
+def run_worker(settings: Settings) -> None:
+    """Consume edit jobs until stopped (SIGTERM: Celery's warm shutdown)."""
+    app.worker_main(worker_argv(settings))

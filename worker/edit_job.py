@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from models.audio import read_audio, write_audio
 from models.engine import DeviceFailed, EditRequest, JobCanceled
-from models.sampling import SamplingParams
 from musicedit.errors import (
     AudioError,
     LeaseLost,
@@ -29,20 +28,20 @@ from musicedit.errors import (
     StoreUnavailable,
 )
 from musicedit.job_store import BaseJobStore
-from musicedit.jobs import EditJob, JobState, seed_for_job
+from musicedit.jobs import OUTPUT_MEDIA_TYPES, EditJob, JobState
 from musicedit.logs import log_event
 from musicedit.settings import Settings
 from musicedit.storage import ObjectStorage, result_key
 from musicedit.webhooks import WebhookNotifier
 from worker.housekeeping import ShutdownSignal
 from worker.metrics import WorkerMetrics
+from worker.sampling import engine_params, job_seed
 
 if TYPE_CHECKING:
     from models.engine import EditEngine, EditHandle, EditOutput
 
 log = logging.getLogger("musicedit.worker")
 T = TypeVar("T")
-CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
 
 
 class JobOutcome(str, enum.Enum):
@@ -84,7 +83,7 @@ class EditJobDeps:
     settings: Settings
     store: BaseJobStore
     storage: ObjectStorage
-    engine: "EditEngine"
+    engine: EditEngine
     metrics: WorkerMetrics
     notifier: WebhookNotifier | None
     requeue: Callable[[str], None]
@@ -129,7 +128,7 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{job_id[:8]}", daemon=True)
 
-    def __enter__(self) -> "LeaseKeeper":
+    def __enter__(self) -> LeaseKeeper:
         self._thread.start()
         return self
 
@@ -159,13 +158,6 @@ class _Progress:
 
     def update(self, frames_done: int, frames_total: int) -> None:
         self.value = (frames_done, frames_total)
-
-
-def job_seed(job: EditJob) -> int:
-    """The job's seed; without one, a seed derived from the job id (same on every attempt)."""
-    if job.params.seed is not None:
-        return job.params.seed
-    return seed_for_job(job.id)  # a job queued before gateways filled the seed in
 
 
 def run_edit_job(job_id: str, deps: EditJobDeps) -> JobOutcome:
@@ -234,7 +226,7 @@ def _run_claimed(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper) -> JobOutc
     return _finished(done, deps, JobOutcome.succeeded)
 
 
-def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> "EditOutput":
+def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> EditOutput:
     """Download the input and run it through the engine; raises `_JobStopped`/`JobFailure`."""
     input_path = tmp / "input"
     try:
@@ -248,9 +240,7 @@ def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> "
     except AudioError as exc:
         raise JobFailure(f"The input audio could not be read: {exc.message}",
                          dead_letter=False) from exc
-    p = job.params
-    params = SamplingParams(seed=job_seed(job), top_k=p.top_k, top_p=p.top_p,
-                            temperature=p.temperature, cfg_coef=p.cfg_coef)
+    params = engine_params(job)
     progress = _Progress()
     started = time.perf_counter()
     try:
@@ -284,8 +274,8 @@ def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> "
     return output
 
 
-def _wait(handle: "EditHandle", job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
-          progress: _Progress) -> "EditOutput":
+def _wait(handle: EditHandle, job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
+          progress: _Progress) -> EditOutput:
     """Wait for the engine, syncing progress and the cancel flag every progress interval."""
     interval = deps.settings.worker_progress_interval_seconds
     reported = (0, 0)
@@ -327,7 +317,7 @@ def _wait(handle: "EditHandle", job: EditJob, deps: EditJobDeps, lease: LeaseKee
 
 
 def _upload_result(job: EditJob, deps: EditJobDeps, key: str, path: Path,
-                   output: "EditOutput") -> None:
+                   output: EditOutput) -> None:
     metadata = {
         "job-id": job.id,
         "instruction": job.instruction.text,
@@ -339,7 +329,7 @@ def _upload_result(job: EditJob, deps: EditJobDeps, key: str, path: Path,
 
     def upload() -> None:
         with path.open("rb") as source:
-            deps.storage.put_file(key, source, content_type=CONTENT_TYPES[job.output_format],
+            deps.storage.put_file(key, source, content_type=OUTPUT_MEDIA_TYPES[job.output_format],
                                   metadata=metadata)
 
     _with_storage_retries(deps, job.id, "upload_result", upload)
@@ -394,7 +384,7 @@ def _retry_store(deps: EditJobDeps, job_id: str, operation: str, action: Callabl
 
 def _finished(done: EditJob, deps: EditJobDeps, outcome: JobOutcome) -> JobOutcome:
     deps.metrics.jobs.labels(done.state.value).inc()
-    fields = {"error": done.error} if done.error else {}
+    fields: dict[str, Any] = {"error": done.error} if done.error else {}
     level = logging.WARNING if done.state is JobState.failed else logging.INFO
     log_event(log, f"job_{done.state.value}", level, job_id=done.id, attempt=done.attempts,
               dead_lettered=done.dead_lettered, **fields)

@@ -30,7 +30,7 @@ class PeriodicThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> "PeriodicThread":
+    def start(self) -> PeriodicThread:
         self._thread.start()
         return self
 

@@ -20,10 +20,10 @@ from musicedit.logs import log_event
 from musicedit.retention import sweep_expired
 from musicedit.settings import Settings
 from musicedit.storage import make_storage
+from musicedit.webhooks import WebhookNotifier
 from worker.edit_job import EditJobDeps, JobsInFlight
 from worker.housekeeping import LeaseReaper, PeriodicThread, ShutdownSignal
 from worker.metrics import WorkerMetrics
-from musicedit.webhooks import WebhookNotifier
 
 log = logging.getLogger("musicedit.worker")
 
@@ -43,7 +43,7 @@ class WorkerRuntime:
 
     @classmethod
     def start(cls, settings: Settings, requeue: Callable[[str], None],
-              queue_depth: Callable[[], int] | None = None) -> "WorkerRuntime":
+              queue_depth: Callable[[], int] | None = None) -> WorkerRuntime:
         """Load the model, start the engine, the metrics endpoint and the background threads.
 
         Raises:

@@ -24,14 +24,21 @@ from pathlib import Path
 
 from bench.loadtest import plot, run_async
 from bench.loadtest.common import fmt_ms, fmt_s, table
-from bench.loadtest.stack import API_KEY, LocalStack, api_keys
+from local_stack import LocalStack
 
+# The service's own limits (100 MiB uploads, 300 s inputs) except the per-key caps.
 GENEROUS_LIMITS = {
-    "MUSICEDIT_RATE_LIMIT_PER_MINUTE": "1000000",
-    "MUSICEDIT_MAX_QUEUED_JOBS_PER_KEY": "1000000",
-    "MUSICEDIT_MAX_INPUT_SECONDS": "300",
-    "MUSICEDIT_RETENTION_SWEEP_INTERVAL_SECONDS": "3600",
+    "rate_limit_per_minute": 1_000_000,
+    "max_queued_jobs_per_key": 1_000_000,
+    "max_input_seconds": 300,
 }
+API_KEY = "loadtest-secret"
+CLIENT_KEYS = 16  # distinct API keys (users) the load tests spread their jobs over
+
+
+def api_keys(count: int = CLIENT_KEYS) -> list[str]:
+    """The secrets of the stack's API keys: `API_KEY`, then `loadtest-secret-1`, ..."""
+    return [API_KEY] + [f"{API_KEY}-{index}" for index in range(1, count)]
 
 
 class ProcessCpu:
@@ -147,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="musicedit-loadtest-"))
-    stack = LocalStack(workdir, gateway_env=GENEROUS_LIMITS,
-                       gateway_processes=args.gateway_processes)
+    stack = LocalStack(
+        workdir, api_keys={f"loadtest-{index}": secret for index, secret in enumerate(api_keys())},
+        limits=GENEROUS_LIMITS, gateway_processes=args.gateway_processes,
+        overrides={"log_level": "WARNING", "retention_sweep_interval_seconds": 3600})
     gateway_runs: list[tuple[str, dict]] = []
     mixed: dict | None = None
     locust_csv: Path | None = None
@@ -189,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n== starting {args.workers} worker(s), tiny model, batch "
                   f"{args.max_batch_size} ==", flush=True)
             stack.start_workers(args.workers, max_batch_size=args.max_batch_size)
-            worker_urls = [f"http://127.0.0.1:{port}/metrics"
-                           for port in stack.worker_metrics_ports]
+            worker_urls = [f"http://127.0.0.1:{worker.metrics_port}/metrics"
+                           for worker in stack.workers]
             print("\n== end-to-end phase (run_async, mixed clips) ==", flush=True)
             mixed = run_async.main([
                 "--base-url", stack.base_url, "--api-key", keys, "--scenario", "mixed",

@@ -94,7 +94,11 @@ class RawSubmitter:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def submit(self, seconds: float) -> tuple[int, str]:
-        """POST one clip; returns (status, job id or error text)."""
+        """POST one clip.
+
+        Returns:
+            (HTTP status, the job id or the error text).
+        """
         request = self.requests[(seconds, random.choice(self.keys))]
         while self.idle:
             reader, writer = self.idle.pop()

@@ -14,10 +14,16 @@ import httpx
 import pytest
 import soundfile as sf
 
-from e2e_services import WorkerProcess, make_settings_from, service_values, wait_terminal
+from local_stack import (
+    API_KEYS,
+    ThreadedGateway,
+    WorkerProcess,
+    stack_values,
+    wait_terminal,
+)
 from musicedit.client import AsyncMusiceditClient, MusiceditClient
 from musicedit.queue import enqueue_edit
-from musicedit.settings import webhook_secret_from_api_key
+from musicedit.settings import Settings, webhook_secret_from_api_key
 from musicedit.webhooks import SIGNATURE_HEADER, verify
 
 REDIS_DB = 3  # this module's own database on the session's redis-server
@@ -38,19 +44,19 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(shared, redis_server, s3_server, model_cache, tmp_path_factory) -> Iterator[Stack]:
+def stack(redis_server, s3_server, model_cache, tmp_path_factory) -> Iterator[Stack]:
     redis_client = redis_server.client()
     redis_client.select(REDIS_DB)
     redis_client.flushdb()
     bucket = s3_server.create_bucket()
     root = tmp_path_factory.mktemp("e2e")
-    values = service_values(
-        shared, root / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}",
+    values = stack_values(
+        root / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}",
         s3=(s3_server, bucket), webhook_allow_private="true", webhook_backoff_seconds="0.2",
         max_batch_size="4", model="tiny", model_cache_dir=str(model_cache))
-    gateway = shared.start_gateway(make_settings_from(values))
-    worker = WorkerProcess(values, root / "worker.log", shared.free_port(), shared).start()
-    api_key = shared.API_KEYS["alice"]
+    gateway = ThreadedGateway.start(Settings(**values))
+    worker = WorkerProcess(values, root / "worker.log").start()
+    api_key = API_KEYS["alice"]
     client = MusiceditClient(gateway.url, api_key)
     yield Stack(gateway, worker, client, api_key, s3_server, bucket)
     client.close()
@@ -60,7 +66,8 @@ def stack(shared, redis_server, s3_server, model_cache, tmp_path_factory) -> Ite
 
 def test_three_jobs_at_once_share_a_batch_and_download_through_presigned_urls(
         stack: Stack, audio_factory) -> None:
-    clips = {audio_factory(seconds=s, sample_rate=44100): s for s in (6.0, 7.0, 8.0)}
+    # long enough that the first job is still decoding when the others have been admitted
+    clips = {audio_factory(seconds=s, sample_rate=44100): s for s in (16.0, 17.0, 18.0)}
     before = stack.worker.metrics()
 
     async def submit_all() -> list[str]:
@@ -75,8 +82,9 @@ def test_three_jobs_at_once_share_a_batch_and_download_through_presigned_urls(
 
     after = stack.worker.metrics()
     # decode steps that ran more than two jobs together (histogram: count minus le=2 bucket)
-    wide_steps = ((after["musicedit_batch_size_count"] - after['musicedit_batch_size_bucket{le="2.0"}'])
-                  - (before["musicedit_batch_size_count"] - before['musicedit_batch_size_bucket{le="2.0"}']))
+    narrow = 'musicedit_batch_size_bucket{le="2.0"}'
+    wide_steps = ((after["musicedit_batch_size_count"] - after[narrow])
+                  - (before["musicedit_batch_size_count"] - before[narrow]))
     assert wide_steps > 0, "the three jobs never shared a decode step"
     assert after['musicedit_jobs_total{state="succeeded"}'] >= 3
     for histogram in ("musicedit_real_time_factor", "musicedit_time_in_queue_seconds",

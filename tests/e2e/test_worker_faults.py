@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from e2e_services import make_settings_from, service_values, wait_terminal
+from local_stack import API_KEYS, ThreadedGateway, stack_values, wait_terminal
 from musicedit.client import MusiceditClient
+from musicedit.settings import Settings
 
 REDIS_DB = 4
 
@@ -29,19 +30,19 @@ class FaultStack:
 
 
 @pytest.fixture
-def fault_stack(shared, redis_server, s3_server, tmp_path) -> Iterator[FaultStack]:
+def fault_stack(redis_server, s3_server, tmp_path) -> Iterator[FaultStack]:
     """Gateway on fresh Redis/S3 state with production lease and reaper timings."""
     redis_client = redis_server.client()
     redis_client.select(REDIS_DB)
     redis_client.flushdb()
     bucket = s3_server.create_bucket()
-    values = service_values(
-        shared, tmp_path / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}",
+    values = stack_values(
+        tmp_path / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}",
         s3=(s3_server, bucket), max_batch_size="4")
-    settings = make_settings_from(values)
+    settings = Settings(**values)
     assert settings.lease_seconds + settings.reaper_interval_seconds <= 40  # the 60 s budget
-    gateway = shared.start_gateway(settings)
-    client = MusiceditClient(gateway.url, shared.API_KEYS["alice"])
+    gateway = ThreadedGateway.start(settings)
+    client = MusiceditClient(gateway.url, API_KEYS["alice"])
     yield FaultStack(values, gateway, client, s3_server, bucket)
     client.close()
     gateway.stop()
@@ -58,8 +59,9 @@ def wait_all_decoding(client: MusiceditClient, job_ids: list[str], timeout: floa
 def test_kill_9_mid_batch_every_job_completes_exactly_once_within_60_s(
         fault_stack: FaultStack, start_worker, audio_factory) -> None:
     first = start_worker(fault_stack.values)
+    # long enough that none has finished when the worker is killed, on a fast machine too
     jobs = [fault_stack.client.submit(audio_factory(seconds=s), "Add drums", seed=i)
-            for i, s in enumerate((8.0, 9.0, 10.0))]
+            for i, s in enumerate((20.0, 21.0, 22.0))]
     job_ids = [job.id for job in jobs]
     wait_all_decoding(fault_stack.client, job_ids)
 

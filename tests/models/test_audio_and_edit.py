@@ -13,7 +13,7 @@ import torch
 from models import audio, codec
 from models.reference import InputTooLong, edit
 from models.sampling import SamplingParams
-from musicedit.cli import main
+from cli.main import main
 from musicedit.errors import InstructionError, InvalidAudio, UnsupportedAudio
 
 
@@ -166,7 +166,7 @@ def test_cli_edits_a_file_offline(tmp_path, model_cache, tiny_files):
     src = tmp_path / "in.wav"
     sf.write(src, _tone(1.5, 48000, 2).T, 48000)
     out = tmp_path / "out.flac"
-    cmd = [sys.executable, "-m", "musicedit.cli", "edit", str(src), "Add drums", "-o", str(out),
+    cmd = [sys.executable, "-m", "cli", "edit", str(src), "Add drums", "-o", str(out),
            "--model", "tiny", "--cache-dir", str(model_cache), "--seed", "3", "--top-k", "20",
            "--cfg", "2.5", "--keep-rate"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
@@ -186,7 +186,7 @@ def test_cli_edits_a_long_file_at_full_length(tmp_path, model_cache, tiny_files)
     sf.write(src, _tone(12.3, 44100, 2).T, 44100)
     out = tmp_path / "long_out.wav"
     proc = subprocess.run(
-        [sys.executable, "-m", "musicedit.cli", "edit", str(src), "remove the bass", "-o", str(out),
+        [sys.executable, "-m", "cli", "edit", str(src), "remove the bass", "-o", str(out),
          "--model", "tiny", "--cache-dir", str(model_cache)],
         capture_output=True, text=True, timeout=600, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
@@ -201,7 +201,7 @@ def test_console_script_is_installed_and_shares_the_api_defaults(monkeypatch):
     defaults are the API's and the engine's."""
     from pathlib import Path
 
-    import musicedit.cli as cli
+    from cli import edit as edit_command, main as cli
     from musicedit.jobs import SamplingParams as ApiParams
 
     script = Path(sys.executable).parent / "musicedit"
@@ -218,7 +218,7 @@ def test_console_script_is_installed_and_shares_the_api_defaults(monkeypatch):
         parser_defaults.update(vars(args))
         return 0
 
-    monkeypatch.setattr(cli, "_edit", capture)
+    monkeypatch.setattr(edit_command, "run", capture)
     assert cli.main(["edit", "in.wav", "add drums", "-o", "out.wav"]) == 0
     assert (parser_defaults["top_k"], parser_defaults["top_p"], parser_defaults["temperature"],
             parser_defaults["cfg"]) == (api.top_k, api.top_p, api.temperature, api.cfg_coef)

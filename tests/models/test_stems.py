@@ -16,7 +16,7 @@ from models.loader import (ADAPTER_FILE, METADATA_FILE, RELEASE_STEMS, ModelFile
 from models.presets import configs, write_random_model
 from models.reference import edit
 from models.sampling import SamplingParams
-from musicedit.cli import main
+from cli.main import main
 from musicedit.errors import InstructionError
 from musicedit.settings import Settings
 from worker.runtime import WorkerRuntime

@@ -65,7 +65,7 @@ def install(seed: int = FAULT_SEED) -> None:
 
 
 if __name__ == "__main__":
-    from musicedit.cli import main
+    from cli.main import main
 
     install()
     sys.exit(main(["worker"]))

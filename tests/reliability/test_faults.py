@@ -16,12 +16,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_services import make_settings_from, service_values, wait_terminal
 
+from local_stack import (
+    API_KEYS,
+    RedisServer,
+    S3Server,
+    stack_values,
+    wait_terminal,
+    wait_until,
+)
 from musicedit.client import ApiError, MusiceditClient
 from musicedit.job_store import make_job_store
 from musicedit.jobs import EditJob, InputAudio, NormalizedInstruction
 from musicedit.queue import enqueue_edit, make_celery
+from musicedit.settings import Settings
 from musicedit.storage import input_key, make_storage
 
 ALICE = "alice"
@@ -66,21 +74,21 @@ def submit_loop(url: str, api_key: str, clip: bytes, record: LoadRecord, stop: t
 
 @pytest.mark.slow
 def test_redis_restart_under_load_loses_no_accepted_job(
-        shared, s3_server, start_worker, start_gateway_process, audio_factory,
+        s3_server, start_worker, start_gateway_process, audio_factory,
         tmp_path: Path) -> None:
-    redis = shared.RedisServer(tmp_path / "redis-aof", appendonly=True).start()
+    redis = RedisServer(tmp_path / "redis-aof", appendonly=True).start()
     try:
         bucket = s3_server.create_bucket()
-        values = service_values(shared, tmp_path / "var", redis_url=redis.url,
-                                s3=(s3_server, bucket), max_batch_size="4",
-                                redis_socket_timeout_seconds="0.5",
-                                max_queued_jobs_per_key="1000")
+        values = stack_values(tmp_path / "var", redis_url=redis.url,
+                              s3=(s3_server, bucket), max_batch_size="4",
+                              redis_socket_timeout_seconds="0.5",
+                              max_queued_jobs_per_key="1000")
         gateway = start_gateway_process(values)
         worker = start_worker(values)
         clip = audio_factory(seconds=1.0, sample_rate=16000, channels=1).read_bytes()
         record, stop = LoadRecord(), threading.Event()
         threads = [threading.Thread(target=submit_loop, args=(
-            gateway.url, shared.API_KEYS[name], clip, record, stop, 200, 0.5))
+            gateway.url, API_KEYS[name], clip, record, stop, 200, 0.5))
             for name in ("alice", "bob", "alice")]
         for thread in threads:
             thread.start()
@@ -92,14 +100,14 @@ def test_redis_restart_under_load_loses_no_accepted_job(
         down_at = time.monotonic()
         time.sleep(1.5)
         status = httpx.get(f"{gateway.url}/v1/edits/{some_job}",
-                           headers={"Authorization": f"Bearer {shared.API_KEYS['alice']}"},
+                           headers={"Authorization": f"Bearer {API_KEYS['alice']}"},
                            timeout=10)
         assert status.status_code == 503 and int(status.headers["retry-after"]) >= 1
         assert httpx.get(f"{gateway.url}/readyz", timeout=10).status_code == 503
         time.sleep(4)
         redis.start()  # same port and directory: the AOF is replayed
         up_at = time.monotonic()
-        shared.wait_until(lambda: len(record.accepted) >= before_outage + 3, 30,
+        wait_until(lambda: len(record.accepted) >= before_outage + 3, 30,
                           "submissions accepted again after the restart")
         recovered_after = time.monotonic() - up_at
         time.sleep(4)
@@ -115,8 +123,8 @@ def test_redis_restart_under_load_loses_no_accepted_job(
         assert {status for _, status, _ in record.refused} <= {503}
         assert recovered_after < 30
 
-        with MusiceditClient(gateway.url, shared.API_KEYS["alice"]) as alice, \
-                MusiceditClient(gateway.url, shared.API_KEYS["bob"]) as bob:
+        with MusiceditClient(gateway.url, API_KEYS["alice"]) as alice, \
+                MusiceditClient(gateway.url, API_KEYS["bob"]) as bob:
             owners = {job.id: alice for job in alice.iter_jobs()}
             owners.update({job.id: bob for job in bob.iter_jobs()})
             assert set(accepted) <= set(owners), "an accepted job is missing from the store"
@@ -142,24 +150,24 @@ def test_redis_restart_under_load_loses_no_accepted_job(
 
 @pytest.mark.slow
 def test_s3_outage_uploads_503_worker_retries_then_fails_the_job_and_recovers(
-        shared, redis_server, start_worker, start_gateway_process, audio_factory,
+        redis_server, start_worker, start_gateway_process, audio_factory,
         tmp_path: Path) -> None:
     redis_client = redis_server.client()
     redis_client.select(5)
     redis_client.flushdb()
-    s3 = shared.S3Server(tmp_path / "seaweedfs").start()
+    s3 = S3Server(tmp_path / "seaweedfs").start()
     try:
         bucket = s3.create_bucket()
-        values = service_values(
-            shared, tmp_path / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/5",
+        values = stack_values(
+            tmp_path / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/5",
             s3=(s3, bucket), storage_retries="2", storage_backoff_seconds="0.5")
         gateway = start_gateway_process(values)
         worker = start_worker(values)
-        store = make_job_store(make_settings_from(values))
-        client = MusiceditClient(gateway.url, shared.API_KEYS["alice"])
+        store = make_job_store(Settings(**values))
+        client = MusiceditClient(gateway.url, API_KEYS["alice"])
         job = client.submit(audio_factory(seconds=12.0, sample_rate=16000, channels=1),
                             "Remove the bass", seed=3)
-        shared.wait_until(lambda: client.get(job.id).progress.frames_done > 0, 60,
+        wait_until(lambda: client.get(job.id).progress.frames_done > 0, 60,
                           "the job decoding (its input downloaded)")
 
         s3.stop()
@@ -183,7 +191,7 @@ def test_s3_outage_uploads_503_worker_retries_then_fails_the_job_and_recovers(
         assert len(worker.events("storage_gave_up", job.id)) == 1
 
         s3.start()  # same ports and data: the gateway and the worker recover by themselves
-        shared.wait_until(lambda: httpx.get(f"{gateway.url}/readyz", timeout=5)
+        wait_until(lambda: httpx.get(f"{gateway.url}/readyz", timeout=5)
                           .json()["checks"]["storage"] == "ok", 30, "storage ready again")
         after = client.submit(audio_factory(seconds=1.0), "Add drums", seed=1)
         assert wait_terminal(client, [after.id], 60)[after.id].status.value == "succeeded"
@@ -195,22 +203,22 @@ def test_s3_outage_uploads_503_worker_retries_then_fails_the_job_and_recovers(
 
 @pytest.mark.slow
 def test_a_job_that_keeps_killing_workers_is_dead_lettered_after_max_attempts(
-        shared, redis_server, s3_server, start_worker, start_gateway_process, audio_factory,
+        redis_server, s3_server, start_worker, start_gateway_process, audio_factory,
         tmp_path: Path) -> None:
     redis_client = redis_server.client()
     redis_client.select(6)
     redis_client.flushdb()
     bucket = s3_server.create_bucket()
-    values = service_values(
-        shared, tmp_path / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/6",
+    values = stack_values(
+        tmp_path / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/6",
         s3=(s3_server, bucket), lease_seconds="3", reaper_interval_seconds="1", max_attempts="3")
     gateway = start_gateway_process(values)
-    client = MusiceditClient(gateway.url, shared.API_KEYS["alice"])
+    client = MusiceditClient(gateway.url, API_KEYS["alice"])
     job = client.submit(audio_factory(seconds=20.0, sample_rate=16000, channels=1), "Add drums")
 
     for attempt in (1, 2, 3):  # every worker that runs the job dies (kill -9) while on it
         worker = start_worker(values)
-        shared.wait_until(lambda n=attempt: (v := client.get(job.id)).attempts == n
+        wait_until(lambda n=attempt: (v := client.get(job.id)).attempts == n
                           and v.status.value == "running", 60, f"attempt {attempt} running")
         worker.kill9()
 
@@ -218,7 +226,7 @@ def test_a_job_that_keeps_killing_workers_is_dead_lettered_after_max_attempts(
     failed = wait_terminal(client, [job.id], timeout=60)[job.id]
     assert failed.status.value == "failed" and failed.attempts == 3
     assert "abandoned by 3 workers" in failed.error and "resubmit" in failed.error
-    store = make_job_store(make_settings_from(values))
+    store = make_job_store(Settings(**values))
     dead = store.dead_letters()
     assert [j.id for j in dead] == [job.id] and dead[0].dead_lettered
     assert survivor.events("job_started", job.id) == []  # not run a fourth time
@@ -231,7 +239,7 @@ def test_a_job_that_keeps_killing_workers_is_dead_lettered_after_max_attempts(
 
 @pytest.mark.slow
 def test_non_finite_input_that_bypassed_the_gateway_is_refused_by_the_worker(
-        shared, redis_server, s3_server, start_worker, start_gateway_process, audio_factory,
+        redis_server, s3_server, start_worker, start_gateway_process, audio_factory,
         tmp_path: Path) -> None:
     """A NaN float WAV written straight to S3 and queued (as if the gateway's probe had missed
     it) fails with a clear error; the jobs decoding on the same worker succeed. The worker's
@@ -242,16 +250,16 @@ def test_non_finite_input_that_bypassed_the_gateway_is_refused_by_the_worker(
     redis_client.select(7)
     redis_client.flushdb()
     bucket = s3_server.create_bucket()
-    values = service_values(
-        shared, tmp_path / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/7",
+    values = stack_values(
+        tmp_path / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/7",
         s3=(s3_server, bucket), max_batch_size="4")
-    settings = make_settings_from(values)
+    settings = Settings(**values)
     gateway = start_gateway_process(values)
     worker = start_worker(values)
-    client = MusiceditClient(gateway.url, shared.API_KEYS["alice"])
+    client = MusiceditClient(gateway.url, API_KEYS["alice"])
     good = [client.submit(audio_factory(seconds=6.0, sample_rate=16000, channels=1),
                           "Add drums", seed=i) for i in range(2)]
-    shared.wait_until(lambda: all(client.get(j.id).progress.frames_done > 0 for j in good), 60,
+    wait_until(lambda: all(client.get(j.id).progress.frames_done > 0 for j in good), 60,
                       "the good jobs decoding")
 
     nan_clip = audio_factory(seconds=2.0, content="nan")

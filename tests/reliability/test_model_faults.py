@@ -1,7 +1,8 @@
-"""One job the model fails on (non-finite logits for its row only) fails alone; the jobs decoding in the same batch
-complete and their results land in S3. Real Redis (job store and broker) and SeaweedFS S3
-from the session fixtures, the real engine with the `tiny` model: once in-process through the
-worker path (`run_edit_job`), once through the gateway and a real Celery worker process.
+"""One job the model fails on (non-finite logits for its row only) fails alone; the jobs
+decoding in the same batch complete and their results land in S3. Real Redis (job store and
+broker) and SeaweedFS S3 from the session fixtures, the real engine with the `tiny` model:
+once in-process through the worker path (`run_edit_job`), once through the gateway and a
+real Celery worker process.
 
 How the fault is made: tests/reliability/model_fault.py.
 """
@@ -9,19 +10,18 @@ How the fault is made: tests/reliability/model_fault.py.
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
-from e2e_services import (REPO, WORKER_READY_TIMEOUT, WorkerProcess, make_settings_from,
-                          service_values, subprocess_env, wait_terminal)
 from model_fault import FAULT_SEED, ParamsSlippedPastValidation
 
+from local_stack import API_KEYS, WorkerProcess, stack_values, wait_terminal, wait_until
 from musicedit.client import MusiceditClient
 from musicedit.job_store import make_job_store
 from musicedit.jobs import JobState
+from musicedit.settings import Settings
 from worker.edit_job import JobOutcome, run_edit_job
 
 MODEL_ERROR = "The model failed on this input (NonFiniteLogits)"
@@ -33,7 +33,7 @@ def result_keys(s3_client, bucket: str) -> list[str]:
 
 
 def test_a_job_with_non_finite_logits_fails_alone_and_is_dead_lettered(
-        harness, audio_factory, shared, redis_url, s3_server, s3_bucket):
+        harness, audio_factory, redis_url, s3_server, s3_bucket):
     h = harness(redis_url=redis_url, s3=(s3_server, s3_bucket))
     good = [h.submit(audio_factory(seconds=15.0, sample_rate=16000, channels=1), seed=i)
             for i in range(2)]
@@ -47,7 +47,7 @@ def test_a_job_with_non_finite_logits_fails_alone_and_is_dead_lettered(
     threads = {job.id: threading.Thread(target=run, args=(job.id,)) for job in (*good, bad)}
     for job in good:
         threads[job.id].start()
-    shared.wait_until(lambda: all(h.store.get(j.id).progress.frames_done > 0 for j in good), 60,
+    wait_until(lambda: all(h.store.get(j.id).progress.frames_done > 0 for j in good), 60,
                       "the good jobs decoding")
     threads[bad.id].start()  # joins the running batch
     threads[bad.id].join(timeout=60)
@@ -70,43 +70,26 @@ def test_a_job_with_non_finite_logits_fails_alone_and_is_dead_lettered(
     assert h.deps.engine.stats().active_jobs == 0
 
 
-@dataclasses.dataclass
-class ModelFaultWorker(WorkerProcess):
-    """`musicedit worker` whose engine runs jobs submitted with seed `FAULT_SEED` at
-    `cfg_coef=inf` (`python tests/reliability/model_fault.py`)."""
-
-    def start(self) -> "ModelFaultWorker":
-        env = subprocess_env({**self.values, "worker_metrics_port": str(self.metrics_port)})
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("model_fault.py"))], cwd=REPO,
-                env=env, stdout=out, stderr=subprocess.STDOUT)
-
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                pytest.fail(f"worker exited with {self.process.returncode}; see {self.log}")
-            return any(e.get("message", "").endswith(" ready.") for e in self.events())
-
-        self.shared.wait_until(ready, WORKER_READY_TIMEOUT, "celery worker", self.log)
-        return self
-
-
 @pytest.mark.slow
 def test_a_job_with_non_finite_logits_in_a_worker_process_fails_alone_and_the_rest_land_in_s3(
-        shared, redis_url, s3_server, s3_bucket, model_cache, run_gateway, audio_factory,
+        redis_url, s3_server, s3_bucket, model_cache, run_gateway, audio_factory,
         tmp_path: Path) -> None:
-    values = service_values(shared, tmp_path / "var", redis_url=redis_url,
-                            s3=(s3_server, s3_bucket), max_batch_size="4", model="tiny",
-                            model_cache_dir=str(model_cache))
-    worker = ModelFaultWorker(values, tmp_path / "worker.log", shared.free_port(), shared)
+    values = stack_values(tmp_path / "var", redis_url=redis_url,
+                          s3=(s3_server, s3_bucket), max_batch_size="4", model="tiny",
+                          model_cache_dir=str(model_cache))
+    # `musicedit worker` whose engine runs jobs submitted with seed `FAULT_SEED` at
+    # `cfg_coef=inf` (tests/reliability/model_fault.py)
+    fault_script = str(Path(__file__).with_name("model_fault.py"))
+    worker = WorkerProcess(values, tmp_path / "worker.log", command=(sys.executable, fault_script))
     try:
         worker.start()
-        gateway = run_gateway(make_settings_from(values))
-        with MusiceditClient(gateway.url, shared.API_KEYS["alice"]) as client:
-            good = [client.submit(audio_factory(seconds=6.0, sample_rate=16000, channels=1),
+        gateway = run_gateway(Settings(**values))
+        with MusiceditClient(gateway.url, API_KEYS["alice"]) as client:
+            # long enough to still be decoding when the failing job arrives on a fast machine
+            good = [client.submit(audio_factory(seconds=20.0, sample_rate=16000, channels=1),
                                   "Add drums", seed=i) for i in range(2)]
-            shared.wait_until(lambda: all(client.get(j.id).progress.frames_done > 0
-                                          for j in good), 60, "the good jobs decoding")
+            wait_until(lambda: all(client.get(j.id).progress.frames_done > 0
+                                   for j in good), 60, "the good jobs decoding")
             bad = client.submit(audio_factory(seconds=2.0, sample_rate=16000, channels=1),
                                 "Add drums", seed=FAULT_SEED)
             views = wait_terminal(client, [bad.id, *(j.id for j in good)], timeout=120)
@@ -124,7 +107,7 @@ def test_a_job_with_non_finite_logits_in_a_worker_process_fails_alone_and_the_re
             assert failed.timings.finished_at < timings.finished_at
         assert [e["error"] for e in worker.events("job_model_error", bad.id)] == [
             "NonFiniteLogits"]
-        assert [j.id for j in make_job_store(make_settings_from(values)).dead_letters()] == [
+        assert [j.id for j in make_job_store(Settings(**values)).dead_letters()] == [
             bad.id]
         s3 = s3_server.client()
         assert result_keys(s3, s3_bucket) == sorted(f"results/{j.id}.wav" for j in good)

@@ -5,23 +5,21 @@ and SeaweedFS behind every gateway; a real worker for the full job.
 
 Already covered elsewhere (not repeated): 401 on every route for missing/unknown keys and
 the basic 404 for another key's job (tests/service/test_gateway.py), keys kept only as
-hashes (tests/shared/test_settings.py), safe checkpoint loading (tests/models/test_loader.py).
+hashes (tests/musicedit/test_settings.py), safe checkpoint loading (tests/models/test_loader.py).
 """
 
 from __future__ import annotations
 
-import io
 import re
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from e2e_services import service_values, wait_terminal
 
+from local_stack import API_KEYS, S3_SECRET_KEY, stack_values, wait_terminal, wait_until
 from musicedit.client import MusiceditClient
 from musicedit.settings import webhook_secret_from_api_key
-from musicedit.storage import result_key
 
 ALICE = {"Authorization": "Bearer alice-secret-key"}
 BOB = {"Authorization": "Bearer bob-secret-key"}
@@ -40,15 +38,6 @@ def submit(gw, clip: bytes, headers=ALICE, **fields):
     data = {"instruction": "Add drums", **{k: str(v) for k, v in fields.items()}}
     return httpx.post(f"{gw.url}/v1/edits", headers=headers, data=data,
                       files={"file": ("clip.wav", clip, "audio/wav")}, timeout=30)
-
-
-def finish_job(gw, job_id: str, payload: bytes = b"edited") -> None:
-    """Play the worker's part on the real store and bucket: claim, upload, complete."""
-    ctx = gw.context
-    job = ctx.store.claim(job_id, "w1", 30)
-    key = result_key(job_id, job.output_format)
-    ctx.storage.put_file(key, io.BytesIO(payload))
-    ctx.store.complete(job_id, "w1", key)
 
 
 def job_routes(app) -> list[tuple[str, str]]:
@@ -107,7 +96,7 @@ def test_no_route_lets_one_key_read_cancel_or_list_another_keys_job(gateway, aud
     clip = audio_factory().read_bytes()
     queued = submit(gw, clip).json()
     done = submit(gw, clip).json()
-    finish_job(gw, done["id"])
+    gw.finish_job(done["id"], b"edited")
     routes = job_routes(gw.app)
     # every job route of the app is here; a new route fails this test until it is checked
     assert sorted(routes) == [("DELETE", "/v1/edits/{job_id}"), ("GET", "/v1/edits/{job_id}"),
@@ -141,7 +130,7 @@ def test_no_route_lets_one_key_read_cancel_or_list_another_keys_job(gateway, aud
 def test_presigned_result_url_is_refused_by_s3_once_expired(gateway, audio_factory):
     gw = gateway(presign_expiry_seconds=2)
     job = submit(gw, audio_factory().read_bytes()).json()
-    finish_job(gw, job["id"], b"edited audio bytes")
+    gw.finish_job(job["id"], b"edited audio bytes")
     location = httpx.get(f"{job['status_url']}/audio", headers=ALICE).headers["location"]
     assert "X-Amz-Expires=2&" in location or location.endswith("X-Amz-Expires=2")
     assert httpx.get(location).content == b"edited audio bytes"
@@ -180,7 +169,7 @@ def test_no_cors_headers_without_configured_origins(gateway):
 
 @pytest.mark.slow
 def test_logs_of_a_full_job_hold_no_keys_secrets_or_presigned_urls(
-        shared, redis_server, s3_server, start_worker, start_gateway_process, webhook_receiver,
+        redis_server, s3_server, start_worker, start_gateway_process, webhook_receiver,
         audio_factory, tmp_path: Path) -> None:
     """Gateway and worker in their own processes, logging JSON lines at DEBUG; one job with a
     webhook, a 401, a 404, a download; then every line of both logs is searched."""
@@ -188,12 +177,12 @@ def test_logs_of_a_full_job_hold_no_keys_secrets_or_presigned_urls(
     redis_client.select(8)
     redis_client.flushdb()
     bucket = s3_server.create_bucket()
-    values = service_values(
-        shared, tmp_path / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/8",
+    values = stack_values(
+        tmp_path / "var", redis_url=f"redis://127.0.0.1:{redis_server.port}/8",
         s3=(s3_server, bucket), webhook_allow_private="true", log_level="DEBUG")
     gateway = start_gateway_process(values)
     worker = start_worker(values)
-    api_key = shared.API_KEYS["alice"]
+    api_key = API_KEYS["alice"]
     with MusiceditClient(gateway.url, api_key) as client:
         job = client.submit(audio_factory(seconds=1.0), "Add drums", seed=1,
                             webhook_url=webhook_receiver.url, idempotency_key="order-1")
@@ -203,15 +192,15 @@ def test_logs_of_a_full_job_hold_no_keys_secrets_or_presigned_urls(
         assert client.download(job.id)
     httpx.get(f"{gateway.url}/v1/edits", headers={"Authorization": "Bearer wrong-key-123"})
     httpx.get(f"{gateway.url}/v1/edits/{job.id}", headers=BOB)
-    shared.wait_until(lambda: webhook_receiver.events_for(job.id), 30, "webhook")
+    wait_until(lambda: webhook_receiver.events_for(job.id), 30, "webhook")
     gateway.stop()
     worker.stop()
 
     logs = {"gateway": gateway.log.read_text(errors="replace"),
             "worker": worker.log.read_text(errors="replace")}
     secrets = [
-        *shared.API_KEYS.values(), "wrong-key-123",
-        webhook_secret_from_api_key(api_key), shared.S3_SECRET_KEY,
+        *API_KEYS.values(), "wrong-key-123",
+        webhook_secret_from_api_key(api_key), S3_SECRET_KEY,
         location, location.split("?", 1)[1],
     ]
     for name, text in logs.items():

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_services import service_values
-from stack_processes import rss_bytes
 
+from local_stack import rss_bytes, stack_values
 from musicedit.queue import queue_depth
 
 ALICE = {"Authorization": "Bearer alice-secret-key"}
@@ -236,7 +235,7 @@ def stream_upload(url: str, size: int) -> tuple[int, bytes]:
 
 @pytest.mark.slow
 def test_1_gb_streamed_upload_is_refused_while_streaming_and_gateway_memory_stays_flat(
-        shared, redis_server, s3_server, start_gateway_process, tmp_path):
+        redis_server, s3_server, start_gateway_process, tmp_path):
     """A 1 GiB chunked body, sent over a raw socket a chunk at a time (never held in memory on
     either side), against a gateway process whose cap is 64 MiB: the gateway answers 413 once
     the cap is passed while the client is still sending, and the rest is never sent; the
@@ -245,9 +244,9 @@ def test_1_gb_streamed_upload_is_refused_while_streaming_and_gateway_memory_stay
     redis_client.select(9)
     redis_client.flushdb()
     bucket = s3_server.create_bucket()
-    values = service_values(shared, tmp_path / "var",
-                            redis_url=f"redis://127.0.0.1:{redis_server.port}/9",
-                            s3=(s3_server, bucket), max_upload_bytes=str(64 * MiB))
+    values = stack_values(tmp_path / "var",
+                          redis_url=f"redis://127.0.0.1:{redis_server.port}/9",
+                          s3=(s3_server, bucket), max_upload_bytes=str(64 * MiB))
     gateway = start_gateway_process(values)
     for _ in range(3):  # warm up: imports, first request paths
         httpx.get(f"{gateway.url}/v1/edits", headers=ALICE)

@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 from prometheus_client import generate_latest
 
+from local_stack import free_port, wait_until
 from musicedit.jobs import JobState
 from musicedit.storage import result_key
 from worker.edit_job import JobOutcome, run_edit_job
@@ -22,10 +23,10 @@ def run_in_thread(job_id: str, deps) -> tuple[threading.Thread, list[JobOutcome]
 
 
 @pytest.fixture
-def wait_decoding(shared):
+def wait_decoding():
     def wait(harness, job_id: str) -> None:
         """Until the engine reported progress for the job (it holds a slot and decodes)."""
-        shared.wait_until(lambda: harness.store.get(job_id).progress.frames_done > 0, 60,
+        wait_until(lambda: harness.store.get(job_id).progress.frames_done > 0, 60,
                           f"progress of job {job_id}")
 
     return wait
@@ -104,7 +105,7 @@ def test_a_nan_input_is_refused_before_it_reaches_the_engine_and_the_job_beside_
 
 
 def test_a_job_the_model_raises_on_fails_alone_and_its_batch_mates_complete(
-        harness, audio_factory, shared, monkeypatch):
+        harness, audio_factory, monkeypatch):
     """Three jobs share decode steps; from its 21st step on the model raises whenever one
     job's rows are in the batch. That job fails (dead-lettered, the exception named) while
     the two it shared steps with go on and succeed. (That they decode exactly what they
@@ -134,7 +135,7 @@ def test_a_job_the_model_raises_on_fails_alone_and_its_batch_mates_complete(
     good = [h.submit(clip, seed=i) for i in (1, 2)]
     bad = h.submit(audio_factory(seconds=1.3, sample_rate=16000, channels=1), seed=3)
     threads = {job.id: run_in_thread(job.id, h.deps) for job in good}
-    shared.wait_until(lambda: all(h.store.get(j.id).progress.frames_done > 0 for j in good), 60,
+    wait_until(lambda: all(h.store.get(j.id).progress.frames_done > 0 for j in good), 60,
                       "the good jobs decoding")
     bad_thread, bad_outcome = run_in_thread(bad.id, h.deps)  # joins their batch
     bad_thread.join(60)
@@ -161,10 +162,10 @@ def test_a_job_the_model_raises_on_fails_alone_and_its_batch_mates_complete(
 
 
 def test_unreachable_storage_is_retried_then_the_job_fails_and_is_dead_lettered(
-        harness, audio_factory, shared):
+        harness, audio_factory):
     h = harness()
     job = h.submit(audio_factory(seconds=1.0))
-    broken = harness(storage_backend="s3", s3_endpoint_url=f"http://127.0.0.1:{shared.free_port()}",
+    broken = harness(storage_backend="s3", s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
                      s3_access_key_id="x", s3_secret_access_key="y", storage_retries=2)
     # same job store (same data dir), object storage that refuses connections
 
@@ -196,7 +197,8 @@ def test_shutdown_hands_a_running_job_back_to_the_queue(harness, audio_factory, 
     assert h.storage.list_keys("results/") == []
 
 
-def test_a_worker_that_lost_its_lease_does_not_record_a_result(harness, audio_factory, wait_decoding):
+def test_a_worker_that_lost_its_lease_does_not_record_a_result(
+        harness, audio_factory, wait_decoding):
     h = harness(lease_seconds=1)
     job = h.submit(audio_factory(seconds=20.0))
     thread, outcome = run_in_thread(job.id, h.deps)
@@ -218,8 +220,7 @@ def test_a_job_abandoned_max_attempts_times_is_dead_lettered_with_a_webhook(
         harness, audio_factory, webhook_receiver):
     """The claim that dead-letters an abandoned job also reports it: the owner gets the
     edit.failed webhook and the failure is counted, though no worker ran the job to its end."""
-    from musicedit.webhooks import SIGNATURE_HEADER, verify
-    from musicedit.webhooks import WebhookNotifier
+    from musicedit.webhooks import SIGNATURE_HEADER, WebhookNotifier, verify
 
     h = harness(max_attempts=2, webhook_allow_private=True)
     notifier = WebhookNotifier(h.deps.settings)
@@ -237,7 +238,8 @@ def test_a_job_abandoned_max_attempts_times_is_dead_lettered_with_a_webhook(
     webhook_receiver.wait_for(1)
     notifier.close()
     [(headers, body)] = webhook_receiver.events_for(job.id)
-    assert verify(body, headers[SIGNATURE_HEADER.lower()], h.deps.settings.webhook_secret_for("alice"))
+    secret = h.deps.settings.webhook_secret_for("alice")
+    assert verify(body, headers[SIGNATURE_HEADER.lower()], secret)
     assert b'"edit.failed"' in body and b"abandoned by 2 workers" in body
     # a redelivered message for it afterwards does nothing and sends nothing more
     assert run_edit_job(job.id, h.deps) is JobOutcome.skipped

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction
 from musicedit.job_store import SqliteJobStore
+from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction
 from worker.housekeeping import LeaseReaper, ShutdownSignal
 
 

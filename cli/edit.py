@@ -1,0 +1,62 @@
+"""`musicedit edit`: edit one audio file offline (`models.file_edit.edit_file`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from musicedit.jobs import OUTPUT_MEDIA_TYPES, SamplingParams
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("edit", help="edit one audio file offline")
+    parser.add_argument("input", type=Path, help="WAV, FLAC, OGG or MP3 file")
+    parser.add_argument("instruction",
+                        help='for example "Add drums", "Remove the bass", "Only guitar"')
+    extensions = " or ".join(f".{name}" for name in OUTPUT_MEDIA_TYPES)
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help=f"output file: {extensions} (the extension sets the format)")
+    parser.add_argument("--model", default="tiny",
+                        help="tiny | small-random | large | a model directory (default: tiny)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where random presets are written (default: the worker's, "
+                        "MUSICEDIT_MODEL_CACHE_DIR or <MUSICEDIT_DATA_DIR>/models)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    defaults = SamplingParams()  # the API's defaults (the paper's), without importing torch
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top-k", type=int, default=defaults.top_k)
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--cfg", type=float, default=defaults.cfg_coef,
+                        help="classifier-free guidance coefficient")
+    parser.add_argument("--keep-rate", action="store_true",
+                        help="write at the input's sample rate instead of 32 kHz")
+    parser.add_argument("--max-seconds", type=float, default=300.0,
+                        help="longest input accepted (default 300 s)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.file_edit import FileEditRefused, edit_file  # loads torch
+    from models.sampling import SamplingParams as EngineParams
+    from musicedit.settings import Settings
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done}/{total} frames", end="", file=sys.stderr, flush=True)
+
+    params = EngineParams(seed=args.seed, top_k=args.top_k, top_p=args.top_p,
+                          temperature=args.temperature, cfg_coef=args.cfg)
+    try:
+        edited = edit_file(
+            args.input, args.instruction, args.output, model=args.model,
+            cache_dir=args.cache_dir or Settings().effective_model_cache_dir, params=params,
+            device=args.device, keep_rate=args.keep_rate, max_seconds=args.max_seconds,
+            on_progress=progress)
+    except FileEditRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(file=sys.stderr)
+    print(f"{edited.path}: {edited.input_seconds:.2f} s edited with '{edited.instruction}' "
+          f"(model load {edited.load_seconds:.1f} s, edit {edited.edit_seconds:.1f} s)")
+    return 0
