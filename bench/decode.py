@@ -7,15 +7,15 @@ Run by hand (not in CI):
 
 For each preset and batch size it prints decode steps/s and seconds of audio produced per
 wall-clock second for
-  (a) audiocraft ``LMModel.generate`` running the jobs one after another (one job timed,
+  (a) audiocraft `LMModel.generate` running the jobs one after another (one job timed,
       multiplied: they run in sequence; timed again for every batch size, right before that
       batch's (c) and (b), so each row's ratios compare runs made at the same time),
-  (b) audiocraft ``generate`` on the whole batch as plain MusicGen, one text per row (the best
+  (b) audiocraft `generate` on the whole batch as plain MusicGen, one text per row (the best
       audiocraft can do: it cannot take per-row condition audio),
   (c) this engine with the full Instruct-MusicGen model (audio fusion + LoRA), per-row sampling
       parameters and seeds,
 with the ratios (c)/(a) and (c)/(b) and the peak resident memory during each run. All three
-get the same work: clips of ``--seconds`` (>= 100 decode steps), classifier-free guidance
+get the same work: clips of `--seconds` (>= 100 decode steps), classifier-free guidance
 (cfg 3), top-k 250 sampling. Timing covers producing the codes (text encoding, the
 condition path and decoding for (c)); EnCodec encode/decode of audio is excluded from all three.
 Each engine is built (CUDA graphs captured) and warmed up before its timed runs, as a worker's
@@ -31,6 +31,7 @@ import os
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -66,7 +67,7 @@ class PeakMemory:
             self.peak = max(self.peak, self._rss())
             time.sleep(0.005)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
@@ -91,7 +92,7 @@ def _sync(device: torch.device) -> None:
 
 
 def run_audiocraft(model, batch: int, frames: int) -> tuple[float, int]:
-    """audiocraft's own generate on ``batch`` texts; returns (seconds, peak bytes)."""
+    """audiocraft's own generate on `batch` texts; returns (seconds, peak bytes)."""
     lm = model.lm.lm
     conditions = [ConditioningAttributes(text={"description": TEXTS[i % len(TEXTS)]})
                   for i in range(batch)]
@@ -167,7 +168,8 @@ def bench_preset(name: str, device: torch.device, batches: list[int], seconds_au
     frames = int(round(seconds_audio * model.frame_rate))
     steps = frames + max(model.lm.lm.pattern_provider.delays)  # decode steps per job
     g = torch.Generator().manual_seed(0)
-    codes = torch.randint(0, model.lm.card, (model.lm.num_codebooks, frames), generator=g).to(device)
+    codes = torch.randint(0, model.lm.card, (model.lm.num_codebooks, frames), generator=g)
+    codes = codes.to(device)
     # warm-up (allocator, threads, lazy initialisation) for audiocraft; engines warm up as built
     run_audiocraft(model, 1, 16)
     # (a): one job alone; a batch of them runs in sequence (time one job, multiply). It is
@@ -179,17 +181,18 @@ def bench_preset(name: str, device: torch.device, batches: list[int], seconds_au
         return min(results, key=lambda r: r[0])
 
     for batch in batches:
-        sequential_s, sequential_mem = best(lambda: run_audiocraft(model, 1, frames))
+        sequential_s, sequential_mem = best(partial(run_audiocraft, model, 1, frames))
         a_seconds = sequential_s * batch
         for graphs in use_graphs_options:
             engine = build_engine(model, batch, use_cuda_graphs=graphs)
-            c_seconds, c_mem, _ = best(lambda: run_engine(engine, batch, codes))
+            c_seconds, c_mem, _ = best(partial(run_engine, engine, batch, codes))
             if batch == 1:  # (b) at batch 1 is the same run as (a)
                 b_seconds, b_mem = sequential_s, sequential_mem
             else:
-                b_seconds, b_mem = best(lambda: run_audiocraft(model, batch, frames))
+                b_seconds, b_mem = best(partial(run_audiocraft, model, batch, frames))
             audio_s = batch * seconds_audio
-            row = dict(preset=name, device=device.type, dtype=str(model.dtype).replace("torch.", ""),
+            dtype = str(model.dtype).replace("torch.", "")
+            row = dict(preset=name, device=device.type, dtype=dtype,
                        graphs=("on" if graphs else "off") if device.type == "cuda" else "-",
                        batch=batch, steps=steps,
                        a_steps=steps / sequential_s, a_rt=audio_s / a_seconds,
@@ -222,7 +225,8 @@ def _format_row(r: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["tiny", "small-random"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8, 16])
     parser.add_argument("--seconds", type=float, default=2.0,

@@ -218,7 +218,8 @@ def _run(report: Report, device: tp.Any, preset: str, dtype: tp.Any, tmp: Path,
     engines: dict[str, tp.Any] = {}
     guarded(report, "graph replay = eager (greedy)", lambda: check_graphs(report, model, engines))
     guarded(report, "no sync in steady-state steps", lambda: check_no_sync(report, model, engines))
-    guarded(report, "8 submitting threads never fail", lambda: check_threads(report, model, engines))
+    guarded(report, "8 submitting threads never fail",
+            lambda: check_threads(report, model, engines))
     engines.clear()
     if cuda:
         torch.cuda.empty_cache()
@@ -354,7 +355,7 @@ def check_graphs(report: Report, model: tp.Any, engines: dict[str, tp.Any]) -> N
     jobs = _mixed_jobs(model, 8, greedy=True)
     graphs_codes = _run_jobs(engines["graphs"], jobs)
     eager_codes = _run_jobs(eager, jobs)
-    mismatched = sum(int((a != b).sum()) for a, b in zip(graphs_codes, eager_codes))
+    mismatched = sum(int((a != b).sum()) for a, b in zip(graphs_codes, eager_codes, strict=True))
     total = sum(a.numel() for a in graphs_codes)
     report.check("graph replay = eager (greedy)", mismatched == 0 and runner.capture_failures == 0,
                  f"{mismatched} of {total} tokens differ over 8 jobs of one window each; "

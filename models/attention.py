@@ -16,8 +16,8 @@ class TextKV:
     """Text cross-attention keys/values of a batch, computed once per job.
 
     Attributes:
-        k, v: per layer, ``[B, H, Lt, Dh]``.
-        mask: ``[B, Lt]`` bool, True where a text position may be attended (padding between
+        k, v: per layer, `[B, H, Lt, Dh]`.
+        mask: `[B, Lt]` bool, True where a text position may be attended (padding between
             jobs of different text lengths is False), or None when every position is real.
     """
 
@@ -31,13 +31,13 @@ class ConditionKV:
     """Audio-fusion condition path of a batch (q', K', V' of every layer), computed once per job.
 
     Attributes:
-        q, k, v: per layer, ``[N, H, Tc + 1, Dh]`` for Tc condition frames plus the appended
+        q, k, v: per layer, `[N, H, Tc + 1, Dh]` for Tc condition frames plus the appended
             special-token frame.
-        num_frames: ``[N]`` long, Tc of each condition (they may differ when batched).
-        mask: ``[N, Tmax + 1]`` bool over condition positions, or None if all are full.
+        num_frames: `[N]` long, Tc of each condition (they may differ when batched).
+        mask: `[N, Tmax + 1]` bool over condition positions, or None if all are full.
         rows_per_condition: how many consecutive LM rows share one condition (2 under
             classifier-free guidance: the conditional and unconditional rows of a job see the
-            same audio), so the batch has ``N * rows_per_condition`` rows.
+            same audio), so the batch has `N * rows_per_condition` rows.
     """
 
     q: list[torch.Tensor]
@@ -50,10 +50,10 @@ class ConditionKV:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Scaled dot-product attention, ``[B, H, S, Dh]`` x ``[B, H, T, Dh]`` -> ``[B, H, S, Dh]``.
+    """Scaled dot-product attention, `[B, H, S, Dh]` x `[B, H, T, Dh]` -> `[B, H, S, Dh]`.
 
-    ``mask`` (broadcastable to ``[B, H, S, T]``) is either bool, True where attending is
-    allowed, or a float additive bias (0 allowed, -inf not; see :func:`attention_bias`: decode
+    `mask` (broadcastable to `[B, H, S, T]`) is either bool, True where attending is
+    allowed, or a float additive bias (0 allowed, -inf not; see `attention_bias`: decode
     steps build it once per step instead of once per layer).
     Decode steps (a query or two per row) on the CPU use plain batched matmuls, which run
     about 1.7x faster there than PyTorch's CPU flash kernel; everything else uses SDPA.
@@ -68,7 +68,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def attention_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Bool mask (True = may attend) -> additive bias (0 / -inf) in ``dtype``."""
+    """Bool mask (True = may attend) -> additive bias (0 / -inf) in `dtype`."""
     if mask is None:
         return None
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
@@ -79,8 +79,8 @@ class SelfAttentionKV(tp.Protocol):
     """How a caller stores self-attention keys/values across decoding steps."""
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Store this step's ``k, v`` ``[B, H, S, Dh]`` and return causal attention of ``q``
-        ``[B, H, S, Dh]`` over everything stored for the rows, ``[B, H, S, Dh]``."""
+        """Store this step's `k, v` `[B, H, S, Dh]` and return causal attention of `q`
+        `[B, H, S, Dh]` over everything stored for the rows, `[B, H, S, Dh]`."""
         ...
 
 

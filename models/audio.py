@@ -1,8 +1,9 @@
 """Audio in and out of the model: decode files, resample to the codec's rate, encode/decode codes.
 
-File validation (format, limits, silence) is :func:`musicedit.audio_probe.probe_audio`, shared with
+File validation (format, limits, silence) is `musicedit.audio_probe.probe_audio`, shared with
 the gateway; here we turn an accepted file into the codec's input (`models.codec` turns it into
-codes and back, in chunks) and write results, and refuse again what the model cannot edit (no samples, NaN/inf, silence), so that callers of the
+codes and back, in chunks) and write results, and refuse again what the model cannot edit (no
+samples, NaN/inf, silence), so that callers of the
 model path (the reference edit, the engine) get the same clear errors without the probe.
 """
 from __future__ import annotations
@@ -23,11 +24,12 @@ SILENCE_PEAK_THRESHOLD = 1e-4
 
 
 def read_audio(source: str | Path | tp.BinaryIO) -> tuple[np.ndarray, int]:
-    """Decode WAV/FLAC/OGG/MP3 (whatever libsndfile reads) to float32 ``[C, N]`` and its rate."""
+    """Decode WAV/FLAC/OGG/MP3 (whatever libsndfile reads) to float32 `[C, N]` and its rate."""
     try:
         data, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise UnsupportedAudio(f"cannot decode the audio: {exc}. Send WAV, FLAC, OGG or MP3.") from exc
+        raise UnsupportedAudio(f"cannot decode the audio: {exc}. Send WAV, FLAC, OGG or MP3."
+                               ) from exc
     return np.ascontiguousarray(data.T), int(rate)
 
 
@@ -36,12 +38,12 @@ def to_codec_input(wav: np.ndarray | torch.Tensor, sample_rate: int, target_rate
     """Mix down to mono and resample.
 
     Args:
-        wav: ``[C, N]`` float samples in [-1, 1].
-        sample_rate: rate of ``wav``.
+        wav: `[C, N]` float samples in [-1, 1].
+        sample_rate: rate of `wav`.
         target_rate: the codec's rate (32 kHz for MusicGen).
         silence_peak_threshold: inputs whose absolute peak is below this are silent.
     Returns:
-        ``[1, 1, N']`` float32 at ``target_rate``.
+        `[1, 1, N']` float32 at `target_rate`.
     Raises:
         InvalidAudio: empty, non-finite or silent samples.
     """
@@ -71,8 +73,8 @@ class NonFiniteAudio(RuntimeError):
 
 def write_audio(path: str | Path | tp.BinaryIO, wav: torch.Tensor, sample_rate: int,
                 output_format: str = "wav", output_rate: int | None = None) -> None:
-    """Write ``[1, N]`` or ``[1, 1, N]`` audio as 16-bit WAV or FLAC, resampled to
-    ``output_rate`` when given (for example the input's own rate)."""
+    """Write `[1, N]` or `[1, 1, N]` audio as 16-bit WAV or FLAC, resampled to
+    `output_rate` when given (for example the input's own rate)."""
     import julius
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}")

@@ -1,11 +1,11 @@
 """Reading checkpoints without running code from them.
 
-PyTorch checkpoints are pickles: a plain ``pickle.load`` (or ``torch.load(weights_only=False)``)
-runs whatever callables the file names. Both the audiocraft files (``state_dict.bin``,
-``compression_state_dict.bin``) and the released Instruct-MusicGen Lightning ``.ckpt`` are read
+PyTorch checkpoints are pickles: a plain `pickle.load` (or `torch.load(weights_only=False)`)
+runs whatever callables the file names. Both the audiocraft files (`state_dict.bin`,
+`compression_state_dict.bin`) and the released Instruct-MusicGen Lightning `.ckpt` are read
 here with an unpickler that resolves only tensor-rebuilding functions, storages and plain
 containers. Any other class the file names (the Lightning hparams of the release refer to the
-authors' own modules) becomes an inert :class:`OpaqueObject` that keeps its state but runs
+authors' own modules) becomes an inert `OpaqueObject` that keeps its state but runs
 nothing.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ class OpaqueObject:
     def __setstate__(self, state: tp.Any) -> None:
         self.state = state
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> "OpaqueObject":
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> OpaqueObject:
         return OpaqueObject(*args, **kwargs)
 
 

@@ -96,7 +96,8 @@ def decode(codec: tp.Any, codes: torch.Tensor, num_samples: int | None = None,
     for start, end, left, right in _chunks(total, chunking):
         # This chunk's audio covers its frames plus half the crossfade on each inner side.
         first = start - chunking.crossfade_frames // 2 if start > 0 else 0
-        last = end + (chunking.crossfade_frames - chunking.crossfade_frames // 2) if end < total else total
+        half = chunking.crossfade_frames - chunking.crossfade_frames // 2
+        last = end + half if end < total else total
         with guard():
             audio = codec.decode(codes[..., left:right], None)
         audio = audio[..., (first - left) * hop:(last - left) * hop].float().cpu()
@@ -134,5 +135,5 @@ def _chunks(total: int, chunking: Chunking) -> tp.Iterator[tuple[int, int, int, 
         return
     count = -(-total // size)
     bounds = [round(i * total / count) for i in range(count + 1)]
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in zip(bounds, bounds[1:], strict=False):
         yield start, end, max(0, start - context), min(total, end + context)

@@ -1,9 +1,9 @@
-"""audiocraft experiment configs (``xp.cfg``) for the model sizes we build from config.
+"""audiocraft experiment configs (`xp.cfg`) for the model sizes we build from config.
 
-The real ``facebook/musicgen-*`` files carry their own ``xp.cfg``; these are only for the
-random-weight presets (``tiny``, ``small-random``), written into ``state_dict.bin`` /
-``compression_state_dict.bin`` exactly as audiocraft stores them, so that the same loader reads
-them. Values follow audiocraft's ``musicgen_lm.yaml`` / ``encodec`` defaults; sizes vary.
+The real `facebook/musicgen-*` files carry their own `xp.cfg`; these are only for the
+random-weight presets (`tiny`, `small-random`), written into `state_dict.bin` /
+`compression_state_dict.bin` exactly as audiocraft stores them, so that the same loader reads
+them. Values follow audiocraft's `musicgen_lm.yaml` / `encodec` defaults; sizes vary.
 """
 from __future__ import annotations
 

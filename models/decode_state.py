@@ -1,4 +1,4 @@
-"""What a decode step of :meth:`models.instruct_musicgen.InstructMusicGen.decode_step` reads
+"""What a decode step of `models.instruct_musicgen.InstructMusicGen.decode_step` reads
 besides its input tokens: the weights prepared for it, and the caller's caches."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class DecodeLayerWeights:
 class DecodeWeights:
     """The model's weights prepared once for the decode step: per-layer views, the four
     codebook heads as one `[K * card, D]` matrix (one GEMM instead of four) and the fusion gates
-    as host floats. Build with :meth:`InstructMusicGen.decode_weights` after the weights are
+    as host floats. Build with `InstructMusicGen.decode_weights` after the weights are
     final (loaded, LoRA merged, cast)."""
 
     layers: tuple[DecodeLayerWeights, ...]

@@ -1,19 +1,19 @@
 """Instruct-MusicGen: audiocraft's MusicGen LM plus the audio-fusion adapter and text-fusion LoRA.
 
-The paper (sections 3.2.1, 3.2.2) and ``shared/reference/instruct-musicgen-facts.md`` define the
-model. We wrap an untouched audiocraft :class:`LMModel` and compute its layers with the LM's own
+The paper (sections 3.2.1, 3.2.2) and `shared/reference/instruct-musicgen-facts.md` define the
+model. We wrap an untouched audiocraft `LMModel` and compute its layers with the LM's own
 modules (norms, projections, feed-forward), adding:
 
 - audio fusion: a condition path that runs the condition clip's codes through every layer's
-  frozen norm/self-attention/feed-forward with a per-layer ``merge_linear`` and ``pos_emb``, and a
+  frozen norm/self-attention/feed-forward with a per-layer `merge_linear` and `pos_emb`, and a
   gated attention from the music stream to that path's keys/values inside each self-attention,
-  before the frozen output projection: ``x + g_m * SDPA(q + q', K', V')``;
+  before the frozen output projection: `x + g_m * SDPA(q + q', K', V')`;
 - text fusion: LoRA (rank 32, alpha 64 for the release) on the query and value projections of
   every text cross-attention.
 
-All sizes come from the wrapped LM and :class:`AdapterConfig`: the same code builds a 2-layer
+All sizes come from the wrapped LM and `AdapterConfig`: the same code builds a 2-layer
 test model and MusicGen-large. This module only defines math: how self-attention keys and values
-are cached is the caller's business (see :class:`SelfAttentionKV`).
+are cached is the caller's business (see `SelfAttentionKV`).
 """
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from audiocraft.models.lm import LMModel
+from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
 from audiocraft.modules.transformer import (
+    StreamingMultiheadAttention,
     StreamingTransformerLayer,
     create_sin_embedding,
 )
@@ -53,28 +55,29 @@ class AudioFusion(nn.Module):
     """Parameters of the audio-fusion module (paper eqs. 4-8).
 
     Attributes:
-        pos_emb: ``[L + 1, max_frames + 1, D]``; row 0 is the learned start state z_cond^0,
+        pos_emb: `[L + 1, max_frames + 1, D]`; row 0 is the learned start state z_cond^0,
             row m >= 1 the position embedding e_m of layer m.
-        merge_linear: L bias-free ``Linear(D, D)`` (Linear_cond of each layer).
-        gates: ``[L]`` zero-initialised scalars, used without tanh.
+        merge_linear: L bias-free `Linear(D, D)` (Linear_cond of each layer).
+        gates: `[L]` zero-initialised scalars, used without tanh.
     """
 
     def __init__(self, num_layers: int, dim: int, max_frames: int):
         super().__init__()
         self.pos_emb = nn.Parameter(torch.randn(num_layers + 1, max_frames + 1, dim) * 0.02)
-        self.merge_linear = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(num_layers))
+        self.merge_linear = nn.ModuleList(nn.Linear(dim, dim, bias=False)
+                                          for _ in range(num_layers))
         self.gates = nn.Parameter(torch.zeros(num_layers))
 
     @property
     def max_condition_frames(self) -> int:
-        """Longest condition clip in frames (its +1 appended frame must fit ``pos_emb``)."""
+        """Longest condition clip in frames (its +1 appended frame must fit `pos_emb`)."""
         return self.pos_emb.shape[1] - 1
 
 
 class CrossAttentionLoRA(nn.Module):
     """LoRA factors on the query and value projections of one text cross-attention (eqs. 10-11).
 
-    ``W' = W + (alpha / rank) * B @ A`` with ``A: [rank, D]`` and ``B: [D, rank]``; B starts at 0.
+    `W' = W + (alpha / rank) * B @ A` with `A: [rank, D]` and `B: [D, rank]`; B starts at 0.
     """
 
     def __init__(self, dim: int, rank: int, alpha: float):
@@ -102,8 +105,8 @@ _NARROW_ROWS = range(2, 129)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x [..., D_in] @ weight[D_out, D_in]^T + bias`` -> ``[..., D_out]``, same math as
-    :func:`F.linear` (summation order may differ in the last bits)."""
+    """`x [..., D_in] @ weight[D_out, D_in]^T + bias` -> `[..., D_out]`, same math as
+    `F.linear` (summation order may differ in the last bits)."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if x.device.type != "cpu" or rows not in _NARROW_ROWS:
         return F.linear(x, weight, bias)
@@ -114,8 +117,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def feed_forward(layer: StreamingTransformerLayer, x: torch.Tensor) -> torch.Tensor:
-    """The layer's frozen feed-forward block (audiocraft ``_ff_block`` at inference) through
-    :func:`linear`. ``[..., D]`` -> ``[..., D]``."""
+    """The layer's frozen feed-forward block (audiocraft `_ff_block` at inference) through
+    `linear`. `[..., D]` -> `[..., D]`."""
     hidden = layer.activation(linear(x, layer.linear1.weight, layer.linear1.bias))
     return linear(hidden, layer.linear2.weight, layer.linear2.bias)
 
@@ -127,22 +130,32 @@ def condition_query_index(positions: torch.Tensor, num_frames: torch.Tensor) -> 
     condition frame p, clamped to the last real condition frame (facts file: min(t, T-1)).
 
     Args:
-        positions: ``[B, S]`` long, sequence positions.
-        num_frames: ``[B]`` long, condition frames per row.
+        positions: `[B, S]` long, sequence positions.
+        num_frames: `[B]` long, condition frames per row.
     Returns:
-        ``[B, S]`` long indices into the condition path's ``Tc + 1`` positions.
+        `[B, S]` long indices into the condition path's `Tc + 1` positions.
     """
     return torch.minimum(positions, (num_frames - 1).clamp(min=0).view(-1, 1))
 
 
+def cross_attention(layer: StreamingTransformerLayer) -> StreamingMultiheadAttention:
+    """The layer's text cross-attention (MusicGen's layers all have one)."""
+    attn = layer.cross_attention
+    if not isinstance(attn, StreamingMultiheadAttention):
+        raise ValueError("expected a MusicGen layer with text cross-attention")
+    return attn
+
+
 class InstructMusicGen(nn.Module):
-    """audiocraft ``LMModel`` + audio fusion + text-fusion LoRA.
+    """audiocraft `LMModel` + audio fusion + text-fusion LoRA.
 
     Args:
         lm: an audiocraft LMModel built by audiocraft's builders (any size). Its weights are
             frozen and used as they are.
         adapter: sizes of the additions.
     """
+
+    sin_table: torch.Tensor
 
     def __init__(self, lm: LMModel, adapter: AdapterConfig = AdapterConfig(),
                  adapter_device: str | torch.device | None = None):
@@ -172,11 +185,30 @@ class InstructMusicGen(nn.Module):
         # Computed in float32 once (MusicGen's own fp16 computation errs by up to 0.15), then
         # only cast with the model: fp16 keeps it within 5e-4.
         device = next(lm.parameters()).device
-        table = create_sin_embedding(torch.arange(SIN_TABLE_POSITIONS, device=device).view(1, -1, 1),
+        positions = torch.arange(SIN_TABLE_POSITIONS, device=device).view(1, -1, 1)
+        table = create_sin_embedding(positions,
                                      self.dim, max_period=transformer.max_period)
         self.register_buffer("sin_table", table[0] * transformer.positional_scale, persistent=False)
 
     # ----------------------------------------------------------------- helpers
+    @property
+    def dtype(self) -> torch.dtype:
+        """The LM's parameter dtype."""
+        return tp.cast(nn.Embedding, self.lm.emb[0]).weight.dtype
+
+    @property
+    def heads(self) -> tp.Sequence[nn.Linear]:
+        """The per-codebook output projections."""
+        return tp.cast(tp.Sequence[nn.Linear], self.lm.linears)
+
+    @property
+    def delays(self) -> list[int]:
+        """Codebook delays of the LM's "delay" interleaving pattern."""
+        provider = self.lm.pattern_provider
+        if not isinstance(provider, DelayedPatternProvider):
+            raise ValueError(f"expected MusicGen's delay pattern, got {type(provider).__name__}")
+        return list(provider.delays)
+
     @property
     def layers(self) -> tp.Sequence[StreamingTransformerLayer]:
         return tp.cast(tp.Sequence[StreamingTransformerLayer], self.lm.transformer.layers)
@@ -194,35 +226,38 @@ class InstructMusicGen(nn.Module):
         return self.lm.special_token_id
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, S, D]`` -> ``[B, H, S, Dh]``."""
+        """`[B, S, D]` -> `[B, H, S, Dh]`."""
         b, s, _ = x.shape
         return x.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
 
     def _merge_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, H, S, Dh]`` -> ``[B, S, D]``."""
+        """`[B, H, S, Dh]` -> `[B, S, D]`."""
         b, _, s, _ = x.shape
         return x.transpose(1, 2).reshape(b, s, self.dim)
 
-    def _self_qkv(self, layer: StreamingTransformerLayer, h: torch.Tensor):
+    def _self_qkv(self, layer: StreamingTransformerLayer, h: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         proj = linear(h, layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias)
         q, k, v = proj.chunk(3, dim=-1)
         return self._heads(q), self._heads(k), self._heads(v)
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Sum of the frozen per-codebook embeddings. ``codes [B, K, S]`` long -> ``[B, S, D]``."""
-        return sum(self.lm.emb[k](codes[:, k]) for k in range(codes.shape[1]))  # type: ignore
+        """Sum of the frozen per-codebook embeddings. `codes [B, K, S]` long -> `[B, S, D]`."""
+        embedded = [self.lm.emb[k](codes[:, k]) for k in range(codes.shape[1])]
+        return torch.stack(embedded).sum(0) if len(embedded) > 1 else embedded[0]
 
     # ----------------------------------------------------------- per-job state
-    def encode_condition(self, codes: torch.Tensor, num_frames: torch.Tensor | None = None) -> ConditionKV:
+    def encode_condition(self, codes: torch.Tensor,
+                         num_frames: torch.Tensor | None = None) -> ConditionKV:
         """Run the audio-fusion condition path once for a job's condition clip.
 
         Args:
-            codes: ``[B, K, Tc]`` long EnCodec codes of the condition audio (raw, no delay
+            codes: `[B, K, Tc]` long EnCodec codes of the condition audio (raw, no delay
                 pattern). Rows shorter than Tc are right-padded (any value) and described by
-                ``num_frames``.
-            num_frames: ``[B]`` long real frames per row (default: all Tc).
+                `num_frames`.
+            num_frames: `[B]` long real frames per row (default: all Tc).
         Returns:
-            q', K', V' for every layer over ``Tc + 1`` positions (the appended special-token
+            q', K', V' for every layer over `Tc + 1` positions (the appended special-token
             frame makes the condition as long as the training pattern sequence).
         """
         b, k, tc = codes.shape
@@ -242,7 +277,7 @@ class InstructMusicGen(nn.Module):
         valid = positions.view(1, -1) <= num_frames.view(-1, 1)  # real frames + the appended one
         mask = None if bool(valid.all()) else valid
 
-        dtype = self.lm.emb[0].weight.dtype
+        dtype = self.dtype
         cond_emb = self.embed_codes(padded)
         o = self.audio_fusion.pos_emb[0, : tc + 1].to(dtype).unsqueeze(0).expand(b, -1, -1)
         causal = positions.view(-1, 1) >= positions.view(1, -1)
@@ -261,7 +296,8 @@ class InstructMusicGen(nn.Module):
                 break  # the last layer's output feeds nothing: only its q'/K'/V' are used
             a = F.scaled_dot_product_attention(q, kk, v, attn_mask=attn_mask)
             out_proj = layer.self_attn.out_proj
-            o = o + layer.layer_scale_1(linear(self._merge_heads(a), out_proj.weight, out_proj.bias))
+            attended = linear(self._merge_heads(a), out_proj.weight, out_proj.bias)
+            o = o + layer.layer_scale_1(attended)
             o = o + layer.layer_scale_2(feed_forward(layer, layer.norm2(o)))
         return ConditionKV(qs, ks, vs, num_frames, mask)
 
@@ -269,18 +305,18 @@ class InstructMusicGen(nn.Module):
         """Encode instructions with the LM's text conditioner, one tensor per text.
 
         Each text is cut to its own tokens, so a job's embedding does not depend on which other
-        texts were encoded with it. ``None`` or ``""`` is the null condition of classifier-free
+        texts were encoded with it. `None` or `""` is the null condition of classifier-free
         guidance: one all-zero position, as audiocraft produces it.
 
         Returns:
-            per text, ``[Lt_i, D]`` in the LM's dtype.
+            per text, `[Lt_i, D]` in the LM's dtype.
         """
         from audiocraft.modules.conditioners import ConditioningAttributes
         attrs = [ConditioningAttributes(text={"description": t or None}) for t in texts]
         provider = self.lm.condition_provider
         embeds, mask = provider(provider.tokenize(attrs))["description"]
         out = []
-        for row, row_mask in zip(embeds, mask):
+        for row, row_mask in zip(embeds, mask, strict=True):
             length = int(row_mask.sum())
             out.append(row[: max(length, 1)].to(self.lm.emb[0].weight.dtype))
         return out
@@ -289,9 +325,9 @@ class InstructMusicGen(nn.Module):
         """Project text embeddings to cross-attention keys/values of every layer, once per job.
 
         Args:
-            embeddings: per row, ``[Lt_i, D]`` (from :meth:`text_embeddings`).
+            embeddings: per row, `[Lt_i, D]` (from `text_embeddings`).
         Returns:
-            K, V ``[B, H, Lmax, Dh]`` per layer and a padding mask when lengths differ.
+            K, V `[B, H, Lmax, Dh]` per layer and a padding mask when lengths differ.
         """
         lengths = [e.shape[0] for e in embeddings]
         lmax = max(lengths)
@@ -302,7 +338,7 @@ class InstructMusicGen(nn.Module):
                 lengths, device=src.device).view(-1, 1)
         ks, vs = [], []
         for m, layer in enumerate(self.layers):
-            attn = layer.cross_attention
+            attn = cross_attention(layer)
             w, bias = attn.in_proj_weight, attn.in_proj_bias
             d = self.dim
             k = F.linear(src, w[d: 2 * d], None if bias is None else bias[d: 2 * d])
@@ -320,14 +356,14 @@ class InstructMusicGen(nn.Module):
         """Logits for a chunk of the delay-pattern sequence.
 
         Args:
-            codes: ``[B, K, S]`` long, sequence tokens (special token where the pattern is empty).
-            positions: ``[B, S]`` long, each token's position in its row's sequence (rows of a
+            codes: `[B, K, S]` long, sequence tokens (special token where the pattern is empty).
+            positions: `[B, S]` long, each token's position in its row's sequence (rows of a
                 batch may be at different positions).
             text: cross-attention K/V of the rows.
             condition: audio-fusion state of the rows, or None for plain MusicGen.
             cache: self-attention K/V storage; receives this chunk's keys/values.
         Returns:
-            ``[B, K, S, card]`` logits in the LM's dtype.
+            `[B, K, S, card]` logits in the LM's dtype.
         """
         lm = self.lm
         x = self.embed_codes(codes) + F.embedding(positions, self.sin_table)
@@ -340,7 +376,8 @@ class InstructMusicGen(nn.Module):
             fusion_index = idx.reshape(n, 1, g * s, 1).expand(-1, self.num_heads, -1, self.head_dim)
             cond_mask = None if condition.mask is None else attention_bias(
                 condition.mask.view(n, 1, 1, -1), x.dtype)
-        text_mask = None if text.mask is None else attention_bias(text.mask.view(b, 1, 1, -1), x.dtype)
+        text_mask = (None if text.mask is None
+                     else attention_bias(text.mask.view(b, 1, 1, -1), x.dtype))
         for m, layer in enumerate(self.layers):
             # Self-attention with the audio fusion added before the frozen output projection.
             q, k, v = self._self_qkv(layer, layer.norm1(x))
@@ -351,14 +388,17 @@ class InstructMusicGen(nn.Module):
                 q_cond = torch.gather(condition.q[m], 2, fusion_index)
                 fused = attention(q_rows + q_cond, condition.k[m], condition.v[m], cond_mask)
                 fused = fused.reshape(n, self.num_heads, g, s, self.head_dim).transpose(1, 2)
-                a = a + self.audio_fusion.gates[m].to(a.dtype) * fused.reshape(b, self.num_heads, s, self.head_dim)
+                gate = self.audio_fusion.gates[m].to(a.dtype)
+                a = a + gate * fused.reshape(b, self.num_heads, s, self.head_dim)
             out_proj = layer.self_attn.out_proj
-            x = x + layer.layer_scale_1(linear(self._merge_heads(a), out_proj.weight, out_proj.bias))
+            attended = linear(self._merge_heads(a), out_proj.weight, out_proj.bias)
+            x = x + layer.layer_scale_1(attended)
             # Text cross-attention with LoRA on the query (value LoRA is inside text.v).
-            attn = layer.cross_attention
+            attn = cross_attention(layer)
             h = layer.norm_cross(x)
             bias = attn.in_proj_bias
-            qc = linear(h, attn.in_proj_weight[: self.dim], None if bias is None else bias[: self.dim])
+            qc = linear(h, attn.in_proj_weight[: self.dim],
+                        None if bias is None else bias[: self.dim])
             lora = tp.cast(CrossAttentionLoRA, self.text_lora[m])
             if not lora.merged:
                 qc = qc + lora.delta_q(h)
@@ -368,12 +408,12 @@ class InstructMusicGen(nn.Module):
             x = x + layer.layer_scale_2(feed_forward(layer, layer.norm2(x)))
         if lm.out_norm is not None:
             x = lm.out_norm(x)
-        return torch.stack([linear(x, head.weight, head.bias) for head in lm.linears], dim=1)
+        return torch.stack([linear(x, head.weight, head.bias) for head in self.heads], dim=1)
 
     # ------------------------------------------------------------ decode step
     @torch.no_grad()
     def decode_weights(self) -> DecodeWeights:
-        """Prepare the weights for :meth:`decode_step` (once, after loading and merging)."""
+        """Prepare the weights for `decode_step` (once, after loading and merging)."""
         d = self.dim
         layers = []
         gates = self.audio_fusion.gates.detach().float().cpu().tolist()
@@ -383,18 +423,19 @@ class InstructMusicGen(nn.Module):
             for name in ("layer_scale_1", "layer_scale_2", "layer_scale_cross"):
                 if not isinstance(getattr(layer, name), nn.Identity):
                     raise ValueError(f"decode_step expects MusicGen's layers without {name}")
-            attn = layer.cross_attention
+            attn = cross_attention(layer)
             bias = attn.in_proj_bias
             layers.append(DecodeLayerWeights(attn.in_proj_weight[:d],
                                              None if bias is None else bias[:d], gates[m]))
-        heads = torch.cat([head.weight for head in self.lm.linears]).detach()
-        biases = [head.bias for head in self.lm.linears]
-        heads_bias = None if biases[0] is None else torch.cat(biases).detach()
+        weights: list[torch.Tensor] = [head.weight for head in self.heads]
+        heads = torch.cat(weights).detach()
+        biases: list[torch.Tensor] = [head.bias for head in self.heads if head.bias is not None]
+        heads_bias = torch.cat(biases).detach() if biases else None
         return DecodeWeights(tuple(layers), heads, heads_bias)
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor,
                     state: DecodeStepState, weights: DecodeWeights) -> torch.Tensor:
-        """Logits for one new position per row: what :meth:`forward` computes for a chunk of
+        """Logits for one new position per row: what `forward` computes for a chunk of
         one token, with the cached keys/values in `state` (same math, up to rounding).
 
         The residual stream is kept transposed (`[D, R]`), so every projection is one
@@ -406,14 +447,14 @@ class InstructMusicGen(nn.Module):
         Args:
             tokens: `[R, K]` long input tokens (special token where the pattern is empty).
             positions: `[R]` long sequence position of each row's token.
-            state: the caches (see :class:`DecodeStepState`).
-            weights: from :meth:`decode_weights`.
+            state: the caches (see `DecodeStepState`).
+            weights: from `decode_weights`.
         Returns:
             `[R, K, card]` logits in the LM's dtype (a view).
         """
         lm = self.lm
         x = sum(lm.emb[k](tokens[:, k]) for k in range(tokens.shape[1]))
-        x = x + F.embedding(positions, self.sin_table)  # type: ignore[operator]
+        x = x + F.embedding(positions, self.sin_table)
         xt = x.t()  # [D, R]
         for m, layer in enumerate(self.layers):
             xt = self._decode_layer(m, layer, weights.layers[m], xt, state)
@@ -425,7 +466,7 @@ class InstructMusicGen(nn.Module):
 
     def _decode_layer(self, m: int, layer: StreamingTransformerLayer, w: DecodeLayerWeights,
                       xt: torch.Tensor, s: DecodeStepState) -> torch.Tensor:
-        """One layer of :meth:`decode_step`: `xt [D, R]` -> `[D, R]`."""
+        """One layer of `decode_step`: `xt [D, R]` -> `[D, R]`."""
         heads, dh = self.num_heads, self.head_dim
         rows = xt.shape[1]
         attn = layer.self_attn
@@ -438,7 +479,8 @@ class InstructMusicGen(nn.Module):
         a = F.scaled_dot_product_attention(q.unsqueeze(2), s.self_k[m], s.self_v[m],
                                            attn_mask=s.self_bias)  # [R, H, 1, Dh]
         if s.cond_q is not None:
-            # Audio fusion: rows sharing a condition query it together, x + g * SDPA(q + q', K', V').
+            # Audio fusion: rows sharing a condition query it together:
+            # x + g * SDPA(q + q', K', V').
             assert s.cond_k is not None and s.cond_v is not None
             g = s.rows_per_condition
             n = rows // g
@@ -452,7 +494,7 @@ class InstructMusicGen(nn.Module):
         qc = _project(w.cross_q, w.cross_q_bias, layer.norm_cross(xt.t()))  # [D, R]
         c = F.scaled_dot_product_attention(qc.t().contiguous().view(rows, heads, 1, dh),
                                            s.text_k[m], s.text_v[m], attn_mask=s.text_bias)
-        out = layer.cross_attention.out_proj
+        out = cross_attention(layer).out_proj
         xt = _project(out.weight, out.bias, c.view(rows, self.dim), residual=xt)
         # Feed-forward.
         hidden = layer.activation(_project(layer.linear1.weight, layer.linear1.bias,
@@ -465,11 +507,11 @@ class InstructMusicGen(nn.Module):
     def merge_lora(self) -> None:
         """Fold the LoRA factors into the cross-attention q/v weights (once, at load time)."""
         d = self.dim
-        for layer, lora in zip(self.layers, self.text_lora):
+        for layer, lora in zip(self.layers, self.text_lora, strict=True):
             lora = tp.cast(CrossAttentionLoRA, lora)
             if lora.merged:
                 continue
-            w = layer.cross_attention.in_proj_weight
+            w = cross_attention(layer).in_proj_weight
             w[:d] += (lora.q_B.float() @ lora.q_A.float() * lora.scale).to(w.dtype)
             w[2 * d:] += (lora.v_B.float() @ lora.v_A.float() * lora.scale).to(w.dtype)
             lora.merged = True

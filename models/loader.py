@@ -2,16 +2,16 @@
 
 A model is three parts, each a file or directory in the layout its publisher uses:
 
-- base MusicGen in audiocraft's format: ``state_dict.bin`` (LM, with its ``xp.cfg``) and
-  ``compression_state_dict.bin`` (EnCodec), as in ``facebook/musicgen-large``;
-- T5: a ``save_pretrained`` directory (``t5-base`` on the hub);
-- the adapter: the released Lightning checkpoint ``finetuned.ckpt``
-  (``ldzhangyx/instruct-MusicGen``), key layout in ``shared/reference/instruct-musicgen-facts.md``,
-  optionally with a ``musicedit.json`` beside it naming the stems the adapter was trained on
-  (``{"stems": ["Drums", "Bass", "Piano", "Guitar"]}``; without it, the release's four).
+- base MusicGen in audiocraft's format: `state_dict.bin` (LM, with its `xp.cfg`) and
+  `compression_state_dict.bin` (EnCodec), as in `facebook/musicgen-large`;
+- T5: a `save_pretrained` directory (`t5-base` on the hub);
+- the adapter: the released Lightning checkpoint `finetuned.ckpt`
+  (`ldzhangyx/instruct-MusicGen`), key layout in `shared/reference/instruct-musicgen-facts.md`,
+  optionally with a `musicedit.json` beside it naming the stems the adapter was trained on
+  (`{"stems": ["Drums", "Bass", "Piano", "Guitar"]}`; without it, the release's four).
 
-Every file is read with :func:`models.checkpoint.read_checkpoint` (no code runs). Missing,
-unexpected or mis-shaped keys raise :class:`CheckpointError` naming the key and the file.
+Every file is read with `models.checkpoint.read_checkpoint` (no code runs). Missing,
+unexpected or mis-shaped keys raise `CheckpointError` naming the key and the file.
 Random-weight presets are written in exactly this layout and come back through this loader.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ T5_DIR = "t5"
 # The stems of the released model (Slakh2100 classes), for an adapter without METADATA_FILE.
 RELEASE_STEMS = ("Drums", "Bass", "Piano", "Guitar")
 # What the T5 encoder needs from a hub repo: config, tokenizer and one copy of the PyTorch
-# weights, safetensors else .bin (``t5-base`` also holds TensorFlow, Flax, Rust and ONNX copies).
+# weights, safetensors else .bin (`t5-base` also holds TensorFlow, Flax, Rust and ONNX copies).
 T5_HUB_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json",
                 "special_tokens_map.json", "spiece.model")
 T5_HUB_WEIGHTS = (("model.safetensors", "model.safetensors.index.json", "model-*.safetensors"),
@@ -88,7 +88,7 @@ class LoadedModel:
 
 # ----------------------------------------------------------------- hub access
 def _local_or_hub_file(source: str, filename: str) -> Path:
-    """A file from a local directory, or downloaded from the hub repo ``source``."""
+    """A file from a local directory, or downloaded from the hub repo `source`."""
     local = Path(source)
     if local.is_dir():
         path = local / filename
@@ -105,8 +105,8 @@ def _local_or_hub_file(source: str, filename: str) -> Path:
 
 
 def _t5_dir(source: str) -> Path:
-    """A T5 ``save_pretrained`` directory: ``source`` itself, or the files of hub repo ``source``
-    the encoder needs (:data:`T5_HUB_FILES` and the safetensors weights, else the .bin ones)."""
+    """A T5 `save_pretrained` directory: `source` itself, or the files of hub repo `source`
+    the encoder needs (`T5_HUB_FILES` and the safetensors weights, else the .bin ones)."""
     local = Path(source)
     if local.is_dir():
         return local
@@ -142,7 +142,8 @@ def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], file: P
                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     if unexpected:
         raise CheckpointError(f"{file}: {what} has unexpected key {unexpected[0]!r}"
-                              + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+                              + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1
+                                 else ""))
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise CheckpointError(f"{file}: {what} key {key!r} has shape {tuple(tensor.shape)}, "
@@ -160,7 +161,7 @@ def _experiment_cfg(pkg: dict, file: Path) -> tp.Any:
 def build_lm(cfg: tp.Any, device: str | torch.device = "meta") -> tp.Any:
     """Build audiocraft's LMModel from an experiment config, without its text conditioner.
 
-    The T5 conditioner is attached by :func:`attach_text_conditioner`: audiocraft's own
+    The T5 conditioner is attached by `attach_text_conditioner`: audiocraft's own
     downloads by name in its constructor.
     """
     from audiocraft.models import builders
@@ -185,7 +186,7 @@ _TRUSTED_CODEC_POINTERS = frozenset({"facebook/encodec_32khz", "facebook/encodec
 
 
 def load_codec(source: str, device: torch.device) -> tp.Any:
-    """EnCodec from ``compression_state_dict.bin`` (full state, or a 'pretrained' pointer)."""
+    """EnCodec from `compression_state_dict.bin` (full state, or a 'pretrained' pointer)."""
     from audiocraft.models import builders
     from audiocraft.models.encodec import CompressionModel
     file = _local_or_hub_file(source, CODEC_FILE)
@@ -213,7 +214,7 @@ def release_key_layout(num_layers: int) -> dict[str, tuple[str, int | None]]:
     """Map each released-checkpoint key we load to (our parameter name, in_proj row block).
 
     The row block (0 = query, 1 = key, 2 = value) says which third of audiocraft's packed
-    cross-attention ``in_proj_weight`` a split q/k/v projection of the release fills.
+    cross-attention `in_proj_weight` a split q/k/v projection of the release fills.
     """
     layout: dict[str, tuple[str, int | None]] = {
         _CP + "pos_emb": ("audio_fusion.pos_emb", None),
@@ -247,12 +248,12 @@ def frozen_release_keys(model: InstructMusicGen) -> set[str]:
 
 
 # The condition path's duplicates of each layer's shared modules, also frozen copies; the
-# facts file names them only as ``layers.{i}.*``.
+# facts file names them only as `layers.{i}.*`.
 _CONDITION_LAYER_COPIES = re.compile(r"^model\.cp_transformer\.layers\.\d+\.")
 
 
 def load_adapter(model: InstructMusicGen, file: Path) -> None:
-    """Load the released adapter checkpoint into ``model`` (fusion, LoRA, cross-attn q/k/v).
+    """Load the released adapter checkpoint into `model` (fusion, LoRA, cross-attn q/k/v).
 
     The base cross-attention q/k/v are taken from this checkpoint when it holds them: in the
     release they are separate tensors that were never loaded from MusicGen-large, so the
@@ -307,9 +308,11 @@ def _find_hparam(hparams: object, name: str, depth: int = 0) -> object | None:
     return None
 
 
-def adapter_config_from_checkpoint(file: Path, defaults: AdapterConfig = AdapterConfig()) -> AdapterConfig:
+def adapter_config_from_checkpoint(file: Path,
+                                   defaults: AdapterConfig | None = None) -> AdapterConfig:
     """Read the adapter sizes (max frames, LoRA rank) from the checkpoint's tensor shapes and
     the LoRA alpha from its hyper-parameters (the release's 64 when they do not say)."""
+    defaults = defaults or AdapterConfig()
     pkg = read_checkpoint(file)
     state = pkg.get("state_dict", {})
     pos = state.get(_CP + "pos_emb")
@@ -331,9 +334,9 @@ def adapter_config_from_checkpoint(file: Path, defaults: AdapterConfig = Adapter
 
 def save_release_checkpoint(model: InstructMusicGen, path: Path,
                             include_frozen_copies: bool = True) -> None:
-    """Write ``model``'s adapter in the released Lightning layout (for tests and presets).
+    """Write `model`'s adapter in the released Lightning layout (for tests and presets).
 
-    With ``include_frozen_copies`` the file also holds what the release holds besides: the
+    With `include_frozen_copies` the file also holds what the release holds besides: the
     frozen LM weights under the peft prefix, the duplicated condition-path layers and the unused
     split self-attention projections, so loading exercises the same skipping.
     """
@@ -365,11 +368,11 @@ def save_release_checkpoint(model: InstructMusicGen, path: Path,
 
 # ----------------------------------------------------------------- metadata
 def model_stems(files: ModelFiles) -> tuple[str, ...]:
-    """The stems the model was trained on: from :data:`METADATA_FILE` beside a local adapter
-    checkpoint, else the release's (:data:`RELEASE_STEMS`). Reads no weights.
+    """The stems the model was trained on: from `METADATA_FILE` beside a local adapter
+    checkpoint, else the release's (`RELEASE_STEMS`). Reads no weights.
 
     Raises:
-        CheckpointError: the metadata file is not ``{"stems": [names...]}``.
+        CheckpointError: the metadata file is not `{"stems": [names...]}`.
     """
     if files.adapter is None or not Path(files.adapter).is_file():
         return RELEASE_STEMS
@@ -394,7 +397,7 @@ def model_stems(files: ModelFiles) -> tuple[str, ...]:
 
 
 def write_metadata(directory: Path, stems: Sequence[str]) -> None:
-    """Write :data:`METADATA_FILE` (the adapter's stems) into ``directory``."""
+    """Write `METADATA_FILE` (the adapter's stems) into `directory`."""
     (directory / METADATA_FILE).write_text(json.dumps({"stems": list(stems)}, indent=2) + "\n")
 
 
@@ -409,8 +412,8 @@ def load_model(files: ModelFiles, device: str | torch.device = "cpu",
     """Load base MusicGen + T5 + adapter through one path, whatever their source.
 
     Args:
-        files: where the parts are (see :func:`models.presets.resolve_model`).
-        device: ``cpu`` or ``cuda[:n]``.
+        files: where the parts are (see `models.presets.resolve_model`).
+        device: `cpu` or `cuda[:n]`.
         dtype: LM precision; default fp16 on CUDA, float32 on CPU. EnCodec stays float32.
         merge_lora: fold LoRA into the cross-attention weights (serving); keep False to
             compare merged and unmerged models.

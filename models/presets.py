@@ -1,28 +1,29 @@
-"""Model presets: where ``--model tiny|small-random|large|DIR`` gets its weights.
+"""Model presets: where `--model tiny|small-random|large|DIR` gets its weights.
 
-- ``tiny``: random weights from config (2-layer LM, tiny EnCodec, 1-layer T5 with a
+- `tiny`: random weights from config (2-layer LM, tiny EnCodec, 1-layer T5 with a
   sentencepiece tokenizer trained on the fly), written once to the cache directory in the real
-  layout and read back through :func:`models.loader.load_model`. Seconds on a CPU.
-- ``small-random``: MusicGen-small dimensions (and the real EnCodec's), random weights; for
+  layout and read back through `models.loader.load_model`. Seconds on a CPU.
+- `small-random`: MusicGen-small dimensions (and the real EnCodec's), random weights; for
   benchmarks.
-- ``large``: the real weights: ``facebook/musicgen-large`` + ``t5-base`` +
-  ``ldzhangyx/instruct-MusicGen:finetuned.ckpt`` from the hub (or their local copies).
-- a directory: ``state_dict.bin``, ``compression_state_dict.bin``, ``finetuned.ckpt`` and
-  optionally ``t5/`` (else ``t5-base`` from the hub) and ``musicedit.json`` (the adapter's
+- `large`: the real weights: `facebook/musicgen-large` + `t5-base` +
+  `ldzhangyx/instruct-MusicGen:finetuned.ckpt` from the hub (or their local copies).
+- a directory: `state_dict.bin`, `compression_state_dict.bin`, `finetuned.ckpt` and
+  optionally `t5/` (else `t5-base` from the hub) and `musicedit.json` (the adapter's
   stems; else the release's Drums, Bass, Piano, Guitar).
 
-The random presets write ``musicedit.json`` with the release's four stems.
+The random presets write `musicedit.json` with the release's four stems.
 """
 from __future__ import annotations
 
 import shutil
 import tempfile
+import typing as tp
 from pathlib import Path
 
 import torch
 
 from . import configs
-from .instruct_musicgen import AdapterConfig, InstructMusicGen
+from .instruct_musicgen import AdapterConfig, CrossAttentionLoRA, InstructMusicGen
 from .loader import (
     ADAPTER_FILE,
     CODEC_FILE,
@@ -60,7 +61,7 @@ _CORPUS = [
 def resolve_model(name: str, cache_dir: str | Path) -> ModelFiles:
     """Turn a preset name or a directory into the files the loader reads (writing random
     presets under `cache_dir` on first use: the worker passes
-    ``Settings.effective_model_cache_dir``)."""
+    `Settings.effective_model_cache_dir`)."""
     if name in RANDOM_PRESETS:
         return ensure_random_preset(name, Path(cache_dir))
     if name == "large":
@@ -76,7 +77,7 @@ def resolve_model(name: str, cache_dir: str | Path) -> ModelFiles:
 
 
 def ensure_random_preset(name: str, cache_dir: Path, seed: int = 0) -> ModelFiles:
-    """Write a random-weight preset to ``cache_dir/name`` once (atomically) and return its files."""
+    """Write a random-weight preset to `cache_dir/name` once (atomically) and return its files."""
     target = cache_dir / name
     if not (target / _COMPLETE).exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -104,21 +105,22 @@ def write_tiny_t5(directory: Path, d_model: int = 32) -> None:
         corpus = Path(tmp) / "corpus.txt"
         corpus.write_text("\n".join(_CORPUS * 4))
         spm.SentencePieceTrainer.train(
-            input=str(corpus), model_prefix=str(Path(tmp) / "spiece"), vocab_size=64, hard_vocab_limit=False,
+            input=str(corpus), model_prefix=str(Path(tmp) / "spiece"), vocab_size=64,
+            hard_vocab_limit=False,
             model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
             character_coverage=1.0, minloglevel=2)
         tokenizer = T5Tokenizer(vocab_file=str(Path(tmp) / "spiece.model"), extra_ids=0,
                                 legacy=True)
         tokenizer.save_pretrained(str(directory))
     config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=64, num_layers=1,
-                      num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+                      num_heads=4, pad_token_id=0, eos_token_id=1)
     T5EncoderModel(config).save_pretrained(str(directory))
 
 
 def write_random_model(directory: Path, lm_size: configs.LMSize, codec_size: configs.CodecSize,
                        seed: int = 0, include_frozen_copies: bool = True,
                        stems: tuple[str, ...] = RELEASE_STEMS) -> InstructMusicGen:
-    """Write a random-weight Instruct-MusicGen in the real file layout, with ``stems`` in its
+    """Write a random-weight Instruct-MusicGen in the real file layout, with `stems` in its
     metadata; returns the model as written (float32, LoRA unmerged), so tests can compare it
     with what the loader reads."""
     from audiocraft.models import builders
@@ -139,6 +141,7 @@ def write_random_model(directory: Path, lm_size: configs.LMSize, codec_size: con
         # A random adapter that does something: non-zero gates and LoRA B.
         model.audio_fusion.gates.normal_(0.0, 0.5)
         for lora in model.text_lora:
+            lora = tp.cast(CrossAttentionLoRA, lora)
             lora.q_B.normal_(0.0, 0.02)
             lora.v_B.normal_(0.0, 0.02)
     save_release_checkpoint(model, directory / ADAPTER_FILE,
@@ -161,7 +164,8 @@ def build_random_model(lm_size: configs.LMSize, codec_size: configs.CodecSize,
     torch.manual_seed(seed)
     device = torch.device(device)
     write_tiny_t5(t5_dir)
-    lm = build_lm(OmegaConf.create(configs.lm_xp_cfg(lm_size)), device="meta").to_empty(device=device)
+    lm = build_lm(OmegaConf.create(configs.lm_xp_cfg(lm_size)), device="meta")
+    lm = lm.to_empty(device=device)
     for name, parameter in lm.named_parameters():
         if parameter.dim() >= 2:
             parameter.normal_(0.0, 0.02)
@@ -173,6 +177,7 @@ def build_random_model(lm_size: configs.LMSize, codec_size: configs.CodecSize,
     model = InstructMusicGen(lm, AdapterConfig(), adapter_device=device)
     model.audio_fusion.gates.normal_(0.0, 0.5)
     for lora in model.text_lora:
+        lora = tp.cast(CrossAttentionLoRA, lora)
         lora.q_B.normal_(0.0, 0.02)
         lora.v_B.normal_(0.0, 0.02)
     model.merge_lora()  # in float32, before the cast (as the loader does)

@@ -1,9 +1,9 @@
 """The reference single-job edit: one clip, one instruction, decoded step by step.
 
 This is the readable definition of what an edit computes, used by the CLI and as the ground
-truth the batched engine is tested against. It follows audiocraft's ``LMModel.generate``
+truth the batched engine is tested against. It follows audiocraft's `LMModel.generate`
 (delay pattern, classifier-free guidance as a batch of two) on top of Instruct-MusicGen,
-with per-job seeded sampling from :mod:`models.sampling`.
+with per-job seeded sampling from `models.sampling`.
 """
 from __future__ import annotations
 
@@ -50,14 +50,14 @@ def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instr
 
     Args:
         model: Instruct-MusicGen.
-        condition_codes: ``[1, K, T]`` long codes of the input clip.
+        condition_codes: `[1, K, T]` long codes of the input clip.
         instruction: canonical instruction text (the template).
         params: sampling parameters (seed, top_k, top_p, temperature, cfg_coef).
-        prompt: ``[1, K, P]`` codes the output must start with (P < T), as audiocraft's
+        prompt: `[1, K, P]` codes the output must start with (P < T), as audiocraft's
             prompted generation: the previous window's tail when editing a long input.
         window: the window's index in a long input (its random stream, as the engine's).
     Returns:
-        ``[1, K, T]`` long codes, as long as the input.
+        `[1, K, T]` long codes, as long as the input.
     """
     params.validate(model.card)
     device = condition_codes.device
@@ -77,12 +77,13 @@ def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instr
     cache = ConcatKVCache()
     key = torch.tensor([window_key(params.seed, window)], device=device)
     hashes = token_hashes(k, model.card, device)
-    row_params = dict(
-        temperature=torch.tensor([params.temperature], device=device),
-        top_k=torch.tensor([params.top_k], device=device),
-        top_p=torch.tensor([params.top_p], device=device))
+    temperature = torch.tensor([params.temperature], device=device)
+    top_k = torch.tensor([params.top_k], device=device)
+    top_p = torch.tensor([params.top_p], device=device)
     cfg = torch.tensor([params.cfg_coef], device=device)
     start = pattern.get_first_step_with_timesteps(prompt_frames)
+    if start is None:
+        raise ValueError(f"a prompt of {prompt_frames} frames leaves nothing to generate")
     previous = 0
     for offset in range(start, sequence.shape[-1]):
         chunk = sequence[..., previous:offset].expand(2, -1, -1)
@@ -90,8 +91,8 @@ def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instr
         logits = model(chunk, positions, text, condition, cache)[:, :, -1].float()  # [2, K, card]
         logits = guided_logits(logits[:1], logits[1:], cfg)
         keys = step_keys(key, torch.tensor([offset], device=device))
-        tokens = sample_tokens(logits, keys=keys, hashes=hashes,
-                               candidates=params.candidates(model.card), **row_params)  # [1, K]
+        tokens = sample_tokens(logits, temperature, top_k, top_p, keys=keys, hashes=hashes,
+                               candidates=params.candidates(model.card))  # [1, K]
         tokens = torch.where(valid[:, offset].view(1, -1), tokens, special)
         sequence[..., offset] = torch.where(sequence[..., offset] == unknown, tokens,
                                             sequence[..., offset])
@@ -101,13 +102,13 @@ def generate_codes(model: InstructMusicGen, condition_codes: torch.Tensor, instr
 
 
 def edit(model: LoadedModel, wav: np.ndarray | torch.Tensor, sample_rate: int, instruction: str,
-         params: SamplingParams = SamplingParams()) -> EditResult:
-    """Edit one clip: ``edit(audio, instruction, params) -> audio``.
+         params: SamplingParams | None = None) -> EditResult:
+    """Edit one clip: `edit(audio, instruction, params) -> audio`.
 
     Args:
-        model: a loaded Instruct-MusicGen with its codec; its ``stems`` are what the
+        model: a loaded Instruct-MusicGen with its codec; its `stems` are what the
             instruction may name.
-        wav: ``[C, N]`` float samples at ``sample_rate`` (any rate, any channel count).
+        wav: `[C, N]` float samples at `sample_rate` (any rate, any channel count).
         instruction: what the user typed ("add drums", "Music piece. Instruct: No Bass.").
         params: sampling parameters; the same seed gives the same output.
     Returns:
@@ -117,6 +118,7 @@ def edit(model: LoadedModel, wav: np.ndarray | torch.Tensor, sample_rate: int, i
         InvalidAudio: the clip is empty, silent or has NaN/inf samples.
         InputTooLong: the clip is longer than the training window.
     """
+    params = params or SamplingParams()
     canonical = normalize_instruction(instruction, model.stems).text
     x = audio.to_codec_input(wav, sample_rate, model.sample_rate)
     seconds = x.shape[-1] / model.sample_rate

@@ -104,7 +104,7 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
 
 
 def hash32_int(x: int) -> int:
-    """:func:`hash32` of one Python int (the same function, for keys built on the host)."""
+    """`hash32` of one Python int (the same function, for keys built on the host)."""
     x &= _MASK32
     x ^= x >> 16
     x = (x * _HASH_MUL_1) & _MASK32
@@ -138,9 +138,9 @@ def uniforms(keys: torch.Tensor, hashes: torch.Tensor) -> torch.Tensor:
     """Uniform noise strictly inside (0, 1), float32.
 
     Args:
-        keys: `[B]` int64 step keys (:func:`step_keys`).
+        keys: `[B]` int64 step keys (`step_keys`).
         hashes: `[B, K, M]` int64 token hashes of the candidates (gathered from
-            :func:`token_hashes`).
+            `token_hashes`).
     Returns:
         `[B, K, M]` float32: one draw per candidate, a pure function of the key and the
         token (not of `M`, the candidates' order or the other rows).
@@ -177,9 +177,9 @@ def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
         temperature: `[B]` float; 0 means greedy.
         top_k: `[B]` long; 0 means no top-k cut, 1 means greedy.
         top_p: `[B]` float; 0 means no nucleus cut (then `top_k` applies).
-        keys: `[B]` int64 step keys (:func:`step_keys`).
-        hashes: `[K, card]` int64 (:func:`token_hashes`).
-        candidates: the largest :meth:`SamplingParams.candidates` among the rows (a host
+        keys: `[B]` int64 step keys (`step_keys`).
+        hashes: `[K, card]` int64 (`token_hashes`).
+        candidates: the largest `SamplingParams.candidates` among the rows (a host
             int): the draw looks at that many most likely tokens (`topk`, no full sort
             unless a row needs all of them).
         noise: the uniform source (tests inject edge values).

@@ -1,19 +1,21 @@
 """T5 text conditioner loaded from a directory.
 
-audiocraft's :class:`T5Conditioner` only accepts hub names (``t5-base`` ...) and downloads them
+audiocraft's `T5Conditioner` only accepts hub names (`t5-base` ...) and downloads them
 in its constructor. We need the same conditioner (same tokenisation, masking, output
 projection and state-dict keys) but loaded from a local directory, which is where the weights
-are on an offline GPU host and where the ``tiny`` preset writes its random T5.
+are on an offline GPU host and where the `tiny` preset writes its random T5.
 
-The encoder's weights are checked like every other checkpoint (:mod:`models.loader`): a missing,
-unexpected or mis-shaped key raises :class:`CheckpointError` naming the key and the file,
+The encoder's weights are checked like every other checkpoint (`models.loader`): a missing,
+unexpected or mis-shaped key raises `CheckpointError` naming the key and the file,
 instead of transformers' default of initialising what is missing at random.
 """
 from __future__ import annotations
 
 import re
+import typing as tp
 from pathlib import Path
 
+import torch
 from audiocraft.modules.conditioners import T5Conditioner, TextConditioner
 from audiocraft.utils.autocast import TorchAutocast
 from transformers import T5EncoderModel, T5Tokenizer
@@ -23,18 +25,18 @@ from .checkpoint import CheckpointError
 # Weight files a save_pretrained directory may hold, in the order transformers reads them.
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
-# A save of the whole encoder-decoder T5 (``t5-base`` on the hub) also holds the decoder, which
+# A save of the whole encoder-decoder T5 (`t5-base` on the hub) also holds the decoder, which
 # transformers already leaves out of the report, and may hold an LM head: both unused here.
 _UNUSED_T5_KEYS = re.compile(r"^(decoder\.|lm_head\.)")
 
 
 def _weights_file(t5_dir: Path) -> Path:
-    """The weight file transformers reads in ``t5_dir`` (the directory when there is none)."""
+    """The weight file transformers reads in `t5_dir` (the directory when there is none)."""
     return next((t5_dir / name for name in _WEIGHT_FILES if (t5_dir / name).is_file()), t5_dir)
 
 
 def load_t5_encoder(t5_dir: str | Path) -> T5EncoderModel:
-    """Read a T5 encoder from a ``save_pretrained`` directory, refusing any key mismatch.
+    """Read a T5 encoder from a `save_pretrained` directory, refusing any key mismatch.
 
     Raises:
         CheckpointError: a weight is missing, unexpected or has the wrong shape (the message
@@ -44,8 +46,9 @@ def load_t5_encoder(t5_dir: str | Path) -> T5EncoderModel:
     file = _weights_file(t5_dir)
     try:
         # ignore_mismatched_sizes: report a wrong shape in the loading info, raised below.
-        t5, info = T5EncoderModel.from_pretrained(str(t5_dir), output_loading_info=True,
-                                                  ignore_mismatched_sizes=True)
+        loaded = T5EncoderModel.from_pretrained(str(t5_dir), output_loading_info=True,
+                                                ignore_mismatched_sizes=True)
+        t5, info = tp.cast(tuple[T5EncoderModel, dict[str, list]], loaded)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read the T5 encoder in {t5_dir}: {exc}. Point the model "
                               "at a T5 save_pretrained directory (config.json and weights)"
@@ -67,10 +70,10 @@ def load_t5_encoder(t5_dir: str | Path) -> T5EncoderModel:
 
 
 class T5DirConditioner(T5Conditioner):
-    """audiocraft's T5 conditioner, reading tokenizer and encoder from ``t5_dir``.
+    """audiocraft's T5 conditioner, reading tokenizer and encoder from `t5_dir`.
 
     Args:
-        t5_dir: a directory as written by ``save_pretrained`` (config, weights, tokenizer).
+        t5_dir: a directory as written by `save_pretrained` (config, weights, tokenizer).
         output_dim: width of the language model (the output projection's size).
         device: device of the T5 encoder.
         autocast_dtype: dtype for T5 under autocast on CUDA (audiocraft's default float32).
@@ -91,9 +94,8 @@ class T5DirConditioner(T5Conditioner):
         if autocast_dtype is None or device == "cpu":
             self.autocast = TorchAutocast(enabled=False)
         else:
-            import torch
             self.autocast = TorchAutocast(enabled=True, device_type=torch.device(device).type,
                                           dtype=getattr(torch, autocast_dtype))
         self.t5_tokenizer = tokenizer
         # Not a submodule: T5 weights stay out of the LM's state dict, as in audiocraft.
-        self.__dict__["t5"] = t5.to(device)
+        self.__dict__["t5"] = torch.nn.Module.to(t5, torch.device(device))

@@ -2,7 +2,7 @@
 
 Slots in use are kept dense: slots `0..size-1`, so a step runs over the smallest batch bucket
 that holds the active windows and no free slot is ever padding between them. A window that
-leaves makes room by moving the last slot into its place (:meth:`BatchState.move`).
+leaves makes room by moving the last slot into its place (`BatchState.move`).
 
 Everything a decode step reads per slot (its delay-pattern sequence, position, window length,
 noise key and sampling parameters) lives in device tensors written at admission; the host keeps
@@ -51,22 +51,22 @@ class BatchState:
 
     def __init__(self, num_slots: int, num_codebooks: int, max_sequence: int,
                  delays: tp.Sequence[int], special_token: int, device: torch.device):
-        long = dict(dtype=torch.long, device=device)
         self.num_slots = num_slots
         self.special_token = special_token
         self.infos: list[SlotInfo] = []
-        self.sequences = torch.full((num_slots, num_codebooks, max_sequence), UNKNOWN, **long)
-        self.positions = torch.zeros(num_slots, **long)
-        self.frames = torch.ones(num_slots, **long)
-        self.keys = torch.zeros(num_slots, **long)
+        self.sequences = torch.full((num_slots, num_codebooks, max_sequence), UNKNOWN,
+                                    dtype=torch.long, device=device)
+        self.positions = torch.zeros(num_slots, dtype=torch.long, device=device)
+        self.frames = torch.ones(num_slots, dtype=torch.long, device=device)
+        self.keys = torch.zeros(num_slots, dtype=torch.long, device=device)
         self.temperature = torch.ones(num_slots, device=device)
-        self.top_k = torch.zeros(num_slots, **long)
+        self.top_k = torch.zeros(num_slots, dtype=torch.long, device=device)
         self.top_p = torch.zeros(num_slots, device=device)
         self.cfg_coef = torch.ones(num_slots, device=device)
         self.nonfinite = torch.zeros(num_slots, dtype=torch.bool, device=device)
-        self.delays = torch.tensor(list(delays), **long)
-        self.codebooks = torch.arange(num_codebooks, **long)
-        self.slot_index = torch.arange(num_slots, **long)
+        self.delays = torch.tensor(list(delays), dtype=torch.long, device=device)
+        self.codebooks = torch.arange(num_codebooks, dtype=torch.long, device=device)
+        self.slot_index = torch.arange(num_slots, dtype=torch.long, device=device)
         self._fields = (self.sequences, self.positions, self.frames, self.keys, self.temperature,
                         self.top_k, self.top_p, self.cfg_coef, self.nonfinite)
 
@@ -81,7 +81,7 @@ class BatchState:
 
         Args:
             sequence: `[K, P]` long initial sequence (see the class docstring).
-            key: the window's noise key (:func:`models.sampling.window_key`).
+            key: the window's noise key (`models.sampling.window_key`).
         """
         slot = self.size
         if slot >= self.num_slots:

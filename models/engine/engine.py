@@ -1,9 +1,9 @@
 """The decoding engine: many users' edits share one batched decoding pass.
 
-Layers, as in vLLM: the :class:`~models.engine.scheduler.Scheduler` decides which job windows
-take free slots; :class:`~models.engine.batch_state.BatchState` holds the slots' per-window
-state (dense, on the device); :class:`~models.engine.runner.DecodeRunner` runs one step for the
-batch; the model (:class:`~models.instruct_musicgen.InstructMusicGen`) only defines math. This
+Layers, as in vLLM: the `models.engine.scheduler.Scheduler` decides which job windows
+take free slots; `models.engine.batch_state.BatchState` holds the slots' per-window
+state (dense, on the device); `models.engine.runner.DecodeRunner` runs one step for the
+batch; the model (`models.instruct_musicgen.InstructMusicGen`) only defines math. This
 module ties them: per-job work done once (EnCodec encoding, text keys/values, the condition
 path per window), the delay pattern, per-row sampling with per-row parameters and
 counter-based noise, windows of long inputs, cancellation, progress, failure isolation, and a
@@ -23,6 +23,7 @@ import time
 import typing as tp
 from concurrent.futures import Future
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 
@@ -66,7 +67,7 @@ class EditEngine:
     """Batched Instruct-MusicGen decoding for many concurrent edits.
 
     `submit` may be called from any thread; the decode loop runs in one background thread
-    (`start`) or is driven by hand with :meth:`step` (tests, benchmarks). Everything that
+    (`start`) or is driven by hand with `step` (tests, benchmarks). Everything that
     could allocate or capture lazily (CUDA graphs, compiled code, the memory plan) is done
     here, in the constructor, before the engine takes a job.
     """
@@ -88,7 +89,7 @@ class EditEngine:
         self._codec_slots = threading.BoundedSemaphore(max(1, config.codec_concurrency))
         self._streams = threading.local()
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        delays = list(self.lm.lm.pattern_provider.delays)
+        delays = self.lm.delays
         self.max_delay, self.min_delay = max(delays), min(delays)
         self.weights = self.lm.decode_weights()
         max_text = config.max_text_tokens or self._template_tokens()
@@ -97,7 +98,6 @@ class EditEngine:
         budget = config.kv_cache_budget_bytes
         if budget is None and self.device.type == "cuda":
             budget, self.memory_plan = gpu_cache_budget(self)
-            log_event(log, "engine_memory_plan", **self.memory_plan)
         num_slots = slots_for_budget(self.geometry, model.dtype, config.max_batch_size, budget)
         self.buffers = SlotBuffers(self.geometry, num_slots, self.device, model.dtype)
         self.batch = BatchState(num_slots, self.lm.num_codebooks, self.geometry.max_sequence,
@@ -141,6 +141,8 @@ class EditEngine:
         """
         self._raise_if_failed()
         request.params.validate(self.lm.card)
+        if request.wav is None:
+            raise ValueError("submit takes audio (EditRequest.wav); give codes to submit_codes")
         x = audio.to_codec_input(request.wav, request.sample_rate, self.model.sample_rate,
                                  self.config.silence_peak_threshold)
         self._check_length(x.shape[-1] / self.model.sample_rate)
@@ -297,7 +299,7 @@ class EditEngine:
         finished = [slot for slot, info in enumerate(self.batch.infos)
                     if info.position >= info.last_step]
         every = self.config.progress_every_steps
-        for slot, info in enumerate(self.batch.infos):
+        for info in self.batch.infos:
             if info.position < info.last_step and info.work.job.steps % every == 0:
                 self._report_progress(info)
         self._finish_windows(finished)
@@ -349,7 +351,7 @@ class EditEngine:
     def _isolate_forward_failure(self, slots: list[int], shape: StepShape, exc: Exception
                                  ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
         """The batched forward raised `exc`: find the job(s) it raised for instead of failing
-        the whole batch (:func:`~models.engine.isolation.run_narrowing`). Nothing was
+        the whole batch (`models.engine.isolation.run_narrowing`). Nothing was
         sampled yet, and a re-run writes the same cache positions and attends over the same
         lengths as the batch: the survivors sample with the logits the batched step would
         have given them (up to the rounding any change of batch size can bring).
@@ -471,8 +473,7 @@ class EditEngine:
         size = max(1, self.config.condition_batch_size)
         for length, group in by_length.items():
             for first in range(0, len(group), size):
-                run_narrowing(group[first:first + size],
-                              lambda part, length=length: self._prefill(part, length),
+                run_narrowing(group[first:first + size], partial(self._prefill, length=length),
                               lambda work, error: failed.append((work, error)))
         for work, error in failed:
             self._fail(self._slot_of(work), error)

@@ -45,7 +45,7 @@ class _Counter(TorchDispatchMode):
         self.counts = counts
         self.in_layer = False
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func).rsplit(".", 1)[0]
         self.counts.total[name] += 1
         if self.in_layer:

@@ -31,7 +31,7 @@ def run_narrowing(items: tp.Sequence[T], run: tp.Callable[[list[T]], R],
     Returns:
         The parts that ran, in `items`' order, each with its result.
     Raises:
-        Exception: a sticky device error (:func:`is_fatal_device_error`), unchanged.
+        Exception: a sticky device error (`is_fatal_device_error`), unchanged.
     """
     done: list[tuple[list[T], R]] = []
 

@@ -48,7 +48,7 @@ class SlotGeometry:
     @classmethod
     def for_model(cls, model: InstructMusicGen, window_frames: int,
                   max_text_tokens: int) -> SlotGeometry:
-        max_delay = max(model.lm.pattern_provider.delays)
+        max_delay = max(model.delays)
         return cls(model.num_layers, model.num_heads, model.head_dim, window_frames,
                    window_frames + max_delay + 1, max_text_tokens)
 
@@ -70,7 +70,7 @@ class SlotGeometry:
         return _round_up(self.condition_positions, ALIGN)
 
     def bytes_per_slot(self, dtype: torch.dtype) -> int:
-        """Bytes :class:`SlotBuffers` allocates per slot: self-attention and text keys/values
+        """Bytes `SlotBuffers` allocates per slot: self-attention and text keys/values
         of its two rows, the condition path's q'/K'/V', the attention biases and the
         condition length."""
         item = torch.finfo(dtype).bits // 8
@@ -103,18 +103,21 @@ class SlotBuffers:
                  dtype: torch.dtype):
         g = geometry
         rows = num_slots * ROWS_PER_SLOT
-        kw = dict(device=device, dtype=dtype)
         self.geometry = g
         self.num_slots = num_slots
         self.dtype = dtype
         layers2 = 2 * g.num_layers
-        self.self_kv = torch.zeros(layers2, rows, g.num_heads, g.self_capacity, g.head_dim, **kw)
-        self.text_kv = torch.zeros(layers2, rows, g.num_heads, g.max_text_tokens, g.head_dim, **kw)
-        self.text_bias = torch.full((rows, 1, 1, g.max_text_tokens), -math.inf, **kw)
+        h, dh = g.num_heads, g.head_dim
+        self.self_kv = torch.zeros(layers2, rows, h, g.self_capacity, dh, dtype=dtype,
+                                   device=device)
+        self.text_kv = torch.zeros(layers2, rows, h, g.max_text_tokens, dh, dtype=dtype,
+                                   device=device)
+        self.text_bias = torch.full((rows, 1, 1, g.max_text_tokens), -math.inf, dtype=dtype,
+                                    device=device)
         c = g.condition_capacity
-        self.cond_q = torch.zeros(num_slots, c, g.num_layers, g.num_heads, 1, g.head_dim, **kw)
-        self.cond_kv = torch.zeros(layers2, num_slots, g.num_heads, c, g.head_dim, **kw)
-        self.cond_bias = torch.full((num_slots, 1, 1, c), -math.inf, **kw)
+        self.cond_q = torch.zeros(num_slots, c, g.num_layers, h, 1, dh, dtype=dtype, device=device)
+        self.cond_kv = torch.zeros(layers2, num_slots, h, c, dh, dtype=dtype, device=device)
+        self.cond_bias = torch.full((num_slots, 1, 1, c), -math.inf, dtype=dtype, device=device)
         self.cond_frames = torch.ones(num_slots, dtype=torch.long, device=device)
         self.text_bias[..., 0] = 0.0
         self.cond_bias[..., 0] = 0.0
@@ -132,7 +135,8 @@ class SlotBuffers:
         if length > self.geometry.max_text_tokens:
             raise ValueError(f"the instruction is {length} tokens; the engine holds at most "
                              f"{self.geometry.max_text_tokens}")
-        kv = torch.stack([t for pair in zip(text.k, text.v) for t in pair])  # [2L, 2, H, Lt, Dh]
+        # [2L, 2, H, Lt, Dh]: keys and values of each layer, interleaved
+        kv = torch.stack([t for pair in zip(text.k, text.v, strict=True) for t in pair])
         self.text_kv[:, r, :, :length] = kv
         self.text_kv[:, r, :, length:] = 0.0
         allowed = torch.ones(ROWS_PER_SLOT, length, dtype=torch.bool, device=kv.device)
@@ -149,8 +153,8 @@ class SlotBuffers:
         q = torch.stack([q[row, :, :positions] for q in condition.q])  # [L, H, C', Dh]
         self.cond_q[slot, :positions] = q.permute(2, 0, 1, 3).unsqueeze(3)
         self.cond_q[slot, positions:] = 0.0
-        kv = torch.stack([t[row, :, :positions] for pair in zip(condition.k, condition.v)
-                          for t in pair])
+        pairs = zip(condition.k, condition.v, strict=True)
+        kv = torch.stack([t[row, :, :positions] for pair in pairs for t in pair])
         self.cond_kv[:, slot, :, :positions] = kv
         self.cond_kv[:, slot, :, positions:] = 0.0
         self.cond_bias[slot].fill_(-math.inf)
@@ -218,7 +222,7 @@ class SlotBuffers:
 
     def gathered_state(self, slots: torch.Tensor, positions: torch.Tensor, self_length: int,
                        cond_length: int) -> DecodeStepState:
-        """:meth:`step_state` for arbitrary slots (copies: for the failure-isolation path,
+        """`step_state` for arbitrary slots (copies: for the failure-isolation path,
         not every step). `positions` are the `2 * len(slots)` rows' positions; the rows
         write into their own slabs."""
         rows = _rows_of(slots)

@@ -8,14 +8,19 @@ while serving: every other tensor is a slot's, allocated once.
 """
 from __future__ import annotations
 
+import logging
 import typing as tp
 
 import torch
+
+from musicedit.logs import log_event
 
 from .. import codec
 
 if tp.TYPE_CHECKING:
     from .engine import EditEngine
+
+log = logging.getLogger(__name__)
 
 
 def gpu_cache_budget(engine: EditEngine) -> tuple[int, dict[str, int]]:
@@ -32,9 +37,13 @@ def gpu_cache_budget(engine: EditEngine) -> tuple[int, dict[str, int]]:
     prefill = rows * prompt * item * (12 * lm.dim + lm.num_codebooks * lm.card)
     headroom = max(1, config.codec_concurrency) * codec_peak + condition_peak + prefill
     budget = int(free * config.gpu_memory_fraction) - headroom
+    per_slot = engine.geometry.bytes_per_slot(model.dtype)
+    log_event(log, "engine_memory_plan", free=free, codec_chunk_peak=codec_peak,
+              condition_pass_peak=condition_peak, prefill_estimate=prefill, headroom=headroom,
+              cache_budget=budget, bytes_per_slot=per_slot)
     plan = dict(free=free, codec_chunk_peak=codec_peak, condition_pass_peak=condition_peak,
                 prefill_estimate=prefill, headroom=headroom, cache_budget=budget,
-                bytes_per_slot=engine.geometry.bytes_per_slot(model.dtype))
+                bytes_per_slot=per_slot)
     return max(0, budget), plan
 
 

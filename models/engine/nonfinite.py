@@ -33,5 +33,5 @@ class NonFiniteFlags:
         flagged: list[EngineJob] = []
         while self.pending and (self.pending[0][0] is None or self.pending[0][0].query()):
             _, host, owners = self.pending.popleft()
-            flagged.extend(job for job, bad in zip(owners, host.numpy()) if bad)
+            flagged.extend(job for job, bad in zip(owners, host.numpy(), strict=True) if bad)
         return flagged

@@ -17,6 +17,7 @@ import bisect
 import itertools
 import logging
 import typing as tp
+from functools import partial
 
 import torch
 
@@ -150,7 +151,7 @@ class DecodeRunner:
                 self._forward(*shape)  # compile warm-up
             else:
                 try:
-                    self.graphs[shape] = self.backend.capture(lambda s=shape: self._forward(*s))
+                    self.graphs[shape] = self.backend.capture(partial(self._forward, *shape))
                 except Exception as exc:
                     if is_fatal_device_error(exc):
                         raise
@@ -187,7 +188,8 @@ class DecodeRunner:
         replay = self.graphs.get(shape)
         if replay is not None:
             return replay()[:rows], shape
-        if self.backend is not None and shape not in self.eager_shapes and shape not in self._warned:
+        unprepared = shape not in self.eager_shapes and shape not in self._warned
+        if self.backend is not None and unprepared:
             self._warned.add(shape)
             log_event(log, "decode_shape_not_prepared", logging.WARNING, slots=shape[0],
                       self_length=shape[1], cond_length=shape[2])
@@ -198,7 +200,7 @@ class DecodeRunner:
                    shape: StepShape) -> torch.Tensor:
         """One decode step for the given slots only, eagerly (never a CUDA graph or compiled
         code): the engine re-runs a step that raised on parts of its batch to find the job
-        that made it raise. Writes the same keys/values as :meth:`step` would for these
+        that made it raise. Writes the same keys/values as `step` would for these
         slots, and attends over the same lengths (`shape`'s) as the whole batch did.
 
         Args:

@@ -69,7 +69,7 @@ class EngineConfig:
             engine's device, from all caller threads together.
         silence_peak_threshold: inputs whose absolute peak is below this are refused as
             silent (the worker passes the gateway's `MUSICEDIT_SILENCE_PEAK_THRESHOLD`).
-        on_step: called after every decode step with a :class:`StepInfo`.
+        on_step: called after every decode step with a `StepInfo`.
         on_fatal: called once, from the engine thread, when a sticky device error stops
             the engine (the worker exits so that its jobs run on healthy workers).
         graph_backend: how decode steps are captured and replayed; None = CUDA graphs on

@@ -1,9 +1,9 @@
 """Long inputs as a chain of overlapping windows.
 
 The model was trained on 5 s clips (250 frames); songs are minutes long. A job is cut into
-windows of ``window`` frames that overlap by ``prompt`` frames. Window 0 is a plain edit.
+windows of `window` frames that overlap by `prompt` frames. Window 0 is a plain edit.
 Window w > 0 is conditioned on its own slice of the input audio and *continues* the output:
-its first ``prompt`` frames are forced to the codes the previous window generated there
+its first `prompt` frames are forced to the codes the previous window generated there
 (audiocraft's prompted generation), and only the rest is generated. The output code stream is
 therefore one continuous sequence (each window picks up exactly where the previous output
 is), and it is decoded by EnCodec in one pass: there is no seam to crossfade, so no gap and
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Window:
-    """Frames ``[start, end)`` of the input; the first ``prompt`` frames are given."""
+    """Frames `[start, end)` of the input; the first `prompt` frames are given."""
 
     index: int
     start: int

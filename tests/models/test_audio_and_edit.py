@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from cli.main import main
 from models import audio, codec
 from models.reference import InputTooLong, edit
 from models.sampling import SamplingParams
-from cli.main import main
 from musicedit.errors import InstructionError, InvalidAudio, UnsupportedAudio
 
 
@@ -188,7 +188,8 @@ def test_cli_edits_a_long_file_at_full_length(tmp_path, model_cache, tiny_files)
     proc = subprocess.run(
         [sys.executable, "-m", "cli", "edit", str(src), "remove the bass", "-o", str(out),
          "--model", "tiny", "--cache-dir", str(model_cache)],
-        capture_output=True, text=True, timeout=600, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+        capture_output=True, text=True, timeout=600,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     info = sf.info(out)
     assert info.samplerate == 32000 and abs(info.duration - 12.3) < 0.01
@@ -201,7 +202,8 @@ def test_console_script_is_installed_and_shares_the_api_defaults(monkeypatch):
     defaults are the API's and the engine's."""
     from pathlib import Path
 
-    from cli import edit as edit_command, main as cli
+    from cli import edit as edit_command
+    from cli import main as cli
     from musicedit.jobs import SamplingParams as ApiParams
 
     script = Path(sys.executable).parent / "musicedit"

@@ -36,7 +36,7 @@ def test_mixed_greedy_batch_equals_reference(tiny):
     handles = [engine.submit(EditRequest(f"j{i}", w, 32000, text, p))
                for i, (w, text, p) in enumerate(jobs)]
     _run(engine)
-    for handle, (wav, text, params) in zip(handles, jobs):
+    for handle, (wav, text, params) in zip(handles, jobs, strict=True):
         out = handle.result()
         assert torch.equal(out.codes, _reference(tiny, wav, text, params))
         assert out.audio.shape == (1, wav.shape[-1])
@@ -52,7 +52,8 @@ def test_job_joining_mid_way_equals_reference(tiny):
     engine.step()
     assert engine.stats().active_jobs == 2
     _run(engine)
-    assert torch.equal(late.result().codes, _reference(tiny, late_wav, ONLY, SamplingParams(top_k=1)))
+    expected = _reference(tiny, late_wav, ONLY, SamplingParams(top_k=1))
+    assert torch.equal(late.result().codes, expected)
     assert torch.equal(first.result().codes,
                        _reference(tiny, _clip(1.0, 4), ADD, SamplingParams(top_k=1)))
 
@@ -68,7 +69,8 @@ def test_same_seed_alone_or_in_a_batch_of_eight(tiny):
     batch = EditEngine(tiny, EngineConfig(max_batch_size=8, **SMALL))
     others = [batch.submit(EditRequest(f"o{i}", _clip(0.5 + 0.1 * i, 10 + i), 32000,
                                        (ADD, ONLY, NO)[i % 3],
-                                       SamplingParams(seed=i, top_k=5 + i, top_p=0.9 if i % 2 else 0.0,
+                                       SamplingParams(seed=i, top_k=5 + i,
+                                                      top_p=0.9 if i % 2 else 0.0,
                                                       temperature=0.7 + 0.1 * i, cfg_coef=1.0 + i)))
               for i in range(4)]
     mine = batch.submit(EditRequest("mine", wav, 32000, ADD, params))
@@ -115,7 +117,7 @@ def test_plan_windows_covers_every_frame_once():
     assert windows[0].start == 0 and windows[-1].end == 9000
     new = sum(w.new_frames for w in windows)
     assert new == 9000
-    for a, b in zip(windows, windows[1:]):
+    for a, b in zip(windows, windows[1:], strict=False):
         assert b.start == a.end - 100 and b.prompt == 100
     assert plan_windows(100, 250, 100) == [plan_windows(100, 250, 100)[0]]
     with pytest.raises(ValueError):
@@ -172,7 +174,8 @@ def test_silence_threshold_comes_from_the_config(tiny):
 def test_budget_and_buckets(tiny):
     geometry = SlotGeometry.for_model(tiny.lm, 250, 64)
     per_slot = geometry.bytes_per_slot(torch.float32)
-    engine = EditEngine(tiny, EngineConfig(max_batch_size=16, kv_cache_budget_bytes=3 * per_slot + 1,
+    engine = EditEngine(tiny, EngineConfig(max_batch_size=16,
+                                           kv_cache_budget_bytes=3 * per_slot + 1,
                                            max_text_tokens=64))
     assert engine.batch.num_slots == 3
     assert engine.runner.buckets == [1, 2, 3]
@@ -243,12 +246,13 @@ def test_windows_started_together_share_one_prefill(tiny, monkeypatch):
                for i, (w, text) in enumerate(jobs)]
     _run(engine)
     assert sizes and all(size == 3 for size in sizes)  # windows 1.. of all three at once
-    for handle, (wav, text) in zip(handles, jobs):
+    for handle, (wav, text) in zip(handles, jobs, strict=True):
         out = handle.result()
         codes_in = _codes(tiny, wav)
         for w in plan_windows(codes_in.shape[-1], engine.window_frames, engine.prompt_frames):
             prompt = out.codes[:, w.start:w.start + w.prompt].unsqueeze(0) if w.prompt else None
-            ref = generate_codes(tiny.lm, codes_in[..., w.start:w.end], text, params, prompt=prompt)[0]
+            ref = generate_codes(tiny.lm, codes_in[..., w.start:w.end], text, params,
+                                 prompt=prompt)[0]
             assert torch.equal(out.codes[:, w.start:w.end], ref), f"window {w.index}"
 
 
@@ -269,8 +273,8 @@ def _raise_in_decode_steps(lm, monkeypatch, fault):
 
 
 def _decode_alone(model, jobs, head_start=0):
-    """Codes of ``jobs`` (wav, instruction, params) decoded together by a fresh engine; the
-    first job runs ``head_start`` steps before the others join."""
+    """Codes of `jobs` (wav, instruction, params) decoded together by a fresh engine; the
+    first job runs `head_start` steps before the others join."""
     engine = EditEngine(model, EngineConfig(max_batch_size=4, **SMALL))
     handles = []
     for i, (w, text, p) in enumerate(jobs):
@@ -322,7 +326,7 @@ def test_a_job_the_model_raises_on_fails_alone_and_its_batch_decodes_as_without_
     [event] = [r.getMessage() for r in caplog.records if "decode_step_isolated" in r.getMessage()]
     assert '"failed_job_ids": ["culprit"]' in event and "RuntimeError" in event
     decoded = [h.result().codes for h in (first, *rest)]
-    for got, expected in zip(decoded, _decode_alone(tiny, good, head_start=7)):
+    for got, expected in zip(decoded, _decode_alone(tiny, good, head_start=7), strict=True):
         assert torch.equal(got, expected)
 
 
@@ -342,7 +346,7 @@ def test_a_fault_only_the_whole_batch_hits_fails_no_job(tiny, monkeypatch):
                for i, (w, text, p) in enumerate(jobs)]
     _run(engine)
     assert steps[0].batch_size == 4 and steps[0].isolated and steps[0].frames == 4
-    for handle, codes in zip(handles, expected):
+    for handle, codes in zip(handles, expected, strict=True):
         assert torch.equal(handle.result().codes, codes)
 
 
@@ -373,7 +377,7 @@ def test_a_fault_that_hits_every_job_fails_them_all_and_the_engine_serves_on(tin
     assert [(s.batch_size, s.frames, s.isolated) for s in steps[:4]] == (
         [(3, 3, False)] * 3 + [(3, 0, True)])
     assert engine.stats().isolated_steps_total == 1
-    for out, wav in zip(outs, wavs):
+    for out, wav in zip(outs, wavs, strict=True):
         assert torch.equal(out.codes, _reference(tiny, wav, NO, params))
 
 

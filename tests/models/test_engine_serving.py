@@ -86,7 +86,7 @@ def test_a_failed_capture_runs_that_shape_eagerly_logged_and_counted_once(tiny, 
     handles = [engine.submit(EditRequest(f"j{i}", w, 32000, t, params))
                for i, (w, t) in enumerate(jobs)]
     run_all(engine)
-    for handle, (wav, text) in zip(handles, jobs):
+    for handle, (wav, text) in zip(handles, jobs, strict=True):
         expected = generate_codes(tiny.lm, input_codes(tiny, wav), text, params)[0]
         assert torch.equal(handle.result().codes, expected)
     messages = [r.getMessage() for r in caplog.records]
@@ -116,7 +116,7 @@ def test_slots_stay_dense_so_each_step_runs_the_smallest_bucket(tiny):
     assert len({s.batch_size for s in steps}) > 4  # jobs really left one by one
     for step in steps:
         assert step.bucket == engine.runner.bucket_for(step.batch_size)
-    for handle, (wav, text) in zip(handles, jobs):
+    for handle, (wav, text) in zip(handles, jobs, strict=True):
         expected = generate_codes(tiny.lm, input_codes(tiny, wav), text, params)[0]
         assert torch.equal(handle.result().codes, expected)
 

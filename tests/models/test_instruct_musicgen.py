@@ -27,7 +27,8 @@ def _random_codes(model, batch, frames, seed=0):
 
 def _pattern_sequence(model, codes):
     pattern = model.lm.pattern_provider.get_pattern(codes.shape[-1])
-    seq, _, _ = pattern.build_pattern_sequence(codes, model.special_token_id, keep_only_valid_steps=True)
+    seq, _, _ = pattern.build_pattern_sequence(codes, model.special_token_id,
+                                               keep_only_valid_steps=True)
     return seq
 
 

@@ -34,7 +34,8 @@ def _logits(model, seed=0):
     codes = torch.randint(0, model.card, (1, model.num_codebooks, frames), generator=g)
     cond = torch.randint(0, model.card, (1, model.num_codebooks, frames), generator=g)
     pattern = model.lm.pattern_provider.get_pattern(frames)
-    seq, _, _ = pattern.build_pattern_sequence(codes, model.special_token_id, keep_only_valid_steps=True)
+    seq, _, _ = pattern.build_pattern_sequence(codes, model.special_token_id,
+                                               keep_only_valid_steps=True)
     with torch.no_grad():
         text = model.encode_text(model.text_embeddings(["Music piece. Instruct: Add Drums."]))
         return model(seq, torch.arange(seq.shape[-1]).view(1, -1), text,
@@ -67,7 +68,8 @@ def _edit_adapter(copy_dir, change):
 
 
 _LAYER0 = "model.peft_model.lm.transformer.base_model.model.layers.0."
-_CROSS_QKV = re.compile(r"\.cross_attention\.(q_proj\.base_layer|k_proj|v_proj\.base_layer)\.weight$")
+_CROSS_QKV = re.compile(
+    r"\.cross_attention\.(q_proj\.base_layer|k_proj|v_proj\.base_layer)\.weight$")
 
 
 def test_release_layout_round_trip_gives_identical_logits(written):
@@ -77,7 +79,8 @@ def test_release_layout_round_trip_gives_identical_logits(written):
     assert "model.cp_transformer.pos_emb" in keys
     assert ("model.peft_model.lm.transformer.base_model.model.layers.1.cross_attention."
             "q_proj.lora_A.default.weight") in keys
-    assert "model.peft_model.lm.transformer.base_model.model.layers.0.self_attn.q_proj.weight" in keys
+    layer0 = "model.peft_model.lm.transformer.base_model.model.layers.0."
+    assert layer0 + "self_attn.q_proj.weight" in keys
     loaded = load_model(_files(directory), merge_lora=False)
     assert torch.equal(_logits(loaded.lm), _logits(original))
     merged = load_model(_files(directory), merge_lora=True)
@@ -117,7 +120,7 @@ def test_release_key_names_are_the_facts_files(written):
         state = read_checkpoint(directory / ADAPTER_FILE)["state_dict"]
         changed = directory.parent / f"changed-{key.replace('.', '_')}"
         shutil.copytree(directory, changed)
-        _edit_adapter(changed, lambda sd, key=key: sd.__setitem__(
+        _edit_adapter(changed, lambda sd, key=key, state=state: sd.__setitem__(
             key, state[key] + 0.5))
         assert not torch.allclose(_logits(load_model(_files(changed), merge_lora=False).lm),
                                   reference), f"{key} is not read"
@@ -221,7 +224,7 @@ def test_base_key_errors_name_key_and_file(written, tmp_path, file, key, mutatio
 ])
 def test_misspelled_keys_under_the_frozen_prefix_are_reported(written, tmp_path, key):
     """Only the frozen copies the release is known to hold are skipped, nothing else under
-    ``model.peft_model.lm.``."""
+    `model.peft_model.lm.`."""
     copy_dir = _copy(written, tmp_path)
     _edit_adapter(copy_dir, lambda state: state.__setitem__(key, torch.zeros(2)))
     with pytest.raises(CheckpointError, match=f"unexpected key {re.escape(repr(key))}") as err:

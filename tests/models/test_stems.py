@@ -10,13 +10,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from cli.main import main
 from models.checkpoint import CheckpointError
-from models.loader import (ADAPTER_FILE, METADATA_FILE, RELEASE_STEMS, ModelFiles,
-                           UnsupportedStems, load_model, model_stems)
+from models.loader import (
+    ADAPTER_FILE,
+    METADATA_FILE,
+    RELEASE_STEMS,
+    ModelFiles,
+    UnsupportedStems,
+    load_model,
+    model_stems,
+)
 from models.presets import configs, write_random_model
 from models.reference import edit
 from models.sampling import SamplingParams
-from cli.main import main
 from musicedit.errors import InstructionError
 from musicedit.settings import Settings
 from worker.runtime import WorkerRuntime

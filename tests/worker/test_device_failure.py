@@ -45,8 +45,10 @@ def test_jobs_of_a_failed_device_are_handed_back_not_failed(harness, audio_facto
     deps = dataclasses.replace(h.deps, engine=engine)
     jobs = [h.submit(audio_factory(seconds=3.0, sample_rate=32000), seed=i) for i in range(2)]
     outcomes: dict[str, JobOutcome] = {}
-    threads = [threading.Thread(target=lambda j=job: outcomes.__setitem__(j.id, run_edit_job(j.id, deps)))
-               for job in jobs]
+    def run(job_id: str) -> None:
+        outcomes[job_id] = run_edit_job(job_id, deps)
+
+    threads = [threading.Thread(target=run, args=(job.id,)) for job in jobs]
     for thread in threads:
         thread.start()
     for thread in threads:
