@@ -12,7 +12,7 @@ nothing is downloaded at run time.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,18 @@ def _features(output: object) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output  # type: ignore
 
 
+def _in_batches(clips: Sequence[tuple[np.ndarray, int]], sample_rate: int,
+                run: Callable[[list[np.ndarray]], torch.Tensor]) -> torch.Tensor:
+    """Resample ``(audio [C, N], rate)`` clips to mono ``sample_rate`` and ``run`` the model on
+    :data:`BATCH_SIZE` of them at a time; the rows, float32 on the CPU."""
+    out = []
+    for i in range(0, len(clips), BATCH_SIZE):
+        audio = [to_metric_audio(a, r, sample_rate).float().numpy()
+                 for a, r in clips[i:i + BATCH_SIZE]]
+        out.append(run(audio).float().cpu())
+    return torch.cat(out)
+
+
 class ClapModelScorer:
     """CLAP audio and text embeddings (``[B, D]``) from a local ``transformers`` CLAP model."""
 
@@ -60,14 +72,12 @@ class ClapModelScorer:
     @torch.no_grad()
     def audio_embeddings(self, clips: Sequence[tuple[np.ndarray, int]]) -> torch.Tensor:
         """``(audio [C, N], rate)`` clips -> ``[B, D]`` float32 on the CPU."""
-        out = []
-        for i in range(0, len(clips), BATCH_SIZE):
-            audio = [to_metric_audio(a, r, self.sample_rate).float().numpy()
-                     for a, r in clips[i:i + BATCH_SIZE]]
+        def embed(audio: list[np.ndarray]) -> torch.Tensor:
             inputs = self.processor(audio=audio, sampling_rate=self.sample_rate,
                                     return_tensors="pt").to(self.device)
-            out.append(_features(self.model.get_audio_features(**inputs)).float().cpu())
-        return torch.cat(out)
+            return _features(self.model.get_audio_features(**inputs))
+
+        return _in_batches(clips, self.sample_rate, embed)
 
     @torch.no_grad()
     def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
@@ -101,11 +111,9 @@ class AudioTagger:
     @torch.no_grad()
     def logits(self, clips: Sequence[tuple[np.ndarray, int]]) -> torch.Tensor:
         """``(audio [C, N], rate)`` clips -> ``[B, classes]`` float32 on the CPU."""
-        out = []
-        for i in range(0, len(clips), BATCH_SIZE):
-            audio = [to_metric_audio(a, r, self.sample_rate).float().numpy()
-                     for a, r in clips[i:i + BATCH_SIZE]]
+        def classify(audio: list[np.ndarray]) -> torch.Tensor:
             inputs = self.extractor(audio, sampling_rate=self.sample_rate,
                                     return_tensors="pt").to(self.device)
-            out.append(self.model(**inputs).logits.float().cpu())
-        return torch.cat(out)
+            return self.model(**inputs).logits
+
+        return _in_batches(clips, self.sample_rate, classify)
