@@ -333,19 +333,22 @@ def adapter_config_from_checkpoint(file: Path,
 
 
 def save_release_checkpoint(model: InstructMusicGen, path: Path,
-                            include_frozen_copies: bool = True) -> None:
+                            include_frozen_copies: bool = True, global_step: int = 5000,
+                            hyper_parameters: dict | None = None) -> None:
     """Write `model`'s adapter in the released Lightning layout (for tests and presets).
 
     With `include_frozen_copies` the file also holds what the release holds besides: the
     frozen LM weights under the peft prefix, the duplicated condition-path layers and the unused
     split self-attention projections, so loading exercises the same skipping.
+    `global_step` and `hyper_parameters` (merged over the release's `lr`) record how the
+    adapter was trained; the LoRA rank and alpha always come from the model.
     """
     params = dict(model.named_parameters())
     d = model.dim
     state: dict[str, torch.Tensor] = {}
     for key, (name, block) in release_key_layout(model.num_layers).items():
         tensor = params[name] if block is None else params[name][block * d:(block + 1) * d]
-        state[key] = tensor.detach().float().clone()
+        state[key] = tensor.detach().float().cpu().clone()
     if include_frozen_copies:
         for name, tensor in model.lm.named_parameters():
             if name.startswith("transformer.layers."):
@@ -359,9 +362,10 @@ def save_release_checkpoint(model: InstructMusicGen, path: Path,
         for i in range(model.num_layers):
             for proj in ("q", "k", "v"):
                 state[f"{_PEFT_LAYERS}{i}.self_attn.{proj}_proj.weight"] = torch.zeros(d, d)
-    torch.save({"state_dict": state, "epoch": 0, "global_step": 5000,
+    torch.save({"state_dict": state, "epoch": 0, "global_step": global_step,
                 "pytorch-lightning_version": "2.2.0",
-                "hyper_parameters": {"lr": 1e-4, "lora_rank": model.adapter_config.lora_rank,
+                "hyper_parameters": {"lr": 1e-4, **(hyper_parameters or {}),
+                                     "lora_rank": model.adapter_config.lora_rank,
                                      "lora_alpha": model.adapter_config.lora_alpha}},
                path)
 
