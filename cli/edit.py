@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cli.model_args import add_model_args, model_cache_dir
 from musicedit.jobs import OUTPUT_MEDIA_TYPES, SamplingParams
 
 
@@ -17,12 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     extensions = " or ".join(f".{name}" for name in OUTPUT_MEDIA_TYPES)
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help=f"output file: {extensions} (the extension sets the format)")
-    parser.add_argument("--model", default="tiny",
-                        help="tiny | small-random | large | a model directory (default: tiny)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where random presets are written (default: the worker's, "
-                        "MUSICEDIT_MODEL_CACHE_DIR or <MUSICEDIT_DATA_DIR>/models)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_model_args(parser)
     defaults = SamplingParams()  # the API's defaults (the paper's), without importing torch
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--top-k", type=int, default=defaults.top_k)
@@ -40,7 +36,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from models.file_edit import FileEditRefused, edit_file  # loads torch
     from models.sampling import SamplingParams as EngineParams
-    from musicedit.settings import Settings
 
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} frames", end="", file=sys.stderr, flush=True)
@@ -50,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         edited = edit_file(
             args.input, args.instruction, args.output, model=args.model,
-            cache_dir=args.cache_dir or Settings().effective_model_cache_dir, params=params,
+            cache_dir=model_cache_dir(args), params=params,
             device=args.device, keep_rate=args.keep_rate, max_seconds=args.max_seconds,
             on_progress=progress)
     except FileEditRefused as exc:

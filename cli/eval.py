@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .model_args import add_model_args, csv, device, model_cache_dir
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from models.evaluation.synth import SOUNDFONT, SynthesisError
     from models.sampling import SamplingParams
 
-    output = args.output or Path("var/eval") / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    output = args.output or Path("var/eval") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     settings = EvalSettings(
         model=args.model, cache_dir=model_cache_dir(args), device=device(args),
         examples=args.examples, seconds=args.seconds, seed=args.seed, data=args.data,

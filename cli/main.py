@@ -1,13 +1,15 @@
-"""`musicedit`: edit a file offline, run the service, run a worker, handle dead letters."""
+"""`musicedit`: edit a file offline, run the service or a worker, handle dead letters, measure
+edit quality (`eval`) and train adapters for new stems (`finetune`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from cli import dead_letters, edit, serve, worker
+from cli import dead_letters, edit, finetune, serve, worker
+from cli import eval as eval_command
 
-COMMANDS = (edit, serve, worker, dead_letters)
+COMMANDS = (edit, serve, worker, dead_letters, eval_command, finetune)
 
 
 def build_parser() -> argparse.ArgumentParser:

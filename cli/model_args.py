@@ -1,4 +1,4 @@
-"""Options shared by the commands that load a model (``eval``, ``finetune``)."""
+"""Options shared by the commands that load a model (`edit`, `eval`, `finetune`)."""
 from __future__ import annotations
 
 import argparse

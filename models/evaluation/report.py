@@ -53,12 +53,14 @@ def markdown(report: tp.Any) -> str:
     lines.append("")
     if report.skipped:
         lines.append("Skipped metrics (shown as –):")
-        lines += [f"- {metric.upper()}: {reason}" for metric, reason in sorted(report.skipped.items())]
+        lines += [f"- {metric.upper()}: {reason}"
+                  for metric, reason in sorted(report.skipped.items())]
         lines.append("")
     lines.append("FAD here uses the CLAP model's audio embeddings and KL the given AudioSet "
                  "classifier; the paper used VGGish and PANNs (audioldm_eval), so those two "
                  "columns compare runs of this harness, not the paper's scale.")
-    lines += ["", "## By stem", "", "| Task | Stem | n | SSIM ↑ | SI-SDR ↑ | SI-SDRi ↑ | CLAP ↑ | KL ↓ |",
+    lines += ["", "## By stem", "",
+              "| Task | Stem | n | SSIM ↑ | SI-SDR ↑ | SI-SDRi ↑ | CLAP ↑ | KL ↓ |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
     for task, stems in report.per_stem.items():
         for stem, row in sorted(stems.items()):
@@ -74,12 +76,12 @@ def plot(report: tp.Any, path: Path) -> None:
     import matplotlib.pyplot as plt
     tasks = list(report.tasks)
     fig, axes = plt.subplots(2, 3, figsize=(11, 6))
-    for ax, (key, name) in zip(axes.flat, COLUMNS):
+    for ax, (key, name) in zip(axes.flat, COLUMNS, strict=False):
         measured = [report.tasks[t].get(key) for t in tasks]
         paper = [PAPER_TABLE2[t][key] for t in tasks]
         xs = range(len(tasks))
         ax.bar(xs, [0 if v is None else v for v in measured], color="tab:blue", label="this run")
-        ax.scatter([x for x, v in zip(xs, paper) if v is not None],
+        ax.scatter([x for x, v in zip(xs, paper, strict=False) if v is not None],
                    [v for v in paper if v is not None], color="tab:red", marker="D",
                    zorder=3, label="paper")
         ax.set_xticks(list(xs), [t.capitalize() for t in tasks])

@@ -12,7 +12,7 @@ import time
 import typing as tp
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +138,7 @@ def edit_examples(engine: tp.Any, examples: tp.Sequence[EditExample], sampling: 
         if progress is not None and finished:
             progress.update(len(finished))
     outputs = []
-    for ex, handle in zip(examples, handles):
+    for ex, handle in zip(examples, handles, strict=False):
         try:
             out = handle.result()
         except Exception as exc:
@@ -152,7 +152,14 @@ def _mean(values: tp.Iterable[float | None]) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
-def score_examples(examples: tp.Sequence[EditExample], predictions: tp.Sequence[tuple[np.ndarray, int]],
+# Per-metric means of a group of examples (None: the metric did not run).
+Means = dict[str, float | None]
+# `(total, description) -> progress bar` (tqdm's `update(n)`), for long loops.
+ProgressFactory = tp.Callable[[int, str], tp.Any]
+
+
+def score_examples(examples: tp.Sequence[EditExample],
+                   predictions: tp.Sequence[tuple[np.ndarray, int]],
                    clap: ClapModelScorer | None = None, tagger: AudioTagger | None = None
                    ) -> tuple[list[ExampleScore], dict[str, float | None], dict[str, str]]:
     """Per-example scores, FAD per task, and the metrics that were skipped with why.
@@ -163,7 +170,7 @@ def score_examples(examples: tp.Sequence[EditExample], predictions: tp.Sequence[
         (per-example scores, {task: FAD or None}, {metric: reason skipped}).
     """
     scores = []
-    for ex, (audio, rate) in zip(examples, predictions):
+    for ex, (audio, rate) in zip(examples, predictions, strict=False):
         pred = metrics.to_metric_audio(audio, rate)
         target = metrics.to_metric_audio(ex.target, ex.sample_rate)
         mixture = metrics.to_metric_audio(ex.input, ex.sample_rate)
@@ -181,7 +188,8 @@ def score_examples(examples: tp.Sequence[EditExample], predictions: tp.Sequence[
         pred_emb = clap.audio_embeddings(predictions)
         target_emb = clap.audio_embeddings(targets)
         text_emb = clap.text_embeddings([ex.caption for ex in examples])
-        for score, value in zip(scores, metrics.cosine_similarity(pred_emb, text_emb).tolist()):
+        similarities = metrics.cosine_similarity(pred_emb, text_emb).tolist()
+        for score, value in zip(scores, similarities, strict=True):
             score.clap = value
         for task in fad:
             rows = [i for i, ex in enumerate(examples) if ex.task == task]
@@ -195,13 +203,13 @@ def score_examples(examples: tp.Sequence[EditExample], predictions: tp.Sequence[
                          "copy of MIT/ast-finetuned-audioset-10-10-0.4593; nothing is downloaded)")
     else:
         kl = metrics.kl_divergence(tagger.logits(predictions), tagger.logits(targets))
-        for score, value in zip(scores, kl.tolist()):
+        for score, value in zip(scores, kl.tolist(), strict=False):
             score.kl = value
     return scores, fad, skipped
 
 
 def aggregate(scores: tp.Sequence[ExampleScore], fad: dict[str, float | None]
-              ) -> tuple[dict[str, dict[str, float | None]], dict[str, dict[str, dict[str, float | None]]]]:
+              ) -> tuple[dict[str, Means], dict[str, dict[str, Means]]]:
     """Means per task (with FAD) and per task and stem (with the example count ``n``)."""
     by_task: dict[str, list[ExampleScore]] = defaultdict(list)
     by_stem: dict[str, dict[str, list[ExampleScore]]] = defaultdict(lambda: defaultdict(list))
@@ -219,7 +227,8 @@ def aggregate(scores: tp.Sequence[ExampleScore], fad: dict[str, float | None]
     return tasks, per_stem
 
 
-def run_evaluation(settings: EvalSettings, progress_factory=None) -> tuple[EvalReport, dict[str, Path]]:
+def run_evaluation(settings: EvalSettings, progress_factory: ProgressFactory | None = None
+                   ) -> tuple[EvalReport, dict[str, Path]]:
     """Load the model, build and edit the examples, score them and write the report.
 
     Args:
@@ -268,6 +277,6 @@ def run_evaluation(settings: EvalSettings, progress_factory=None) -> tuple[EvalR
     recorded["stems"] = list(stems)
     recorded["device_name"] = (torch.cuda.get_device_name(model.device)
                                if model.device.type == "cuda" else "cpu")
-    report = EvalReport(settings.model, datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    report = EvalReport(settings.model, datetime.now(UTC).isoformat(timespec="seconds"),
                         recorded, tasks, per_stem, scores, skipped, timings)
     return report, write_report(report, settings.output)

@@ -132,8 +132,8 @@ def _sum_padded(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class SynthStemSet(Sequence[ArrayTrack]):
     """``count`` synthesized songs, each rendered the first time it is read."""
 
-    def __init__(self, seed: int, count: int, settings: SynthSettings = SynthSettings()):
-        self.seed, self.count, self.settings = seed, count, settings
+    def __init__(self, seed: int, count: int, settings: SynthSettings | None = None):
+        self.seed, self.count, self.settings = seed, count, settings or SynthSettings()
         self._cache: dict[int, ArrayTrack] = {}
 
     def __len__(self) -> int:

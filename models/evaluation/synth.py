@@ -84,7 +84,7 @@ class Song:
     key: int                    # pitch class of the tonic
     mode: str                   # major | minor
     programs: dict[str, int]
-    midi: dict[str, "object"] = field(repr=False)  # stem -> pretty_midi.PrettyMIDI
+    midi: dict[str, object] = field(repr=False)  # stem -> pretty_midi.PrettyMIDI
 
 
 def _scale(key: int, mode: str) -> tuple[int, ...]:
@@ -311,12 +311,13 @@ class SynthTrack:
     song: Song
 
 
-def synthesize_track(seed: int, index: int, settings: SynthSettings = SynthSettings()) -> SynthTrack:
+def synthesize_track(seed: int, index: int, settings: SynthSettings | None = None) -> SynthTrack:
     """Compose and render track ``index`` of the set drawn from ``seed``.
 
     Each stem is cut to ``settings.seconds`` and levelled to a random RMS around
     :data:`STEM_LEVEL_DBFS`; the mix is their sum. Depends only on the arguments.
     """
+    settings = settings or SynthSettings()
     rng = np.random.default_rng([seed, index])
     song = compose(rng, settings.stems, settings.seconds)
     levels = rng.uniform(-STEM_LEVEL_SPREAD_DB, STEM_LEVEL_SPREAD_DB, len(settings.stems))
@@ -328,7 +329,7 @@ def synthesize_track(seed: int, index: int, settings: SynthSettings = SynthSetti
     with ThreadPoolExecutor(max(1, settings.workers)) as pool:
         rendered = list(pool.map(render, settings.stems))
     stems = {}
-    for name, audio, level in zip(settings.stems, rendered, levels):
+    for name, audio, level in zip(settings.stems, rendered, levels, strict=False):
         audio = audio[:, :num]
         audio = np.pad(audio, ((0, 0), (0, num - audio.shape[1])))
         if settings.channels == 1:

@@ -14,8 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..instruct_musicgen import InstructMusicGen
-from ..loader import (ADAPTER_FILE, CODEC_FILE, LM_FILE, T5_DIR, ModelFiles,
-                      save_release_checkpoint, write_metadata)
+from ..loader import (
+    ADAPTER_FILE,
+    CODEC_FILE,
+    LM_FILE,
+    T5_DIR,
+    ModelFiles,
+    save_release_checkpoint,
+    write_metadata,
+)
 
 
 def _local_base_file(source: str, filename: str) -> Path | None:

@@ -41,13 +41,13 @@ class CodeSet:
         """The stems the examples name, in first-seen order (the adapter's stem list)."""
         return tuple(dict.fromkeys(self.stems))
 
-    def subset(self, rows: Sequence[int]) -> "CodeSet":
+    def subset(self, rows: Sequence[int]) -> CodeSet:
         index = torch.as_tensor(list(rows), dtype=torch.long)
         return CodeSet(self.inputs[index], self.targets[index],
                        [self.instructions[i] for i in rows], [self.tasks[i] for i in rows],
                        [self.stems[i] for i in rows])
 
-    def where(self, task: str | None = None, stem: str | None = None) -> "CodeSet":
+    def where(self, task: str | None = None, stem: str | None = None) -> CodeSet:
         """The examples of one task and/or stem."""
         return self.subset([i for i in range(len(self))
                             if (task is None or self.tasks[i] == task)
@@ -59,7 +59,7 @@ class CodeSet:
                    path)
 
     @classmethod
-    def load(cls, path: Path) -> "CodeSet":
+    def load(cls, path: Path) -> CodeSet:
         data = torch.load(path, weights_only=True)
         return cls(data["inputs"].long(), data["targets"].long(), data["instructions"],
                    data["tasks"], data["stems"])

@@ -56,6 +56,11 @@ class FinetuneSettings:
         return self.run_dir or self.output / "run"
 
 
+def _advance(bar: tp.Any) -> tp.Callable[[object], None] | None:
+    """A per-item progress callback for `bar` (a tqdm bar), or None without one."""
+    return (lambda _: bar.update(1)) if bar else None
+
+
 def data_stems(tracks: tp.Sequence[StemTrack], wanted: tp.Sequence[str] | None) -> tuple[str, ...]:
     """The stems to train: ``wanted``, or every stem that appears in a track with another stem.
 
@@ -124,9 +129,9 @@ def prepare_data(settings: FinetuneSettings, codec: tp.Any, progress_factory=Non
         bar = progress_factory(count, what) if progress_factory else None
         examples = build_examples(tracks, stems, count, seed, settings.seconds,
                                   int(codec.sample_rate), 1, settings.tasks,
-                                  progress=(lambda _: bar.update(1)) if bar else None)
+                                  progress=_advance(bar))
         sets.append(encode_examples(codec, examples))
-    for codes, path in zip(sets, paths):
+    for codes, path in zip(sets, paths, strict=False):
         codes.save(path)
     return sets[0], sets[1]
 

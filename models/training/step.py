@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..instruct_musicgen import AudioFusion, CrossAttentionLoRA, InstructMusicGen, NoCache
+from ..attention import NoCache
+from ..instruct_musicgen import AudioFusion, CrossAttentionLoRA, InstructMusicGen
 
 
 def adapter_parameters(model: InstructMusicGen) -> dict[str, nn.Parameter]:
@@ -50,7 +51,8 @@ def reset_adapter(model: InstructMusicGen, seed: int = 0) -> None:
     fusion.pos_emb.copy_(torch.randn(fusion.pos_emb.shape, generator=generator) * 0.02)
     for linear in fusion.merge_linear:
         bound = 1 / math.sqrt(linear.weight.shape[1])  # nn.Linear's default init
-        linear.weight.copy_(torch.rand(linear.weight.shape, generator=generator) * 2 * bound - bound)
+        uniform = torch.rand(linear.weight.shape, generator=generator)
+        linear.weight.copy_(uniform * 2 * bound - bound)
     fusion.gates.zero_()
     for lora in model.text_lora:
         assert isinstance(lora, CrossAttentionLoRA)
@@ -101,4 +103,4 @@ def drop_instructions(instructions: Sequence[str], probability: float,
                       generator: torch.Generator) -> list[str | None]:
     """Replace each instruction by None (the null text) with ``probability``."""
     draws = torch.rand(len(instructions), generator=generator).tolist()
-    return [None if d < probability else text for d, text in zip(draws, instructions)]
+    return [None if d < probability else text for d, text in zip(draws, instructions, strict=False)]

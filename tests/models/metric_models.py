@@ -10,8 +10,15 @@ import torch
 def write_tiny_clap(directory: Path) -> Path:
     """A 1-layer CLAP (HTSAT audio tower, RoBERTa text tower, BPE tokenizer trained here)."""
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel,
-                              ClapProcessor, ClapTextConfig, RobertaTokenizer)
+    from transformers import (
+        ClapAudioConfig,
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapProcessor,
+        ClapTextConfig,
+        RobertaTokenizer,
+    )
     directory.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(["Drums Bass Piano Guitar Strings music"] * 8, vocab_size=300,
@@ -29,7 +36,8 @@ def write_tiny_clap(directory: Path) -> Path:
     model = ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(),
                                  projection_dim=16))
     model.save_pretrained(directory)
-    # Unfused CLAP checkpoints (as laion/larger_clap_music) cut long clips at random, pad short ones.
+    # Unfused CLAP checkpoints (as laion/larger_clap_music) cut long clips at random and pad
+    # short ones.
     ClapProcessor(feature_extractor=ClapFeatureExtractor(truncation="rand_trunc"),
                   tokenizer=tokenizer).save_pretrained(directory)
     return directory

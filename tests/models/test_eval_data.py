@@ -7,8 +7,14 @@ import soundfile as sf
 import yaml
 
 from models.evaluation.examples import NoExamples, build_examples, make_example
-from models.evaluation.stem_sets import (ArrayTrack, StemSetError, SynthStemSet, musdb_tracks,
-                                         slakh_tracks, stem_name)
+from models.evaluation.stem_sets import (
+    ArrayTrack,
+    StemSetError,
+    SynthStemSet,
+    musdb_tracks,
+    slakh_tracks,
+    stem_name,
+)
 from models.evaluation.synth import SynthesisError, SynthSettings, synthesize_track
 
 SHORT = SynthSettings(seconds=4.0)
@@ -84,7 +90,7 @@ def test_examples_are_balanced_and_deterministic():
         ("add", "Drums"), ("remove", "Drums"), ("extract", "Drums"),
         ("add", "Guitar"), ("remove", "Guitar"), ("extract", "Guitar")]
     again = build_examples(SynthStemSet(5, 3, SHORT), ["Drums", "Guitar"], 6, seed=1, seconds=2.0)
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=False):
         np.testing.assert_array_equal(a.input, b.input)
     with pytest.raises(NoExamples, match="'Vocals'"):
         build_examples(tracks, ["Vocals"], 1, seconds=2.0)

@@ -6,11 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from metric_models import write_tiny_audio_tagger, write_tiny_clap
 
 from models.evaluation import metrics
 from models.evaluation.pretrained import AudioTagger, ClapModelScorer, PretrainedModelError
-
-from metric_models import write_tiny_audio_tagger, write_tiny_clap
 
 RATE = metrics.METRIC_SAMPLE_RATE
 

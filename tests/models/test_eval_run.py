@@ -6,9 +6,9 @@ import argparse
 import json
 
 import pytest
+from metric_models import write_tiny_audio_tagger, write_tiny_clap
 
 from cli import eval as eval_command
-from metric_models import write_tiny_audio_tagger, write_tiny_clap
 
 METRIC_KEYS = {"fad", "clap", "kl", "ssim", "si_sdr", "si_sdri"}
 
