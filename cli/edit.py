@@ -14,7 +14,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("edit", help="edit one audio file offline")
     parser.add_argument("input", type=Path, help="WAV, FLAC, OGG or MP3 file")
     parser.add_argument("instruction",
-                        help='for example "Add drums", "Remove the bass", "Only guitar"')
+                        help='for example "Add drums", "Remove the bass", "Only guitar", '
+                        '"Replace the guitar with piano", "Remove the bass, then add drums"')
     extensions = " or ".join(f".{name}" for name in OUTPUT_MEDIA_TYPES)
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help=f"output file: {extensions} (the extension sets the format)")
@@ -26,8 +27,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
     parser.add_argument("--cfg", type=float, default=defaults.cfg_coef,
                         help="classifier-free guidance coefficient")
-    parser.add_argument("--keep-rate", action="store_true",
-                        help="write at the input's sample rate instead of 32 kHz")
+    parser.add_argument("--start", type=float, default=None, metavar="SECONDS",
+                        help="edit only from here (default: the start)")
+    parser.add_argument("--end", type=float, default=None, metavar="SECONDS",
+                        help="edit only up to here (default: the end); the rest is the input")
+    parser.add_argument("--output-rate", type=int, default=None, metavar="HZ",
+                        help="sample rate of the result (default: the input's)")
+    parser.add_argument("--output-channels", type=int, choices=(1, 2), default=None,
+                        help="channels of the result (default: the input's)")
     parser.add_argument("--max-seconds", type=float, default=300.0,
                         help="longest input accepted (default 300 s)")
     parser.set_defaults(run=run)
@@ -46,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         edited = edit_file(
             args.input, args.instruction, args.output, model=args.model,
             cache_dir=model_cache_dir(args), params=params,
-            device=args.device, keep_rate=args.keep_rate, max_seconds=args.max_seconds,
+            device=args.device, start_seconds=args.start, end_seconds=args.end,
+            output_rate=args.output_rate, output_channels=args.output_channels,
+            max_seconds=args.max_seconds,
             on_progress=progress)
     except FileEditRefused as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import torch
 
-from models.audio import OUTPUT_FORMATS, SILENCE_PEAK_THRESHOLD, read_audio, write_audio
+from models.audio import (
+    OUTPUT_FORMATS,
+    SILENCE_PEAK_THRESHOLD,
+    compose_result,
+    read_audio,
+    write_samples,
+)
 from models.checkpoint import CheckpointError
 from models.engine import EditEngine, EditRequest, EngineConfig
 from models.loader import load_model, model_stems
@@ -22,7 +28,8 @@ from models.presets import resolve_model
 from models.sampling import SamplingParams
 from musicedit.audio_probe import AudioLimits, probe_audio
 from musicedit.errors import MusiceditError
-from musicedit.instructions import normalize_instruction
+from musicedit.instructions import normalize_edit
+from musicedit.jobs import OUTPUT_SAMPLE_RATE_MAX, OUTPUT_SAMPLE_RATE_MIN, time_range_in
 
 # What an offline edit accepts: anything soundfile decodes, however many channels or Hz.
 _MIN_SECONDS = 0.05
@@ -69,15 +76,20 @@ def edit_file(
     cache_dir: Path,
     params: SamplingParams,
     device: str = "auto",
-    keep_rate: bool = False,
+    start_seconds: float | None = None,
+    end_seconds: float | None = None,
+    output_rate: int | None = None,
+    output_channels: int | None = None,
     max_seconds: float = 300.0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> EditedFile:
     """Edit `input_path` as `instruction` says and write the result to `output_path`.
 
-    Inputs longer than the model's window are edited window by window; the result is as long
-    as the input, at 32 kHz (or at the input's rate with `keep_rate`), 16-bit, in the format
-    the output's extension names.
+    The instruction may chain steps ("replace the guitar with piano"). Inputs longer than
+    the model's window are edited window by window; with `start_seconds`/`end_seconds` only
+    that range is edited and the rest is the input, sample for sample. The result is as long
+    as the input, at its rate and channel count unless `output_rate`/`output_channels` say
+    otherwise, 16-bit, in the format the output's extension names.
 
     Args:
         model: a preset name (`tiny`, `small-random`, `large`) or a model directory.
@@ -96,7 +108,14 @@ def edit_file(
     try:
         info = probe_audio(input_path, limits)
         files = resolve_model(model, cache_dir)
-        canonical = normalize_instruction(instruction, model_stems(files))
+        steps = normalize_edit(instruction, model_stems(files))
+        time_range = time_range_in(start_seconds, end_seconds, info.duration_seconds)
+        if output_channels is not None and output_channels not in (1, 2):
+            raise ValueError(f"output channels must be 1 or 2, got {output_channels}")
+        if output_rate is not None and not (
+                OUTPUT_SAMPLE_RATE_MIN <= output_rate <= OUTPUT_SAMPLE_RATE_MAX):
+            raise ValueError(f"output rate must be {OUTPUT_SAMPLE_RATE_MIN}.."
+                             f"{OUTPUT_SAMPLE_RATE_MAX} Hz, got {output_rate}")
     except (MusiceditError, CheckpointError, OSError, ValueError) as exc:
         raise FileEditRefused(str(exc)) from exc
     if device == "auto":
@@ -112,15 +131,20 @@ def edit_file(
     engine = EditEngine(loaded_model, EngineConfig(max_batch_size=1, max_input_seconds=max_seconds))
     wav, rate = read_audio(input_path)
     engine.start()
+    span = None if time_range is None else (time_range.start_seconds, time_range.end_seconds)
+    templates = tuple(step.text for step in steps)
     try:  # submit checks the sampling parameters against the model's codebook size
-        handle = engine.submit(EditRequest("cli", wav, rate, canonical.text, params, on_progress))
+        handle = engine.submit(EditRequest("cli", wav, rate, templates, params, on_progress,
+                                           time_range=span))
         result = handle.result()
     except (ValueError, MusiceditError) as exc:
         raise FileEditRefused(str(exc)) from exc
     finally:
         engine.stop()
-    out_rate = info.sample_rate if keep_rate else None
-    write_audio(output_path, result.audio, loaded_model.sample_rate, fmt, output_rate=out_rate)
+    audio, out_rate = compose_result(result.audio, result.sample_rate,
+                                     result.frame_range[0] / loaded_model.frame_rate, wav, rate,
+                                     span, output_rate, output_channels)
+    write_samples(output_path, audio, out_rate, fmt)
     return EditedFile(path=output_path, input_seconds=info.duration_seconds,
-                      instruction=canonical.text, load_seconds=loaded - started,
+                      instruction=" | ".join(templates), load_seconds=loaded - started,
                       edit_seconds=time.perf_counter() - loaded)

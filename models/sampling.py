@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from musicedit.jobs import step_seed
+
 _MASK32 = 0xFFFFFFFF
 # Odd constants of a 32-bit integer hash with low bias (Chris Wellons' `lowbias32`).
 _HASH_MUL_1 = 0x7FEB352D
@@ -22,8 +24,6 @@ _HASH_MUL_2 = 0x846CA68B
 _SEED_HIGH_SALT = 0x9E3779B9
 _STEP_MUL = 0x85EBCA77
 _TOKEN_SALT = 0xC2B2AE3D
-# Step k of a chained edit samples with seed + k * this (mod 2**63).
-_STEP_SEED_STRIDE = 0x9E3779B97F4A7C15 % 2**63
 # Uniforms carry 24 bits (a float32 mantissa) and lie strictly inside (0, 1).
 _UNIFORM_BITS = 24
 
@@ -77,12 +77,6 @@ class SamplingParams:
         if self.top_p > 0 or self.top_k == 0:
             return card
         return min(self.top_k, card)
-
-
-def step_seed(seed: int, step: int) -> int:
-    """Seed of step `step` of a chain whose job seed is `seed` (`step_seed(s, 0) == s`):
-    steps of a chain never share a random stream."""
-    return (seed + step * _STEP_SEED_STRIDE) % 2**63
 
 
 # ----------------------------------------------------------------- the noise

@@ -73,6 +73,17 @@ def _form(
     return data
 
 
+def _input_parts(audio: Any, filename: str | None,
+                 source_job_id: str | None) -> dict[str, Any]:
+    """The input part of the form: the file, or the job whose result is edited (sent as a
+    form part too, so that the body is multipart either way)."""
+    if (audio is None) == (source_job_id is None):
+        raise ValueError("pass the audio, or source_job_id to edit a job's result (one of them)")
+    if source_job_id is not None:
+        return {"source_job_id": (None, source_job_id)}
+    return {"file": _file_part(audio, filename)}
+
+
 def _file_part(audio: str | Path | bytes, filename: str | None) -> tuple[str, Any, str]:
     if isinstance(audio, bytes):
         return (filename or "input.wav", audio, "application/octet-stream")
@@ -134,25 +145,37 @@ class MusiceditClient:
 
     def submit(
         self,
-        audio: str | Path | bytes,
+        audio: str | Path | bytes | None,
         instruction: str,
         *,
+        source_job_id: str | None = None,
+        start_seconds: float | None = None,
+        end_seconds: float | None = None,
         seed: int | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         temperature: float | None = None,
         cfg_coef: float | None = None,
         output_format: str | None = None,
+        output_sample_rate: int | None = None,
+        output_channels: int | None = None,
         webhook_url: str | None = None,
         idempotency_key: str | None = None,
         filename: str | None = None,
     ) -> EditJobView:
+        """Submit an edit of `audio` (a path or bytes), or with `audio=None` and
+        `source_job_id`, of that job's result; `start_seconds`/`end_seconds` edit only that
+        range; the output has the input's rate and channels unless asked otherwise."""
         params = {"seed": seed, "top_k": top_k, "top_p": top_p, "temperature": temperature,
-                  "cfg_coef": cfg_coef}
+                  "cfg_coef": cfg_coef, "start_seconds": start_seconds,
+                  "end_seconds": end_seconds, "output_sample_rate": output_sample_rate,
+                  "output_channels": output_channels}
+        _input_parts(audio, filename, source_job_id)  # refuse before sending anything
 
         def build() -> tuple[dict[str, Any], Callable[[], None] | None]:
-            part = _file_part(audio, filename)
-            return {"files": {"file": part}}, getattr(part[1], "close", None)
+            parts = _input_parts(audio, filename, source_job_id)
+            file = parts.get("file")
+            return {"files": parts}, getattr(file[1], "close", None) if file else None
 
         response = self._request(
             "POST", "/v1/edits", safe=True, build=build,
@@ -250,28 +273,36 @@ class AsyncMusiceditClient:
 
     async def submit(
         self,
-        audio: str | Path | bytes,
+        audio: str | Path | bytes | None,
         instruction: str,
         *,
+        source_job_id: str | None = None,
+        start_seconds: float | None = None,
+        end_seconds: float | None = None,
         seed: int | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         temperature: float | None = None,
         cfg_coef: float | None = None,
         output_format: str | None = None,
+        output_sample_rate: int | None = None,
+        output_channels: int | None = None,
         webhook_url: str | None = None,
         idempotency_key: str | None = None,
         filename: str | None = None,
     ) -> EditJobView:
+        """`MusiceditClient.submit` for asyncio."""
         params = {"seed": seed, "top_k": top_k, "top_p": top_p, "temperature": temperature,
-                  "cfg_coef": cfg_coef}
-        if not isinstance(audio, bytes):
+                  "cfg_coef": cfg_coef, "start_seconds": start_seconds,
+                  "end_seconds": end_seconds, "output_sample_rate": output_sample_rate,
+                  "output_channels": output_channels}
+        if audio is not None and not isinstance(audio, bytes):
             filename = filename or Path(audio).name
             audio = Path(audio).read_bytes()
         response = await self._request(
             "POST", "/v1/edits", safe=True,
             data=_form(instruction, params, output_format, webhook_url),
-            files={"file": _file_part(audio, filename)},
+            files=_input_parts(audio, filename, source_job_id),
             headers=_submit_headers(idempotency_key),
         )
         _raise_for_problem(response)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from enum import Enum
 from typing import Literal
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field
 
+from musicedit.errors import InvalidRequest
 from musicedit.instructions import Instruction
 
 
@@ -29,6 +31,9 @@ OutputFormat = Literal["wav", "flac"]
 # The formats an edit is written in, and the media type it is stored and served with.
 OUTPUT_MEDIA_TYPES: dict[OutputFormat, str] = {"wav": "audio/wav", "flac": "audio/flac"}
 SEED_MAX = 2**63 - 1  # seeds are signed 64-bit integers everywhere they are stored
+OUTPUT_SAMPLE_RATE_MIN, OUTPUT_SAMPLE_RATE_MAX = 8000, 192000
+# The shortest time range an edit accepts (the model needs context to edit).
+MIN_RANGE_SECONDS = 0.5
 
 
 class SamplingParams(BaseModel):
@@ -66,24 +71,139 @@ class SamplingParams(BaseModel):
         return ", ".join(parts)
 
 
+# Step k of a chained edit samples with seed + k * this (mod 2**63), so that a chain gives what
+# separate edits of each other's results give with those seeds (shown in `instruction.steps`).
+_STEP_SEED_STRIDE = 0x9E3779B97F4A7C15 % 2**63
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed step `step` of an edit seeded `seed` samples with (`step_seed(s, 0) == s`)."""
+    return (seed + step * _STEP_SEED_STRIDE) % 2**63
+
+
 def seed_for_job(job_id: str) -> int:
     """The seed of a job submitted without one: derived from its id, so every attempt (and
     every reader) agrees on it."""
     return int(hashlib.sha256(job_id.encode()).hexdigest()[:15], 16)
 
 
-class NormalizedInstruction(BaseModel):
-    """`Instruction` as stored: `text` is the exact template the model sees."""
+Operation = Literal["add", "remove", "extract"]
+
+
+class InstructionStep(BaseModel):
+    """One step of an edit: `text` is the exact template the model sees, `seed` the seed the
+    step samples with (a chain's step k: `step_seed(params.seed, k)`)."""
 
     model_config = ConfigDict(frozen=True)
 
-    operation: Literal["add", "remove", "extract"]
+    operation: Operation
     stem: str
     text: str
+    seed: int | None = None
+
+
+class NormalizedInstruction(BaseModel):
+    """The instruction as stored and shown.
+
+    A one-step instruction is described by `operation`, `stem` and `text` (as always); a chain
+    has `operation` "chain", no `stem`, and its templates joined by " | " in `text`. `steps`
+    lists every step, in order, either way.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    operation: Literal["add", "remove", "extract", "chain"]
+    stem: str | None
+    text: str
+    steps: list[InstructionStep] = Field(default_factory=list)
 
     @classmethod
     def from_instruction(cls, instruction: Instruction) -> NormalizedInstruction:
-        return cls(operation=instruction.operation, stem=instruction.stem, text=instruction.text)
+        return cls.from_steps((instruction,))
+
+    @classmethod
+    def from_steps(cls, steps: Sequence[Instruction],
+                   seed: int | None = None) -> NormalizedInstruction:
+        """The instruction of `steps` (one or a chain); with `seed`, each step's own."""
+        listed = [InstructionStep(operation=step.operation, stem=step.stem, text=step.text,
+                                  seed=None if seed is None else step_seed(seed, index))
+                  for index, step in enumerate(steps)]
+        if len(listed) == 1:
+            only = listed[0]
+            return cls(operation=only.operation, stem=only.stem, text=only.text, steps=listed)
+        return cls(operation="chain", stem=None, text=" | ".join(s.text for s in listed),
+                   steps=listed)
+
+    def with_seed(self, seed: int) -> NormalizedInstruction:
+        """The same steps with the seeds a job seeded `seed` gives them."""
+        return self.model_copy(update={"steps": [
+            step.model_copy(update={"seed": step_seed(seed, index)})
+            for index, step in enumerate(self.all_steps)]})
+
+    @property
+    def all_steps(self) -> list[InstructionStep]:
+        """The steps (a job stored before chains existed has none listed: its one step)."""
+        if self.steps:
+            return self.steps
+        assert self.operation != "chain" and self.stem is not None
+        return [InstructionStep(operation=self.operation, stem=self.stem, text=self.text)]
+
+
+class TimeRange(BaseModel):
+    """Seconds of the input an edit changes; outside them the result is the input."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start_seconds: float = Field(ge=0.0)
+    end_seconds: float = Field(gt=0.0)
+
+
+def time_range_in(start: float | None, end: float | None,
+                  duration: float) -> TimeRange | None:
+    """The range to edit in a clip of `duration` seconds: `start` defaults to the clip's
+    start, `end` to its end; None when nothing or the whole clip is asked for.
+
+    Raises:
+        InvalidRequest: the range is empty, reversed, shorter than `MIN_RANGE_SECONDS` or
+            outside the clip; the message states the clip's duration and the rules.
+    """
+    if start is None and end is None:
+        return None
+    first = start or 0.0
+    last = duration if end is None else end
+    if last <= first or last - first < MIN_RANGE_SECONDS or last > duration + 1e-3:
+        raise InvalidRequest(
+            f"The time range {first:g}-{last:g} s cannot be edited: the clip is {duration:.3f} "
+            f"s long. Send 0 <= start_seconds < end_seconds <= {duration:.3f}, at least "
+            f"{MIN_RANGE_SECONDS:g} s apart (leave either out for the clip's start or end).",
+            [{"loc": ["body", "end_seconds" if last > duration else "start_seconds"],
+              "msg": "range outside the clip or too short"}],
+        )
+    last = min(last, duration)
+    if first == 0.0 and last == duration:
+        return None  # the whole clip
+    return TimeRange(start_seconds=first, end_seconds=last)
+
+
+class OutputShape(BaseModel):
+    """Sample rate and channels of a result (by default the input's)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sample_rate: int = Field(ge=1)
+    channels: int = Field(ge=1)
+
+
+class ResultAudio(BaseModel):
+    """What the worker wrote: the audio file and, for the next round, the codes the model
+    produced (an edit of this result starts from them, with no re-encoding)."""
+
+    format: str
+    sample_rate: int
+    channels: int
+    duration_seconds: float
+    size_bytes: int
+    codes_key: str | None = None
 
 
 class Progress(BaseModel):
@@ -126,7 +246,13 @@ class EditJob(BaseModel):
     webhook_url: str | None = None
     input_key: str
     input: InputAudio
+    input_codes_key: str | None = Field(
+        None, description="Codes of the input (a previous result's), so it is not re-encoded.")
+    time_range: TimeRange | None = None
+    output: OutputShape | None = Field(None, description="None: the input's rate and channels.")
+    source_job_id: str | None = None
     result_key: str | None = None
+    result: ResultAudio | None = None
     progress: Progress = Field(default_factory=Progress)
     timings: Timings = Field(default_factory=Timings)
     attempts: int = 0
@@ -148,6 +274,11 @@ class EditJobView(BaseModel):
     params: SamplingParams
     output_format: OutputFormat
     input: InputAudio
+    time_range: TimeRange | None = Field(
+        None, description="Seconds edited; null: the whole clip.")
+    output: OutputShape = Field(description="Sample rate and channels of the result.")
+    source_job_id: str | None = Field(
+        None, description="The job whose result this edit edits; null: an uploaded file.")
     progress: Progress
     queue_position: int | None = Field(
         None, description="Queued jobs ahead of this one (0 = next); null unless queued."
@@ -172,6 +303,10 @@ class EditJobView(BaseModel):
             params=job.params,
             output_format=job.output_format,
             input=job.input,
+            time_range=job.time_range,
+            output=job.output or OutputShape(sample_rate=job.input.sample_rate,
+                                             channels=job.input.channels),
+            source_job_id=job.source_job_id,
             progress=job.progress,
             queue_position=queue_position,
             timings=job.timings,

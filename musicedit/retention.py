@@ -20,8 +20,11 @@ log = logging.getLogger("musicedit.retention")
 
 
 def object_keys(job: EditJob) -> list[str]:
-    """The storage keys a job owns: its input and, once succeeded, its result."""
-    return [key for key in (job.input_key, job.result_key) if key]
+    """The storage keys a job owns: its input (and its codes), once succeeded its result (and
+    the result's codes)."""
+    result_codes = job.result.codes_key if job.result else None
+    return [key for key in (job.input_key, job.input_codes_key, job.result_key, result_codes)
+            if key]
 
 
 def sweep_expired(store: BaseJobStore, storage: ObjectStorage) -> int:

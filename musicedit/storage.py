@@ -45,6 +45,11 @@ def result_key(job_id: str, extension: str) -> str:
     return f"results/{job_id}.{extension}"
 
 
+def codes_key(key: str) -> str:
+    """Where the model codes of the audio object `key` are kept (beside it)."""
+    return f"{key}.codes.npy"
+
+
 def check_key(key: str) -> str:
     """Reject keys that could escape a directory or confuse S3 (`..`, absolute, odd chars)."""
     if not _KEY_PATTERN.match(key) or ".." in key.split("/") or len(key) > 512:
@@ -68,6 +73,7 @@ class ObjectStorage(Protocol):
         ...
 
     def get_to_file(self, key: str, destination: str | Path) -> None: ...
+    def copy(self, source_key: str, target_key: str) -> None: ...
     def delete(self, key: str) -> None: ...
     def exists(self, key: str) -> bool: ...
     def presigned_get_url(self, key: str, expires_in: int) -> str | None:
@@ -144,6 +150,14 @@ class LocalStorage:
         if not path.is_file():
             raise ObjectNotFound(f"No object {key!r} in storage.")
         shutil.copyfile(path, destination)
+
+    def copy(self, source_key: str, target_key: str) -> None:
+        """Copy an object to another key (atomically visible, like `put_file`)."""
+        source = self._path(source_key)
+        if not source.is_file():
+            raise ObjectNotFound(f"No object {source_key!r} in storage.")
+        with source.open("rb") as data:
+            self.put_file(target_key, data)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -326,6 +340,12 @@ class S3Storage:
     @_s3_errors
     def get_to_file(self, key: str, destination: str | Path) -> None:
         self.client.download_file(self.bucket, check_key(key), str(destination))
+
+    @_s3_errors
+    def copy(self, source_key: str, target_key: str) -> None:
+        """Server-side copy (no bytes through this process); multipart for large objects."""
+        self.client.copy({"Bucket": self.bucket, "Key": check_key(source_key)}, self.bucket,
+                         check_key(target_key))
 
     @_s3_errors
     def delete(self, key: str) -> None:

@@ -11,22 +11,60 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from musicedit.instructions import MAX_INSTRUCTION_CHARS
-from musicedit.jobs import OutputFormat, SamplingParams
+from musicedit.instructions import MAX_INSTRUCTION_CHARS, MAX_STEPS
+from musicedit.jobs import (
+    MIN_RANGE_SECONDS,
+    OUTPUT_SAMPLE_RATE_MAX,
+    OUTPUT_SAMPLE_RATE_MIN,
+    OutputFormat,
+    SamplingParams,
+)
 from service.uploads import FILE_FIELD
 
 
-class EditForm(SamplingParams):
-    """An edit request: the clip, the instruction, sampling parameters, output, webhook."""
+class EditOptions(BaseModel):
+    """The form's numeric options besides sampling: the range to edit and the output shape
+    (validated with this model by `service.submissions`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start_seconds: float | None = Field(
+        None, ge=0.0, allow_inf_nan=False, examples=[30.0],
+        description="Edit only from here (default 0); outside the range the result is the "
+        "input, sample for sample.")
+    end_seconds: float | None = Field(
+        None, gt=0.0, allow_inf_nan=False, examples=[60.0],
+        description=f"Edit only up to here (default: the end of the clip). At least "
+        f"{MIN_RANGE_SECONDS:g} s after `start_seconds`.")
+    output_sample_rate: int | None = Field(
+        None, ge=OUTPUT_SAMPLE_RATE_MIN, le=OUTPUT_SAMPLE_RATE_MAX, examples=[48000],
+        description="Sample rate of the result (default: the input's). The model's audio is "
+        "band-limited to 16 kHz whatever the rate.")
+    output_channels: int | None = Field(
+        None, ge=1, le=2, description="1 or 2 channels (default: the input's).")
+
+
+class EditForm(EditOptions, SamplingParams):
+    """An edit request: the clip (or an earlier result), the instruction, the range to edit,
+    sampling parameters, output, webhook."""
 
     model_config = ConfigDict(extra="forbid")
 
-    file: bytes = Field(description="WAV, FLAC, OGG or MP3; format is read from the bytes.")
+    file: bytes | None = Field(
+        None, description="WAV, FLAC, OGG or MP3; format is read from the bytes. Send either "
+        "`file` or `source_job_id`.")
+    source_job_id: str | None = Field(
+        None, examples=["3f0c2a9e5b7d4c1e8a6f0b2d4e6f8a1c"],
+        description="Edit the result of one of your succeeded jobs instead of uploading a file "
+        "(no re-encoding: the next round starts from that result's codes).")
     instruction: str = Field(
-        max_length=MAX_INSTRUCTION_CHARS, examples=["Add drums"],
-        description="add/remove/extract a stem, e.g. 'Remove the bass'.")
+        max_length=MAX_INSTRUCTION_CHARS,
+        examples=["Add drums", "Replace the guitar with piano",
+                  "Remove the bass, then add drums"],
+        description=f"add/remove/extract a stem, replace one with another, or up to {MAX_STEPS} "
+        "steps chained with 'then'/'and', e.g. 'Remove the bass'.")
     output_format: OutputFormat = "wav"
     webhook_url: str | None = Field(
         None, json_schema_extra={"format": "uri"},
@@ -35,7 +73,12 @@ class EditForm(SamplingParams):
 
 
 PARAM_FIELDS = tuple(SamplingParams.model_fields)
-FORM_FIELDS = tuple(EditForm.model_fields)
+OPTION_FIELDS = tuple(EditOptions.model_fields)
+# The form's fields in the order the documentation shows them.
+FORM_FIELDS = ("file", "source_job_id", "instruction", "start_seconds", "end_seconds",
+               *PARAM_FIELDS, "output_format", "output_sample_rate", "output_channels",
+               "webhook_url")
+assert set(FORM_FIELDS) == set(EditForm.model_fields)
 assert FILE_FIELD in FORM_FIELDS
 
 
@@ -47,8 +90,8 @@ def openapi_request_body() -> dict[str, Any]:
     """
     schema = EditForm.model_json_schema()
     schema.pop("title", None)
-    schema["properties"] = {name: _form_part(part)
-                            for name, part in schema["properties"].items()}
+    parts = schema["properties"]
+    schema["properties"] = {name: _form_part(parts[name]) for name in FORM_FIELDS}
     return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
 
 

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from models.audio import read_audio, write_audio
+import numpy as np
+import torch
+
+from models.audio import compose_result, read_audio, write_samples
 from models.engine import DeviceFailed, EditRequest, JobCanceled
 from musicedit.errors import (
     AudioError,
@@ -28,10 +31,10 @@ from musicedit.errors import (
     StoreUnavailable,
 )
 from musicedit.job_store import BaseJobStore
-from musicedit.jobs import OUTPUT_MEDIA_TYPES, EditJob, JobState
+from musicedit.jobs import OUTPUT_MEDIA_TYPES, EditJob, JobState, ResultAudio
 from musicedit.logs import log_event
 from musicedit.settings import Settings
-from musicedit.storage import ObjectStorage, result_key
+from musicedit.storage import ObjectStorage, codes_key, result_key
 from musicedit.webhooks import WebhookNotifier
 from worker.housekeeping import ShutdownSignal
 from worker.metrics import WorkerMetrics
@@ -195,12 +198,10 @@ def run_edit_job(job_id: str, deps: EditJobDeps) -> JobOutcome:
 def _run_claimed(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper) -> JobOutcome:
     try:
         with tempfile.TemporaryDirectory(prefix="musicedit-job-") as tmp:
-            output = _decode(job, deps, lease, Path(tmp))
+            edited = _decode(job, deps, lease, Path(tmp))
             key = result_key(job.id, job.output_format)
-            result_path = Path(tmp) / f"result.{job.output_format}"
-            write_audio(result_path, output.audio, output.sample_rate, job.output_format)
-            _upload_result(job, deps, key, result_path, output)
-            _report_final_progress(job, deps, output.frames)
+            result = _write_result(job, deps, key, edited, Path(tmp))
+            _report_final_progress(job, deps, edited.frames_total)
     except _JobStopped as stop:
         if stop.reason == "cancel":
             done = _retry_store(deps, job.id, "acknowledge_cancel",
@@ -219,19 +220,39 @@ def _run_claimed(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper) -> JobOutc
             job.id, deps.worker_id, message, dead_letter=dead_letter))
         return _finished(done, deps, JobOutcome.failed)
     done = _retry_store(deps, job.id, "complete",
-                        lambda: deps.store.complete(job.id, deps.worker_id, key))
+                        lambda: deps.store.complete(job.id, deps.worker_id, key, result))
     if done.state is JobState.canceled:  # canceled while the result was being written
-        _delete_quietly(deps.storage, key, job.id)
+        for written in (key, result.codes_key):
+            if written:
+                _delete_quietly(deps.storage, written, job.id)
         return _finished(done, deps, JobOutcome.canceled)
     return _finished(done, deps, JobOutcome.succeeded)
 
 
-def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> EditOutput:
-    """Download the input and run it through the engine; raises `_JobStopped`/`JobFailure`."""
+@dataclass
+class _Edited:
+    """The engine's output for a job and the input it edited."""
+
+    output: EditOutput
+    original: np.ndarray      # [C, N] float32 input at `input_rate`
+    input_rate: int
+    frames_total: int         # progress frames over all steps
+
+
+def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> _Edited:
+    """Download the input (and its codes, for an edit of an earlier result) and run it
+    through the engine; raises `_JobStopped`/`JobFailure`."""
     input_path = tmp / "input"
+    codes = None
     try:
         _with_storage_retries(deps, job.id, "download_input",
                               lambda: deps.storage.get_to_file(job.input_key, input_path))
+        if job.input_codes_key:
+            codes_path = tmp / "input.codes.npy"
+            codes_key_ = job.input_codes_key
+            _with_storage_retries(deps, job.id, "download_input_codes",
+                                  lambda: deps.storage.get_to_file(codes_key_, codes_path))
+            codes = torch.from_numpy(np.load(codes_path).astype(np.int64))
     except ObjectNotFound as exc:
         raise JobFailure("The uploaded input is no longer in storage (retention or deletion); "
                          "resubmit the file.", dead_letter=False) from exc
@@ -240,13 +261,21 @@ def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> E
     except AudioError as exc:
         raise JobFailure(f"The input audio could not be read: {exc.message}",
                          dead_letter=False) from exc
-    params = engine_params(job)
-    progress = _Progress()
+    time_range = ((job.time_range.start_seconds, job.time_range.end_seconds)
+                  if job.time_range else None)
+    request = EditRequest(
+        job_id=job.id, wav=wav, sample_rate=rate,
+        instruction=tuple(step.text for step in job.instruction.all_steps),
+        params=engine_params(job), on_progress=(progress := _Progress()).update,
+        time_range=time_range)
     started = time.perf_counter()
     try:
-        handle = deps.engine.submit(EditRequest(
-            job_id=job.id, wav=wav, sample_rate=rate, instruction=job.instruction.text,
-            params=params, on_progress=progress.update))
+        if codes is not None:  # the next round of an edit: no re-encoding
+            model_rate = deps.engine.model.sample_rate
+            handle = deps.engine.submit_codes(
+                request, codes, num_samples=int(round(wav.shape[-1] * model_rate / rate)))
+        else:
+            handle = deps.engine.submit(request)
     except DeviceFailed as exc:  # this worker's GPU is gone: the job is not at fault
         raise _JobStopped("device") from exc
     except AudioError as exc:
@@ -270,8 +299,49 @@ def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> E
     deps.metrics.job_decode_seconds.observe(seconds)
     deps.metrics.real_time_factor.observe(audio_seconds / max(seconds, 1e-9))
     log_event(log, "job_decoded", job_id=job.id, decode_seconds=round(seconds, 3),
-              audio_seconds=round(audio_seconds, 3), frames=output.frames)
-    return output
+              audio_seconds=round(audio_seconds, 3), frames=output.frames,
+              steps=len(request.steps))
+    frames = (output.frame_range[1] - output.frame_range[0]) * len(request.steps)
+    return _Edited(output, wav, rate, frames)
+
+
+def _write_result(job: EditJob, deps: EditJobDeps, key: str, edited: _Edited,
+                  tmp: Path) -> ResultAudio:
+    """Compose the result in the asked shape, store it and its codes; what was stored."""
+    output = edited.output
+    frame_rate = deps.engine.model.frame_rate
+    audio, rate = compose_result(
+        output.audio, output.sample_rate, output.frame_range[0] / frame_rate, edited.original,
+        edited.input_rate,
+        (job.time_range.start_seconds, job.time_range.end_seconds) if job.time_range else None,
+        job.output.sample_rate if job.output else None,
+        job.output.channels if job.output else None)
+    path = tmp / f"result.{job.output_format}"
+    write_samples(path, audio, rate, job.output_format)
+    codes_path = tmp / "result.codes.npy"
+    np.save(codes_path, output.codes.cpu().numpy().astype(np.int16))
+    metadata = {
+        "job-id": job.id,
+        "instruction": job.instruction.text,
+        "seed": str(job_seed(job)),
+        "model": Path(deps.settings.model).name,
+        "sample-rate": str(rate),
+        "channels": str(audio.shape[0]),
+        "duration-seconds": f"{audio.shape[-1] / rate:.3f}",
+    }
+    result_codes = codes_key(key)
+
+    def upload() -> None:
+        with path.open("rb") as source:
+            deps.storage.put_file(key, source, content_type=OUTPUT_MEDIA_TYPES[job.output_format],
+                                  metadata=metadata)
+        with codes_path.open("rb") as source:
+            deps.storage.put_file(result_codes, source, metadata={"job-id": job.id})
+
+    _with_storage_retries(deps, job.id, "upload_result", upload)
+    return ResultAudio(format=job.output_format.upper(), sample_rate=rate,
+                       channels=audio.shape[0], duration_seconds=audio.shape[-1] / rate,
+                       size_bytes=path.stat().st_size, codes_key=result_codes)
 
 
 def _wait(handle: EditHandle, job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
@@ -314,25 +384,6 @@ def _wait(handle: EditHandle, job: EditJob, deps: EditJobDeps, lease: LeaseKeepe
         if stop_reason is not None:
             log_event(log, "job_stopping", job_id=job.id, reason=stop_reason)
             handle.cancel()
-
-
-def _upload_result(job: EditJob, deps: EditJobDeps, key: str, path: Path,
-                   output: EditOutput) -> None:
-    metadata = {
-        "job-id": job.id,
-        "instruction": job.instruction.text,
-        "seed": str(job_seed(job)),
-        "model": Path(deps.settings.model).name,
-        "sample-rate": str(output.sample_rate),
-        "duration-seconds": f"{output.audio.shape[-1] / output.sample_rate:.3f}",
-    }
-
-    def upload() -> None:
-        with path.open("rb") as source:
-            deps.storage.put_file(key, source, content_type=OUTPUT_MEDIA_TYPES[job.output_format],
-                                  metadata=metadata)
-
-    _with_storage_retries(deps, job.id, "upload_result", upload)
 
 
 def _report_final_progress(job: EditJob, deps: EditJobDeps, frames: int) -> None:

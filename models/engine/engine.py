@@ -168,10 +168,7 @@ class EditEngine:
             raise ValueError(f"an edit has 1 to {MAX_STEPS} steps, got {len(steps)}")
         total = codes.shape[-1]
         self._check_length(total / self.model.frame_rate)
-        start, end = request.frame_range or (0, total)
-        if not 0 <= start < end <= total:
-            raise ValueError(f"frame range [{start}, {end}) is not inside the clip's {total} "
-                             "frames")
+        start, end = self.frames_of(request.time_range, total)
         with self._caller_stream(), torch.no_grad():
             codes = codes.to(self.device, non_blocking=True).long()
             texts = [self.lm.encode_text(self.lm.text_embeddings([text, None])) for text in steps]
@@ -188,6 +185,23 @@ class EditEngine:
         job.future.set_running_or_notify_cancel()
         self.scheduler.submit(WindowWork(job, windows[0]))
         return EditHandle(self, job)
+
+    def frames_of(self, time_range: tuple[float, float] | None, total: int) -> tuple[int, int]:
+        """The codec frames `[start, end)` that cover `time_range` (seconds) in a clip of
+        `total` frames (all of them for None).
+
+        Raises:
+            ValueError: the range is empty or not inside the clip.
+        """
+        if time_range is None:
+            return 0, total
+        rate = self.model.frame_rate
+        start = math.floor(time_range[0] * rate + 1e-6)
+        end = min(total, math.ceil(time_range[1] * rate - 1e-6))
+        if not 0 <= start < end:
+            raise ValueError(f"time range {time_range[0]:g}-{time_range[1]:g} s is not inside "
+                             f"the clip's {total / rate:g} s")
+        return start, end
 
     def _check_length(self, seconds: float) -> None:
         if seconds > self.config.max_input_seconds:

@@ -110,8 +110,8 @@ class EditRequest:
         instruction: the canonical template (`Music piece. Instruct: Add Drums.`), or up to
             `MAX_STEPS` of them applied one after another (a chain: step n + 1 edits step n's
             codes, with `params.for_step(n + 1)`).
-        frame_range: `(start, end)` codec frames to edit; None edits the whole clip. Outside
-            the range the codes are the input's.
+        time_range: `(start, end)` seconds to edit; None edits the whole clip. The engine
+            edits the codec frames covering it; outside them the codes are the input's.
     """
 
     job_id: str
@@ -120,7 +120,7 @@ class EditRequest:
     instruction: str | tuple[str, ...]
     params: SamplingParams = SamplingParams()
     on_progress: tp.Callable[[int, int], None] | None = None
-    frame_range: tuple[int, int] | None = None
+    time_range: tuple[float, float] | None = None
 
     @property
     def steps(self) -> tuple[str, ...]:

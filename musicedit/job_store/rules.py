@@ -23,7 +23,7 @@ from musicedit.errors import (
     RateLimited,
     TooManyQueuedJobs,
 )
-from musicedit.jobs import EditJob, JobState, Lease
+from musicedit.jobs import EditJob, JobState, Lease, ResultAudio
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -316,8 +316,10 @@ class BaseJobStore(ABC):
             },
         )
 
-    def complete(self, job_id: str, worker_id: str, result_key: str) -> EditJob:
-        """Record the one result of the job. Only the lease holder may do this, once.
+    def complete(self, job_id: str, worker_id: str, result_key: str,
+                 result: ResultAudio | None = None) -> EditJob:
+        """Record the one result of the job (the audio's key and what it holds). Only the lease
+        holder may do this, once.
 
         If a cancel was requested meanwhile the job becomes `canceled` and `result_key` is not
         recorded (check `.state`; the worker should delete the object).
@@ -332,7 +334,8 @@ class BaseJobStore(ABC):
                 canceled = self._finish(job, JobState.canceled)
                 return canceled, canceled
             progress = job.progress.model_copy(update={"frames_done": job.progress.frames_total})
-            done = self._finish(job, JobState.succeeded, result_key=result_key, progress=progress)
+            done = self._finish(job, JobState.succeeded, result_key=result_key, result=result,
+                                progress=progress)
             return done, done
 
         return self._mutate(job_id, transition)

@@ -163,18 +163,32 @@ def test_edit_rejects_unknown_instruction_and_long_input(tiny):
 
 
 def test_cli_edits_a_file_offline(tmp_path, model_cache, tiny_files):
+    """A chained range edit of a 48 kHz stereo file: the result is the input outside the
+    range, bit for bit, in the input's shape; `--output-rate`/`--output-channels` reshape."""
     src = tmp_path / "in.wav"
-    sf.write(src, _tone(1.5, 48000, 2).T, 48000)
+    sf.write(src, _tone(1.5, 48000, 2).T, 48000, subtype="PCM_16")
     out = tmp_path / "out.flac"
-    cmd = [sys.executable, "-m", "cli", "edit", str(src), "Add drums", "-o", str(out),
-           "--model", "tiny", "--cache-dir", str(model_cache), "--seed", "3", "--top-k", "20",
-           "--cfg", "2.5", "--keep-rate"]
+    cmd = [sys.executable, "-m", "cli", "edit", str(src), "replace the guitar with piano",
+           "-o", str(out), "--model", "tiny", "--cache-dir", str(model_cache), "--seed", "3",
+           "--top-k", "20", "--cfg", "2.5", "--start", "0.5", "--end", "1.25"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
+    assert "No Guitar. | Music piece. Instruct: Add Piano." in proc.stdout
     info = sf.info(out)
-    assert info.samplerate == 48000 and info.format == "FLAC"
+    assert info.samplerate == 48000 and info.channels == 2 and info.format == "FLAC"
     assert abs(info.duration - 1.5) < 0.01
+    original, _ = sf.read(src, dtype="int16")
+    edited, _ = sf.read(out, dtype="int16")
+    assert np.array_equal(edited[:24000], original[:24000])
+    assert np.array_equal(edited[60000:], original[60000:])
+    reshaped = tmp_path / "mono.wav"
+    shaped = subprocess.run(cmd[:5] + ["Add drums", "-o", str(reshaped)] + cmd[8:14]
+                            + ["--output-rate", "16000", "--output-channels", "1"],
+                            capture_output=True, text=True, timeout=300,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert shaped.returncode == 0, shaped.stderr
+    assert (sf.info(reshaped).samplerate, sf.info(reshaped).channels) == (16000, 1)
     bad = subprocess.run(cmd[:5] + ["make it louder"] + cmd[6:], capture_output=True, text=True,
                          timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert bad.returncode == 2 and "Supported instructions" in bad.stderr
@@ -192,7 +206,7 @@ def test_cli_edits_a_long_file_at_full_length(tmp_path, model_cache, tiny_files)
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     info = sf.info(out)
-    assert info.samplerate == 32000 and abs(info.duration - 12.3) < 0.01
+    assert (info.samplerate, info.channels) == (44100, 2) and abs(info.duration - 12.3) < 0.01
     data, _ = sf.read(out)
     assert np.isfinite(data).all() and np.abs(data).max() > 0
 

@@ -11,7 +11,8 @@ from models import codec
 from models.engine import EditEngine, EditRequest, EngineConfig, JobCanceled
 from models.engine.windows import plan_windows
 from models.reference import generate_codes
-from models.sampling import SamplingParams, step_seed
+from models.sampling import SamplingParams
+from musicedit.jobs import step_seed
 
 
 def _engine(model, **config) -> EditEngine:
@@ -47,7 +48,7 @@ def test_a_range_edit_decodes_only_the_windows_covering_it_and_keeps_the_rest(ti
     params = SamplingParams(seed=11, top_k=20)
     steps = []
     engine.config.on_step = steps.append
-    handle = engine.submit(EditRequest("range", wav, 32000, ADD, params, frame_range=(40, 130)))
+    handle = engine.submit(EditRequest("range", wav, 32000, ADD, params, time_range=(0.8, 2.6)))
     run_all(engine)
     out = handle.result()
     codes = input_codes(tiny, wav)
@@ -68,21 +69,21 @@ def test_a_two_step_chain_is_two_jobs_the_second_editing_the_firsts_codes(tiny):
     resource shows (a range, so that steps also keep the codes outside it)."""
     wav = clip(2.2, 6)
     params = SamplingParams(seed=3, top_k=15)
-    frame_range = (10, 100)
+    time_range = (0.2, 2.0)  # frames [10, 100)
     engine = _engine(tiny, max_batch_size=2)
     progress = []
     chain = engine.submit(EditRequest("chain", wav, 32000, (NO, ADD), params,
                                       on_progress=lambda d, t: progress.append((d, t)),
-                                      frame_range=frame_range))
+                                      time_range=time_range))
     run_all(engine)
     chained = chain.result()
     first = _engine(tiny, max_batch_size=1)
-    one = first.submit(EditRequest("one", wav, 32000, NO, params, frame_range=frame_range))
+    one = first.submit(EditRequest("one", wav, 32000, NO, params, time_range=time_range))
     run_all(first)
     second = _engine(tiny, max_batch_size=1)
     two = second.submit_codes(EditRequest("two", None, 32000, ADD,
                                           SamplingParams(seed=step_seed(3, 1), top_k=15),
-                                          frame_range=frame_range), one.codes())
+                                          time_range=time_range), one.codes())
     run_all(second)
     assert torch.equal(chained.codes, two.codes())
     assert not torch.equal(one.codes(), two.codes())  # the second step did edit
@@ -126,6 +127,7 @@ def test_bad_steps_and_ranges_are_refused(tiny):
     engine = _engine(tiny, max_batch_size=1)
     with pytest.raises(ValueError, match="1 to 4 steps"):
         engine.submit(EditRequest("x", clip(0.5, 1), 32000, (ADD,) * 5))
-    for bad in ((0, 0), (10, 5), (-1, 5), (0, 26)):
-        with pytest.raises(ValueError, match="frame range"):
-            engine.submit(EditRequest("x", clip(0.5, 1), 32000, ADD, frame_range=bad))
+    for bad in ((0.0, 0.0), (0.3, 0.1), (-1.0, -0.5), (0.6, 0.9)):
+        with pytest.raises(ValueError, match="time range"):
+            engine.submit(EditRequest("x", clip(0.5, 1), 32000, ADD, time_range=bad))
+    assert engine.frames_of((0.3, 0.9), 25) == (15, 25)  # the end is clipped to the clip

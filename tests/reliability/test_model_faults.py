@@ -28,8 +28,12 @@ MODEL_ERROR = "The model failed on this input (NonFiniteLogits)"
 
 
 def result_keys(s3_client, bucket: str) -> list[str]:
+    """The result audio files in the bucket (each has its codes beside it)."""
     listing = s3_client.list_objects_v2(Bucket=bucket, Prefix="results/")
-    return sorted(item["Key"] for item in listing.get("Contents", []))
+    keys = sorted(item["Key"] for item in listing.get("Contents", []))
+    audio = [key for key in keys if not key.endswith(".codes.npy")]
+    assert sorted(f"{key}.codes.npy" for key in audio) == [k for k in keys if k not in audio]
+    return audio
 
 
 def test_a_job_with_non_finite_logits_fails_alone_and_is_dead_lettered(

@@ -533,8 +533,9 @@ def test_openapi_documents_the_api(gw, audio_factory):
     schema = httpx.get(f"{gw.url}/openapi.json").json()
     post = schema["paths"]["/v1/edits"]["post"]
     form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert {"file", "instruction", "seed", "top_k", "top_p", "temperature", "cfg_coef",
-            "output_format", "webhook_url"} == set(form["properties"])
+    assert {"file", "source_job_id", "instruction", "start_seconds", "end_seconds", "seed",
+            "top_k", "top_p", "temperature", "cfg_coef", "output_format", "output_sample_rate",
+            "output_channels", "webhook_url"} == set(form["properties"])
     assert {"202", "413", "415", "422", "429", "503"} <= set(post["responses"])
     assert "example" in post["responses"]["202"]["content"]["application/json"]
     assert JobState.queued.value in json.dumps(schema)

@@ -53,7 +53,8 @@ def test_job_succeeds_with_one_result_and_a_redelivery_is_skipped(harness, audio
     again = h.store.get(job.id)
     assert again.attempts == 1 and again.timings == done.timings
     assert audio_path.read_bytes() == first_bytes
-    assert h.storage.list_keys("results/") == [done.result_key]
+    assert done.result is not None and done.result.codes_key == f"{done.result_key}.codes.npy"
+    assert h.storage.list_keys("results/") == [done.result_key, done.result.codes_key]
     # one claim (running) and one result (succeeded); the skipped redelivery counts nothing
     exposed = generate_latest(h.deps.metrics.registry).decode()
     assert 'musicedit_jobs_total{state="running"} 1.0' in exposed
