@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import audio
+from ..codec import encode as encode_audio
 from ..evaluation.examples import EditExample
 
 
@@ -85,7 +86,7 @@ def encode_examples(codec: tp.Any, examples: Sequence[EditExample], batch_size: 
             # Targets may be near-silent (an extraction of a quiet stem): no silence check.
             wavs = torch.cat([audio.to_codec_input(getattr(ex, side), ex.sample_rate, rate,
                                                    silence_peak_threshold=0.0) for ex in batch])
-            out.append(audio.encode(codec, wavs).cpu())
+            out.append(encode_audio(codec, wavs).cpu())
         if progress is not None:
             progress(len(batch))
     return CodeSet(torch.cat(inputs), torch.cat(targets), [ex.instruction for ex in examples],
