@@ -130,14 +130,15 @@ def _sum_padded(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class SynthStemSet(Sequence[ArrayTrack]):
-    """``count`` synthesized songs, each rendered the first time it is read."""
+    """``size`` synthesized songs, each rendered the first time it is read."""
 
-    def __init__(self, seed: int, count: int, settings: SynthSettings | None = None):
-        self.seed, self.count, self.settings = seed, count, settings or SynthSettings()
+    def __init__(self, seed: int, size: int, settings: SynthSettings | None = None):
+        # `size`, not `count`: an attribute named `count` would hide `Sequence.count`.
+        self.seed, self.size, self.settings = seed, size, settings or SynthSettings()
         self._cache: dict[int, ArrayTrack] = {}
 
     def __len__(self) -> int:
-        return self.count
+        return self.size
 
     @tp.overload
     def __getitem__(self, index: int) -> ArrayTrack: ...
@@ -146,10 +147,10 @@ class SynthStemSet(Sequence[ArrayTrack]):
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.count))]
-        if not -self.count <= index < self.count:
+            return [self[i] for i in range(*index.indices(self.size))]
+        if not -self.size <= index < self.size:
             raise IndexError(index)
-        index %= self.count
+        index %= self.size
         if index not in self._cache:
             track: SynthTrack = synthesize_track(self.seed, index, self.settings)
             self._cache[index] = ArrayTrack(track.track_id, track.sample_rate, track.stems)
