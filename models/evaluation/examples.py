@@ -14,7 +14,7 @@ one gain, so the louder of the two peaks at :data:`PEAK_LEVEL`.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,7 +66,11 @@ class EditExample:
 
 def _crop(track: StemTrack, stems: Sequence[str], offset: float, seconds: float,
           sample_rate: int, channels: int) -> np.ndarray:
-    return sum(track.read(s, offset, seconds, sample_rate, channels) for s in stems)  # type: ignore
+    """The mix of `stems` (at least one) of `track`: `[channels, N]` float32."""
+    mix = track.read(stems[0], offset, seconds, sample_rate, channels)
+    for stem in stems[1:]:
+        mix = mix + track.read(stem, offset, seconds, sample_rate, channels)
+    return mix
 
 
 def _usable(x: np.ndarray, y: np.ndarray) -> bool:
@@ -108,7 +112,9 @@ def make_example(track: StemTrack, task: str, stem: str, rng: np.random.Generato
 
 def build_examples(tracks: Sequence[StemTrack], stems: Sequence[str], count: int, seed: int = 0,
                    seconds: float = 5.0, sample_rate: int = 32000, channels: int = 1,
-                   tasks: Sequence[str] = TASKS, progress=None) -> list[EditExample]:
+                   tasks: Sequence[str] = TASKS,
+                   progress: Callable[[EditExample], object] | None = None
+                   ) -> list[EditExample]:
     """``count`` examples, balanced over ``tasks`` x ``stems`` (round robin), from ``tracks``.
 
     Tracks are used in a seeded order, each for the next example it can give, so a synthesized

@@ -17,6 +17,7 @@ FAD, KL and CLAP take embeddings or logits from pretrained models
 """
 from __future__ import annotations
 
+import typing as tp
 import warnings
 from functools import lru_cache
 
@@ -55,7 +56,7 @@ def si_sdr_improvement(estimate: torch.Tensor, reference: torch.Tensor,
 
 
 @lru_cache(maxsize=4)
-def _mel_transform(sample_rate: int):
+def _mel_transform(sample_rate: int) -> torch.nn.Module:
     import torchaudio
     with warnings.catch_warnings():
         # 128 mels over n_fft 400 leaves empty filters; the release used exactly these defaults.
@@ -71,8 +72,9 @@ def mel_ssim(estimate: torch.Tensor, reference: torch.Tensor,
     a = mel(estimate.double()).unsqueeze(0).unsqueeze(0)
     b = mel(reference.double()).unsqueeze(0).unsqueeze(0)
     frames = min(a.shape[-1], b.shape[-1])
-    return float(structural_similarity_index_measure(a[..., :frames], b[..., :frames],
-                                                     data_range=1.0))
+    # A tensor: the function returns a tuple only when asked for the full SSIM image.
+    return float(tp.cast(torch.Tensor, structural_similarity_index_measure(
+        a[..., :frames], b[..., :frames], data_range=1.0)))
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

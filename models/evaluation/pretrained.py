@@ -12,6 +12,7 @@ nothing is downloaded at run time.
 """
 from __future__ import annotations
 
+import typing as tp
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -36,9 +37,15 @@ def _local_dir(path: str | Path, what: str, option: str) -> Path:
     return directory
 
 
-def _features(output: object) -> torch.Tensor:
-    """The embedding from a ``get_*_features`` call (a tensor, or an output's pooler)."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output  # type: ignore
+class _PooledOutput(tp.Protocol):
+    """A `transformers` model output with a pooled embedding."""
+
+    pooler_output: torch.Tensor
+
+
+def _features(output: torch.Tensor | _PooledOutput) -> torch.Tensor:
+    """The embedding from a `get_*_features` call (a tensor, or an output's pooler)."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 def _in_batches(clips: Sequence[tuple[np.ndarray, int]], sample_rate: int,
@@ -65,7 +72,8 @@ class ClapModelScorer:
         except (OSError, ValueError) as exc:
             raise PretrainedModelError(f"cannot load a CLAP model from {directory}: {exc}") from exc
         self.device = torch.device(device)
-        self.model.to(self.device).eval()
+        # nn.Module's own `to`: transformers' typed wrapper of it does not accept a device.
+        torch.nn.Module.to(self.model, self.device).eval()
         self.sample_rate = int(self.processor.feature_extractor.sampling_rate)
         self.path = directory
 
@@ -104,7 +112,7 @@ class AudioTagger:
             raise PretrainedModelError(
                 f"cannot load an audio classifier from {directory}: {exc}") from exc
         self.device = torch.device(device)
-        self.model.to(self.device).eval()
+        torch.nn.Module.to(self.model, self.device).eval()
         self.sample_rate = int(self.extractor.sampling_rate)
         self.path = directory
 

@@ -254,7 +254,7 @@ def run_evaluation(settings: EvalSettings, progress_factory: ProgressFactory | N
     clap = ClapModelScorer(settings.clap_model, settings.device) if settings.clap_model else None
     tagger = AudioTagger(settings.kl_model, settings.device) if settings.kl_model else None
 
-    def bar(total: int, what: str):
+    def bar(total: int, what: str) -> Progress | None:
         return progress_factory(total, what) if progress_factory else None
 
     t = time.perf_counter()

@@ -42,11 +42,20 @@ def stem_name(label: str) -> str:
 
 
 class StemTrack(tp.Protocol):
-    """A multitrack song whose stems are read by segment."""
+    """A multitrack song whose stems are read by segment.
 
-    track_id: str
-    stem_names: tuple[str, ...]
-    seconds: float
+    Its members are read-only, so both `ArrayTrack` (properties) and `FileTrack` (dataclass
+    fields) are stem tracks.
+    """
+
+    @property
+    def track_id(self) -> str: ...
+
+    @property
+    def stem_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def seconds(self) -> float: ...
 
     def read(self, stem: str, offset: float, seconds: float, sample_rate: int,
              channels: int) -> np.ndarray:

@@ -79,7 +79,8 @@ def encode_examples(codec: tp.Any, examples: Sequence[EditExample], batch_size: 
     if not examples:
         raise ValueError("no examples to encode")
     rate = int(codec.sample_rate)
-    inputs, targets = [], []
+    inputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
     for i in range(0, len(examples), batch_size):
         batch = examples[i:i + batch_size]
         for side, out in (("input", inputs), ("target", targets)):

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..evaluation.examples import TASKS, build_examples
+from ..evaluation.run import ProgressFactory
 from ..evaluation.stem_sets import StemTrack, SynthStemSet, musdb_tracks, slakh_tracks
 from ..evaluation.synth import ACCOMPANIMENT, SOUNDFONT, SynthSettings, song_stems
 from .data import CodeSet, encode_examples
@@ -111,8 +112,8 @@ def _tracks(settings: FinetuneSettings, sample_rate: int
     return train, held_out, data_stems(train, settings.stems)
 
 
-def prepare_data(settings: FinetuneSettings, codec: tp.Any, progress_factory=None
-                 ) -> tuple[CodeSet, CodeSet]:
+def prepare_data(settings: FinetuneSettings, codec: tp.Any,
+                 progress_factory: ProgressFactory | None = None) -> tuple[CodeSet, CodeSet]:
     """Encoded training and held-out sets: read from the run directory when it has them
     (a resumed run), else built and saved there."""
     run_dir = settings.effective_run_dir
@@ -136,7 +137,8 @@ def prepare_data(settings: FinetuneSettings, codec: tp.Any, progress_factory=Non
     return sets[0], sets[1]
 
 
-def run_finetune(settings: FinetuneSettings, progress_factory=None) -> tuple[Path, TrainState]:
+def run_finetune(settings: FinetuneSettings, progress_factory: ProgressFactory | None = None
+                 ) -> tuple[Path, TrainState]:
     """Finetune the adapters and save a model directory at ``settings.output``.
 
     Args:

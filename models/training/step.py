@@ -11,6 +11,7 @@ Instructions are dropped (the null text of classifier-free guidance) with probab
 from __future__ import annotations
 
 import math
+import typing as tp
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,11 @@ from ..attention import NoCache
 from ..instruct_musicgen import AudioFusion, CrossAttentionLoRA, InstructMusicGen
 
 
+def _text_loras(model: InstructMusicGen) -> Sequence[CrossAttentionLoRA]:
+    """The text LoRA of each layer (`model.text_lora` is an `nn.ModuleList` of them)."""
+    return tp.cast(Sequence[CrossAttentionLoRA], model.text_lora)
+
+
 def adapter_parameters(model: InstructMusicGen) -> dict[str, nn.Parameter]:
     """Make the audio fusion and the text LoRA trainable and everything else frozen.
 
@@ -30,7 +36,7 @@ def adapter_parameters(model: InstructMusicGen) -> dict[str, nn.Parameter]:
     Raises:
         ValueError: the LoRA is merged into the base weights (load with ``merge_lora=False``).
     """
-    if any(lora.merged for lora in model.text_lora):  # type: ignore[union-attr]
+    if any(lora.merged for lora in _text_loras(model)):
         raise ValueError("the text LoRA is merged into the cross-attention weights: load the "
                          "model with merge_lora=False to train it")
     trainable = {}
@@ -49,13 +55,12 @@ def reset_adapter(model: InstructMusicGen, seed: int = 0) -> None:
     generator = torch.Generator().manual_seed(seed)
     fusion: AudioFusion = model.audio_fusion
     fusion.pos_emb.copy_(torch.randn(fusion.pos_emb.shape, generator=generator) * 0.02)
-    for linear in fusion.merge_linear:
+    for linear in tp.cast(Sequence[nn.Linear], fusion.merge_linear):
         bound = 1 / math.sqrt(linear.weight.shape[1])  # nn.Linear's default init
         uniform = torch.rand(linear.weight.shape, generator=generator)
         linear.weight.copy_(uniform * 2 * bound - bound)
     fusion.gates.zero_()
-    for lora in model.text_lora:
-        assert isinstance(lora, CrossAttentionLoRA)
+    for lora in _text_loras(model):
         for a in (lora.q_A, lora.v_A):
             bound = 1 / math.sqrt(a.shape[1])  # kaiming_uniform(a=sqrt(5)), as LoRA initialises A
             a.copy_(torch.rand(a.shape, generator=generator) * 2 * bound - bound)
