@@ -3,13 +3,13 @@
 Slakh2100 is Lakh MIDI files rendered per instrument with sample-based synthesizers; this module
 does the same on a small scale, offline: a seeded composer writes a short song (tempo, key,
 chord progression, drum pattern, bass line, chord, arpeggio, pad and melody parts, General MIDI
-programs drawn per song) with ``pretty_midi``, and each stem is rendered on its own by the
-``fluidsynth`` command with the General MIDI soundfont (Debian ``fluidsynth`` and
-``fluid-soundfont-gm``, installed by ``make setup``). A track depends only on ``(seed, index)``
+programs drawn per song) with `pretty_midi`, and each stem is rendered on its own by the
+`fluidsynth` command with the General MIDI soundfont (Debian `fluidsynth` and
+`fluid-soundfont-gm`, installed by `make setup`). A track depends only on `(seed, index)`
 and its settings: the same call gives the same samples on every run.
 
-It knows nothing of the model or of edit tasks: :mod:`models.evaluation.examples` builds
-add/remove/extract examples from any :class:`~models.evaluation.stem_sets.StemTrack`.
+It knows nothing of the model or of edit tasks: `models.evaluation.examples` builds
+add/remove/extract examples from any `models.evaluation.stem_sets.StemTrack`.
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def _scale(key: int, mode: str) -> tuple[int, ...]:
 
 
 def _chord(scale: tuple[int, ...], degree: int, octave: int, size: int = 3) -> list[int]:
-    """Stacked thirds on ``degree`` of ``scale``, as MIDI pitches from ``octave`` up."""
+    """Stacked thirds on `degree` of `scale`, as MIDI pitches from `octave` up."""
     pitches: list[int] = []
     base = 12 * (octave + 1)
     for i in range(size):
@@ -109,10 +109,10 @@ def _chord(scale: tuple[int, ...], degree: int, octave: int, size: int = 3) -> l
 
 
 def compose(rng: np.random.Generator, stems: Sequence[str], seconds: float) -> Song:
-    """Compose ``seconds`` of a song with one part per stem in ``stems``.
+    """Compose `seconds` of a song with one part per stem in `stems`.
 
     Raises:
-        KeyError: a stem that :data:`STEM_STYLES` does not define.
+        KeyError: a stem that `STEM_STYLES` does not define.
     """
     import pretty_midi
     styles = [STEM_STYLES[s] for s in stems]
@@ -236,7 +236,7 @@ _PARTS = {"drums": _drums, "bass": _bass, "chords": _chords, "arpeggio": _arpegg
 
 
 def fluidsynth_binary() -> str:
-    """Path of the ``fluidsynth`` command.
+    """Path of the `fluidsynth` command.
 
     Raises:
         SynthesisError: it is not installed.
@@ -250,8 +250,8 @@ def fluidsynth_binary() -> str:
 
 def render_midi(midi: pretty_midi.PrettyMIDI, sample_rate: int,
                 soundfont: Path = SOUNDFONT) -> np.ndarray:
-    """Render a ``pretty_midi.PrettyMIDI`` with FluidSynth (reverb and chorus on, as FluidSynth
-    ships). Returns ``[2, N]`` float32 stereo at ``sample_rate``, N up to the last release tail.
+    """Render a `pretty_midi.PrettyMIDI` with FluidSynth (reverb and chorus on, as FluidSynth
+    ships). Returns `[2, N]` float32 stereo at `sample_rate`, N up to the last release tail.
 
     Raises:
         SynthesisError: no fluidsynth or soundfont, or the render failed.
@@ -279,7 +279,7 @@ ACCOMPANIMENT = ("Drums", "Bass", "Piano", "Guitar")
 
 
 def song_stems(stems: Sequence[str]) -> tuple[str, ...]:
-    """The parts a song needs to give examples for ``stems``: those stems, plus the release's
+    """The parts a song needs to give examples for `stems`: those stems, plus the release's
     four as accompaniment (an edit of a lone stem has nothing to add it to or remove it from)."""
     return tuple(dict.fromkeys([*stems, *ACCOMPANIMENT]))
 
@@ -289,11 +289,11 @@ class SynthSettings:
     """What every synthesized track shares.
 
     Attributes:
-        stems: stem names from :data:`STEM_STYLES`; every track has all of them.
+        stems: stem names from `STEM_STYLES`; every track has all of them.
         seconds: track length.
         sample_rate: 32000 for the model, 44100 for the separation route.
         channels: 1 (mono, the mean of FluidSynth's stereo) or 2.
-        soundfont: a General MIDI ``.sf2``.
+        soundfont: a General MIDI `.sf2`.
         workers: stems rendered at once (FluidSynth runs as separate processes).
     """
 
@@ -315,7 +315,7 @@ class SynthSettings:
 
 @dataclass
 class SynthTrack:
-    """One synthesized song: levelled stems ``[C, N]`` float32 whose sum is the mix."""
+    """One synthesized song: levelled stems `[C, N]` float32 whose sum is the mix."""
 
     track_id: str
     sample_rate: int
@@ -324,10 +324,10 @@ class SynthTrack:
 
 
 def synthesize_track(seed: int, index: int, settings: SynthSettings | None = None) -> SynthTrack:
-    """Compose and render track ``index`` of the set drawn from ``seed``.
+    """Compose and render track `index` of the set drawn from `seed`.
 
-    Each stem is cut to ``settings.seconds`` and levelled to a random RMS around
-    :data:`STEM_LEVEL_DBFS`; the mix is their sum. Depends only on the arguments.
+    Each stem is cut to `settings.seconds` and levelled to a random RMS around
+    `STEM_LEVEL_DBFS`; the mix is their sum. Depends only on the arguments.
     """
     settings = settings or SynthSettings()
     rng = np.random.default_rng([seed, index])

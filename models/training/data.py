@@ -1,7 +1,7 @@
 """Training data in code space: edit examples encoded once with the frozen EnCodec.
 
 The codec is frozen during finetuning, so each example's input and target are encoded once
-(:func:`encode_examples`) and training reads codes only. A :class:`CodeSet` is saved beside the
+(`encode_examples`) and training reads codes only. A `CodeSet` is saved beside the
 run's checkpoints, so a resumed run trains on exactly the same data without re-synthesizing it.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ class CodeSet:
     """Encoded edit examples.
 
     Attributes:
-        inputs, targets: ``[N, K, T]`` long codes of the input and target clips.
+        inputs, targets: `[N, K, T]` long codes of the input and target clips.
         instructions: N instruction templates.
         tasks, stems: per example, the operation and the stem it names.
     """

@@ -1,11 +1,11 @@
-"""``musicedit finetune``: data -> codes -> adapters-only training -> a servable model directory.
+"""`musicedit finetune`: data -> codes -> adapters-only training -> a servable model directory.
 
-:func:`run_finetune` loads the base model through the one loader (LoRA unmerged, float32
+`run_finetune` loads the base model through the one loader (LoRA unmerged, float32
 master weights), builds add/remove/extract examples for every stem of the data (synthesized,
 or a local Slakh2100 / MUSDB18-HQ copy) and a held-out set from other songs, encodes both once
 (saved in the run directory with the checkpoints, so a resumed run uses the same data), trains
-(:func:`models.training.loop.finetune`) and saves the adapter with its stems
-(:func:`models.training.adapter.save_adapter`).
+(`models.training.loop.finetune`) and saves the adapter with its stems
+(`models.training.adapter.save_adapter`).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ HELD_OUT_SEED_OFFSET = 1_000_000
 
 @dataclass
 class FinetuneSettings:
-    """What ``musicedit finetune`` runs (``config`` holds the optimisation recipe)."""
+    """What `musicedit finetune` runs (`config` holds the optimisation recipe)."""
 
     output: Path
     model: str = "tiny"
@@ -63,7 +63,7 @@ def _advance(bar: tp.Any) -> tp.Callable[[object], None] | None:
 
 
 def data_stems(tracks: tp.Sequence[StemTrack], wanted: tp.Sequence[str] | None) -> tuple[str, ...]:
-    """The stems to train: ``wanted``, or every stem that appears in a track with another stem.
+    """The stems to train: `wanted`, or every stem that appears in a track with another stem.
 
     Raises:
         ValueError: a wanted stem is in no track.
@@ -139,10 +139,10 @@ def prepare_data(settings: FinetuneSettings, codec: tp.Any,
 
 def run_finetune(settings: FinetuneSettings, progress_factory: ProgressFactory | None = None
                  ) -> tuple[Path, TrainState]:
-    """Finetune the adapters and save a model directory at ``settings.output``.
+    """Finetune the adapters and save a model directory at `settings.output`.
 
     Args:
-        progress_factory: ``(total, description) -> tqdm-like bar``, or None.
+        progress_factory: `(total, description) -> tqdm-like bar`, or None.
     Returns:
         The model directory and the final training state.
     """

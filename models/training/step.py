@@ -1,12 +1,12 @@
 """The training objective: cross-entropy over the target's codes, adapters trainable only.
 
-As the release's training module computes it (audiocraft's ``LMModel.compute_predictions``):
+As the release's training module computes it (audiocraft's `LMModel.compute_predictions`):
 the target codes are laid out in the delay pattern, the model predicts every position in one
-teacher-forced forward (:class:`~models.instruct_musicgen.NoCache`), the logits are reverted to
-``[B, K, T, card]`` and the cross-entropy is taken over the positions the pattern marks valid,
+teacher-forced forward (`models.attention.NoCache`), the logits are reverted to
+`[B, K, T, card]` and the cross-entropy is taken over the positions the pattern marks valid,
 all codebooks together. The paper's text says L2 over latent tokens; the release uses this.
 Instructions are dropped (the null text of classifier-free guidance) with probability
-``text_dropout``, as audiocraft's training does (0.3 for MusicGen), so guidance keeps working.
+`text_dropout`, as audiocraft's training does (0.3 for MusicGen), so guidance keeps working.
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def adapter_parameters(model: InstructMusicGen) -> dict[str, nn.Parameter]:
     """Make the audio fusion and the text LoRA trainable and everything else frozen.
 
     Returns:
-        the trainable parameters by name (``audio_fusion.*``, ``text_lora.*``).
+        the trainable parameters by name (`audio_fusion.*`, `text_lora.*`).
     Raises:
-        ValueError: the LoRA is merged into the base weights (load with ``merge_lora=False``).
+        ValueError: the LoRA is merged into the base weights (load with `merge_lora=False`).
     """
     if any(lora.merged for lora in _text_loras(model)):
         raise ValueError("the text LoRA is merged into the cross-attention weights: load the "
@@ -80,8 +80,8 @@ def edit_loss(model: InstructMusicGen, inputs: torch.Tensor, targets: torch.Tens
     """Teacher-forced cross-entropy of the target codes given the input clip and instruction.
 
     Args:
-        inputs: ``[B, K, T]`` long codes of the input (condition) clips.
-        targets: ``[B, K, T]`` long codes of the clips the edit should produce.
+        inputs: `[B, K, T]` long codes of the input (condition) clips.
+        targets: `[B, K, T]` long codes of the clips the edit should produce.
         instructions: B templates; None is the null text (dropped instruction).
     """
     b, _, frames = targets.shape
@@ -106,6 +106,6 @@ def edit_loss(model: InstructMusicGen, inputs: torch.Tensor, targets: torch.Tens
 
 def drop_instructions(instructions: Sequence[str], probability: float,
                       generator: torch.Generator) -> list[str | None]:
-    """Replace each instruction by None (the null text) with ``probability``."""
+    """Replace each instruction by None (the null text) with `probability`."""
     draws = torch.rand(len(instructions), generator=generator).tolist()
     return [None if d < probability else text for d, text in zip(draws, instructions, strict=False)]
