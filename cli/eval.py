@@ -1,6 +1,6 @@
-"""``musicedit eval``: measure edit quality with the paper's metrics (Table 2's shape).
+"""`musicedit eval`: measure edit quality with the paper's metrics (Table 2's shape).
 
-Parses the options and calls :func:`models.evaluation.run.run_evaluation`; prints the table and
+Parses the options and calls `models.evaluation.run.run_evaluation`; prints the table and
 where the Markdown, JSON and plot were written.
 """
 from __future__ import annotations

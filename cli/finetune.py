@@ -1,8 +1,8 @@
-"""``musicedit finetune``: train the adapters (audio fusion + text LoRA) on new or old stems.
+"""`musicedit finetune`: train the adapters (audio fusion + text LoRA) on new or old stems.
 
-Parses the options and calls :func:`models.training.run.run_finetune`; the result is a model
-directory that ``--model DIR`` and ``MUSICEDIT_MODEL=DIR`` load, with its stems in
-``musicedit.json``.
+Parses the options and calls `models.training.run.run_finetune`; the result is a model
+directory that `--model DIR` and `MUSICEDIT_MODEL=DIR` load, with its stems in
+`musicedit.json`.
 """
 from __future__ import annotations
 

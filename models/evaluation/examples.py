@@ -10,11 +10,11 @@ mixed with or without the target:
 Crops are taken at the same offset for input and target. As in the release's data module, a
 crop is redrawn when the input or the target is too quiet or when more than 70% of the
 difference between them is silent (the edit would be nearly a no-op). Input and target share
-one gain, so the louder of the two peaks at :data:`PEAK_LEVEL`.
+one gain, so the louder of the two peaks at `PEAK_LEVEL`.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,8 +42,8 @@ class EditExample:
     """One instruction with its input and the audio a perfect edit returns.
 
     Attributes:
-        input, target: ``[C, N]`` float32 at ``sample_rate``.
-        instruction: the template the model is given (``Music piece. Instruct: No Bass.``).
+        input, target: `[C, N]` float32 at `sample_rate`.
+        instruction: the template the model is given (`Music piece. Instruct: No Bass.`).
         target_stems: the stems audible in the target (for text-audio scores such as CLAP).
     """
 
@@ -60,13 +60,17 @@ class EditExample:
 
     @property
     def caption(self) -> str:
-        """What the target sounds like, for CLAP: ``"Drums Bass music"``."""
+        """What the target sounds like, for CLAP: `"Drums Bass music"`."""
         return " ".join(self.target_stems) + " music"
 
 
 def _crop(track: StemTrack, stems: Sequence[str], offset: float, seconds: float,
           sample_rate: int, channels: int) -> np.ndarray:
-    return sum(track.read(s, offset, seconds, sample_rate, channels) for s in stems)  # type: ignore
+    """The mix of `stems` (at least one) of `track`: `[channels, N]` float32."""
+    mix = track.read(stems[0], offset, seconds, sample_rate, channels)
+    for stem in stems[1:]:
+        mix = mix + track.read(stem, offset, seconds, sample_rate, channels)
+    return mix
 
 
 def _usable(x: np.ndarray, y: np.ndarray) -> bool:
@@ -76,7 +80,7 @@ def _usable(x: np.ndarray, y: np.ndarray) -> bool:
 
 def make_example(track: StemTrack, task: str, stem: str, rng: np.random.Generator, seconds: float,
                  sample_rate: int, channels: int, example_id: str) -> EditExample | None:
-    """Draw one example of ``task`` on ``stem`` from ``track``; None if no draw passes the
+    """Draw one example of `task` on `stem` from `track`; None if no draw passes the
     quality checks (the stem is too sparse in this track)."""
     others = [s for s in track.stem_names if s != stem]
     if stem not in track.stem_names or not others or track.seconds < seconds:
@@ -108,11 +112,13 @@ def make_example(track: StemTrack, task: str, stem: str, rng: np.random.Generato
 
 def build_examples(tracks: Sequence[StemTrack], stems: Sequence[str], count: int, seed: int = 0,
                    seconds: float = 5.0, sample_rate: int = 32000, channels: int = 1,
-                   tasks: Sequence[str] = TASKS, progress=None) -> list[EditExample]:
-    """``count`` examples, balanced over ``tasks`` x ``stems`` (round robin), from ``tracks``.
+                   tasks: Sequence[str] = TASKS,
+                   progress: Callable[[EditExample], object] | None = None
+                   ) -> list[EditExample]:
+    """`count` examples, balanced over `tasks` x `stems` (round robin), from `tracks`.
 
     Tracks are used in a seeded order, each for the next example it can give, so a synthesized
-    set is rendered only as far as needed. Deterministic for ``seed`` and the tracks.
+    set is rendered only as far as needed. Deterministic for `seed` and the tracks.
 
     Args:
         progress: called with each example as it is made (a progress bar).

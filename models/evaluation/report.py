@@ -1,6 +1,6 @@
 """The evaluation report: a table shaped like the paper's Table 2, as Markdown, JSON and a plot.
 
-:data:`PAPER_TABLE2` holds Instruct-MusicGen's published scores on Slakh2100 (4 stems) for
+`PAPER_TABLE2` holds Instruct-MusicGen's published scores on Slakh2100 (4 stems) for
 comparison: Zhang et al., "Instruct-MusicGen: Unlocking Text-to-Music Editing for Music Language
 Models via Instruction Tuning", arXiv:2405.18386, Table 2. The values are the full model's row
 ("w. text fusion") of its Table 4, which repeats every Table 2 value the text quotes (section
@@ -96,7 +96,7 @@ def plot(report: tp.Any, path: Path) -> None:
 
 
 def write_report(report: tp.Any, directory: Path) -> dict[str, Path]:
-    """Write ``results.md``, ``results.json`` and ``results.png`` into ``directory``."""
+    """Write `results.md`, `results.json` and `results.png` into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {kind: directory / name for kind, name in FILES.items()}
     paths["markdown"].write_text(markdown(report))

@@ -1,9 +1,9 @@
 """Run edit examples through the real batched engine and score them with the paper's metrics.
 
-:func:`run_evaluation` is what ``musicedit eval`` calls: load the model through the one loader,
+`run_evaluation` is what `musicedit eval` calls: load the model through the one loader,
 build examples (synthesized, or from a local Slakh2100 / MUSDB18-HQ copy), submit them all to
-:class:`~models.engine.EditEngine` (which batches them as it batches users' jobs), score the
-outputs (:func:`score_examples`) and write the report (:mod:`models.evaluation.report`).
+`models.engine.EditEngine` (which batches them as it batches users' jobs), score the
+outputs (`score_examples`) and write the report (`models.evaluation.report`).
 """
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ SONG_SECONDS = 10.0
 
 @dataclass
 class EvalSettings:
-    """What ``musicedit eval`` runs.
+    """What `musicedit eval` runs.
 
     Attributes:
-        data: ``synth``, ``slakh`` or ``musdb``; the last two read ``data_dir``.
+        data: `synth`, `slakh` or `musdb`; the last two read `data_dir`.
         stems: stems to edit (default: every stem the model knows that the data has).
         sample_rate, channels: the examples' audio (the engine resamples and mixes down).
         clap_model, kl_model: local directories of the pretrained metric models, or None to
@@ -117,12 +117,12 @@ def load_tracks(settings: EvalSettings, stems: tp.Sequence[str]) -> tp.Sequence[
 
 def edit_examples(engine: tp.Any, examples: tp.Sequence[EditExample], sampling: SamplingParams,
                   progress: Progress | None = None) -> list[tuple[np.ndarray, int]]:
-    """Edit every example with ``engine`` (all submitted at once; the engine batches them).
+    """Edit every example with `engine` (all submitted at once; the engine batches them).
 
-    Example i samples with seed ``sampling.seed + i``. Drives the engine with ``step()``.
+    Example i samples with seed `sampling.seed + i`. Drives the engine with `step()`.
 
     Returns:
-        per example, the edited audio ``[1, N]`` float32 and its rate (the codec's).
+        per example, the edited audio `[1, N]` float32 and its rate (the codec's).
     Raises:
         RuntimeError: an example's edit failed (its id and the cause).
     """
@@ -165,7 +165,7 @@ def score_examples(examples: tp.Sequence[EditExample],
     """Per-example scores, FAD per task, and the metrics that were skipped with why.
 
     Args:
-        predictions: per example, ``(audio [C, N], rate)``.
+        predictions: per example, `(audio [C, N], rate)`.
     Returns:
         (per-example scores, {task: FAD or None}, {metric: reason skipped}).
     """
@@ -210,7 +210,7 @@ def score_examples(examples: tp.Sequence[EditExample],
 
 def aggregate(scores: tp.Sequence[ExampleScore], fad: dict[str, float | None]
               ) -> tuple[dict[str, Means], dict[str, dict[str, Means]]]:
-    """Means per task (with FAD) and per task and stem (with the example count ``n``)."""
+    """Means per task (with FAD) and per task and stem (with the example count `n`)."""
     by_task: dict[str, list[ExampleScore]] = defaultdict(list)
     by_stem: dict[str, dict[str, list[ExampleScore]]] = defaultdict(lambda: defaultdict(list))
     for s in scores:
@@ -232,9 +232,9 @@ def run_evaluation(settings: EvalSettings, progress_factory: ProgressFactory | N
     """Load the model, build and edit the examples, score them and write the report.
 
     Args:
-        progress_factory: ``(total, description) -> progress bar`` (tqdm), or None.
+        progress_factory: `(total, description) -> progress bar` (tqdm), or None.
     Returns:
-        The report and the paths written (``results.md``, ``results.json``, ``results.png``).
+        The report and the paths written (`results.md`, `results.json`, `results.png`).
     """
     from ..engine import EditEngine, EngineConfig
     from ..loader import load_model
@@ -254,7 +254,7 @@ def run_evaluation(settings: EvalSettings, progress_factory: ProgressFactory | N
     clap = ClapModelScorer(settings.clap_model, settings.device) if settings.clap_model else None
     tagger = AudioTagger(settings.kl_model, settings.device) if settings.kl_model else None
 
-    def bar(total: int, what: str):
+    def bar(total: int, what: str) -> Progress | None:
         return progress_factory(total, what) if progress_factory else None
 
     t = time.perf_counter()

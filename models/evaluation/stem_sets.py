@@ -1,15 +1,15 @@
 """Multitrack stem sets: tracks whose stems can be read one segment at a time.
 
-Three sources give the same :class:`StemTrack` interface:
+Three sources give the same `StemTrack` interface:
 
-- :class:`SynthStemSet`: songs synthesized on demand (:mod:`models.evaluation.synth`);
-- :func:`slakh_tracks`: a local Slakh2100 copy (``<root>/<split>/TrackNNNNN/metadata.yaml``,
-  ``stems/SNN.flac`` or ``.wav``; stems grouped by their ``inst_class``);
-- :func:`musdb_tracks`: a local MUSDB18-HQ copy (``<root>/<split>/<name>/{drums,bass,other,
-  vocals}.wav``).
+- `SynthStemSet`: songs synthesized on demand (`models.evaluation.synth`);
+- `slakh_tracks`: a local Slakh2100 copy (`<root>/<split>/TrackNNNNN/metadata.yaml`,
+  `stems/SNN.flac` or `.wav`; stems grouped by their `inst_class`);
+- `musdb_tracks`: a local MUSDB18-HQ copy (`<root>/<split>/<name>/{drums,bass,other,
+  vocals}.wav`).
 
 Nothing is ever downloaded: a directory that does not have the layout is an error that says
-which layout was expected. Stem names are spelled as ``MUSICEDIT_STEMS`` keeps them (first
+which layout was expected. Stem names are spelled as `MUSICEDIT_STEMS` keeps them (first
 letter upper case, the rest lower case), so a model finetuned on them can be served.
 """
 from __future__ import annotations
@@ -35,28 +35,37 @@ class StemSetError(ValueError):
 
 
 def stem_name(label: str) -> str:
-    """A data set's instrument label as a stem name (``"Synth Pad"`` -> ``"Synth pad"``)."""
+    """A data set's instrument label as a stem name (`"Synth Pad"` -> `"Synth pad"`)."""
     label = " ".join(label.split())
     alias = _SLAKH_ALIASES.get(label.lower())
     return alias or label[:1].upper() + label[1:].lower()
 
 
 class StemTrack(tp.Protocol):
-    """A multitrack song whose stems are read by segment."""
+    """A multitrack song whose stems are read by segment.
 
-    track_id: str
-    stem_names: tuple[str, ...]
-    seconds: float
+    Its members are read-only, so both `ArrayTrack` (properties) and `FileTrack` (dataclass
+    fields) are stem tracks.
+    """
+
+    @property
+    def track_id(self) -> str: ...
+
+    @property
+    def stem_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def seconds(self) -> float: ...
 
     def read(self, stem: str, offset: float, seconds: float, sample_rate: int,
              channels: int) -> np.ndarray:
-        """``[channels, round(seconds * sample_rate)]`` float32 of ``stem`` from ``offset``
+        """`[channels, round(seconds * sample_rate)]` float32 of `stem` from `offset`
         seconds (zero-padded past the end)."""
         ...
 
 
 def _fit(audio: np.ndarray, rate: int, sample_rate: int, channels: int, num: int) -> np.ndarray:
-    """``[C, N]`` at ``rate`` -> ``[channels, num]`` float32 at ``sample_rate``."""
+    """`[C, N]` at `rate` -> `[channels, num]` float32 at `sample_rate`."""
     import julius
     import torch
     if audio.shape[0] != channels:
@@ -130,14 +139,15 @@ def _sum_padded(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class SynthStemSet(Sequence[ArrayTrack]):
-    """``count`` synthesized songs, each rendered the first time it is read."""
+    """`size` synthesized songs, each rendered the first time it is read."""
 
-    def __init__(self, seed: int, count: int, settings: SynthSettings | None = None):
-        self.seed, self.count, self.settings = seed, count, settings or SynthSettings()
+    def __init__(self, seed: int, size: int, settings: SynthSettings | None = None):
+        # `size`, not `count`: an attribute named `count` would hide `Sequence.count`.
+        self.seed, self.size, self.settings = seed, size, settings or SynthSettings()
         self._cache: dict[int, ArrayTrack] = {}
 
     def __len__(self) -> int:
-        return self.count
+        return self.size
 
     @tp.overload
     def __getitem__(self, index: int) -> ArrayTrack: ...
@@ -146,10 +156,10 @@ class SynthStemSet(Sequence[ArrayTrack]):
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.count))]
-        if not -self.count <= index < self.count:
+            return [self[i] for i in range(*index.indices(self.size))]
+        if not -self.size <= index < self.size:
             raise IndexError(index)
-        index %= self.count
+        index %= self.size
         if index not in self._cache:
             track: SynthTrack = synthesize_track(self.seed, index, self.settings)
             self._cache[index] = ArrayTrack(track.track_id, track.sample_rate, track.stems)
@@ -166,14 +176,14 @@ def _split_dir(root: Path, split: str | None, what: str) -> Path:
 
 
 def slakh_tracks(root: str | Path, split: str | None = "test") -> list[FileTrack]:
-    """Tracks of a local Slakh2100 copy, stems grouped by their metadata's ``inst_class``.
+    """Tracks of a local Slakh2100 copy, stems grouped by their metadata's `inst_class`.
 
     Args:
-        root: the directory holding ``train/``, ``validation/``, ``test/`` (or the track
+        root: the directory holding `train/`, `validation/`, `test/` (or the track
             folders themselves).
-        split: which split to read when ``root`` has split folders.
+        split: which split to read when `root` has split folders.
     Raises:
-        StemSetError: no track folder with a ``metadata.yaml`` and rendered stems.
+        StemSetError: no track folder with a `metadata.yaml` and rendered stems.
     """
     import yaml
     base = _split_dir(Path(root), split, "Slakh2100")

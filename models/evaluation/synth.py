@@ -3,19 +3,20 @@
 Slakh2100 is Lakh MIDI files rendered per instrument with sample-based synthesizers; this module
 does the same on a small scale, offline: a seeded composer writes a short song (tempo, key,
 chord progression, drum pattern, bass line, chord, arpeggio, pad and melody parts, General MIDI
-programs drawn per song) with ``pretty_midi``, and each stem is rendered on its own by the
-``fluidsynth`` command with the General MIDI soundfont (Debian ``fluidsynth`` and
-``fluid-soundfont-gm``, installed by ``make setup``). A track depends only on ``(seed, index)``
+programs drawn per song) with `pretty_midi`, and each stem is rendered on its own by the
+`fluidsynth` command with the General MIDI soundfont (Debian `fluidsynth` and
+`fluid-soundfont-gm`, installed by `make setup`). A track depends only on `(seed, index)`
 and its settings: the same call gives the same samples on every run.
 
-It knows nothing of the model or of edit tasks: :mod:`models.evaluation.examples` builds
-add/remove/extract examples from any :class:`~models.evaluation.stem_sets.StemTrack`.
+It knows nothing of the model or of edit tasks: `models.evaluation.examples` builds
+add/remove/extract examples from any `models.evaluation.stem_sets.StemTrack`.
 """
 from __future__ import annotations
 
 import shutil
 import subprocess
 import tempfile
+import typing as tp
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+if tp.TYPE_CHECKING:
+    import pretty_midi
 
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 # Each stem is levelled to this RMS (dBFS) +- STEM_LEVEL_SPREAD_DB, as a mix engineer would.
@@ -84,7 +88,7 @@ class Song:
     key: int                    # pitch class of the tonic
     mode: str                   # major | minor
     programs: dict[str, int]
-    midi: dict[str, object] = field(repr=False)  # stem -> pretty_midi.PrettyMIDI
+    midi: dict[str, pretty_midi.PrettyMIDI] = field(repr=False)  # by stem
 
 
 def _scale(key: int, mode: str) -> tuple[int, ...]:
@@ -92,8 +96,9 @@ def _scale(key: int, mode: str) -> tuple[int, ...]:
 
 
 def _chord(scale: tuple[int, ...], degree: int, octave: int, size: int = 3) -> list[int]:
-    """Stacked thirds on ``degree`` of ``scale``, as MIDI pitches from ``octave`` up."""
-    pitches, base = [], 12 * (octave + 1)
+    """Stacked thirds on `degree` of `scale`, as MIDI pitches from `octave` up."""
+    pitches: list[int] = []
+    base = 12 * (octave + 1)
     for i in range(size):
         step = degree + 2 * i
         pitch = base + scale[step % 7] + 12 * (step // 7)
@@ -104,10 +109,10 @@ def _chord(scale: tuple[int, ...], degree: int, octave: int, size: int = 3) -> l
 
 
 def compose(rng: np.random.Generator, stems: Sequence[str], seconds: float) -> Song:
-    """Compose ``seconds`` of a song with one part per stem in ``stems``.
+    """Compose `seconds` of a song with one part per stem in `stems`.
 
     Raises:
-        KeyError: a stem that :data:`STEM_STYLES` does not define.
+        KeyError: a stem that `STEM_STYLES` does not define.
     """
     import pretty_midi
     styles = [STEM_STYLES[s] for s in stems]
@@ -137,7 +142,8 @@ def compose(rng: np.random.Generator, stems: Sequence[str], seconds: float) -> S
 _Note = tuple[int, float, float, int]  # pitch, start, end, velocity
 
 
-def _drums(rng, style, scale, progression, bars, beat) -> list[_Note]:
+def _drums(rng: np.random.Generator, style: StemStyle, scale: tuple[int, ...],
+           progression: Sequence[int], bars: int, beat: float) -> list[_Note]:
     pattern = _DRUM_PATTERNS[rng.integers(len(_DRUM_PATTERNS))]
     step = beat / 4
     notes = []
@@ -151,7 +157,8 @@ def _drums(rng, style, scale, progression, bars, beat) -> list[_Note]:
     return notes
 
 
-def _bass(rng, style, scale, progression, bars, beat) -> list[_Note]:
+def _bass(rng: np.random.Generator, style: StemStyle, scale: tuple[int, ...],
+          progression: Sequence[int], bars: int, beat: float) -> list[_Note]:
     eighths = rng.random() < 0.5
     notes = []
     for bar in range(bars):
@@ -164,7 +171,8 @@ def _bass(rng, style, scale, progression, bars, beat) -> list[_Note]:
     return notes
 
 
-def _chords(rng, style, scale, progression, bars, beat) -> list[_Note]:
+def _chords(rng: np.random.Generator, style: StemStyle, scale: tuple[int, ...],
+            progression: Sequence[int], bars: int, beat: float) -> list[_Note]:
     rhythm = ((0, 4),), ((0, 2), (2, 2)), ((0, 1.5), (1.5, 1), (2.5, 1.5))
     pattern = rhythm[rng.integers(len(rhythm))]
     size = 4 if rng.random() < 0.4 else 3
@@ -178,7 +186,8 @@ def _chords(rng, style, scale, progression, bars, beat) -> list[_Note]:
     return notes
 
 
-def _arpeggio(rng, style, scale, progression, bars, beat) -> list[_Note]:
+def _arpeggio(rng: np.random.Generator, style: StemStyle, scale: tuple[int, ...],
+              progression: Sequence[int], bars: int, beat: float) -> list[_Note]:
     strum = rng.random() < 0.4
     notes = []
     for bar in range(bars):
@@ -198,7 +207,8 @@ def _arpeggio(rng, style, scale, progression, bars, beat) -> list[_Note]:
     return notes
 
 
-def _pad(rng, style, scale, progression, bars, beat) -> list[_Note]:
+def _pad(rng: np.random.Generator, style: StemStyle, scale: tuple[int, ...],
+         progression: Sequence[int], bars: int, beat: float) -> list[_Note]:
     notes = []
     for bar in range(bars):
         pitches = _chord(scale, progression[bar % len(progression)], style.octave)
@@ -207,7 +217,8 @@ def _pad(rng, style, scale, progression, bars, beat) -> list[_Note]:
     return notes
 
 
-def _melody(rng, style, scale, progression, bars, beat) -> list[_Note]:
+def _melody(rng: np.random.Generator, style: StemStyle, scale: tuple[int, ...],
+            progression: Sequence[int], bars: int, beat: float) -> list[_Note]:
     notes, degree, time = [], int(rng.integers(7)), 0.0
     end = bars * 4 * beat
     while time < end:
@@ -225,7 +236,7 @@ _PARTS = {"drums": _drums, "bass": _bass, "chords": _chords, "arpeggio": _arpegg
 
 
 def fluidsynth_binary() -> str:
-    """Path of the ``fluidsynth`` command.
+    """Path of the `fluidsynth` command.
 
     Raises:
         SynthesisError: it is not installed.
@@ -237,9 +248,10 @@ def fluidsynth_binary() -> str:
     return path
 
 
-def render_midi(midi: object, sample_rate: int, soundfont: Path = SOUNDFONT) -> np.ndarray:
-    """Render a ``pretty_midi.PrettyMIDI`` with FluidSynth (reverb and chorus on, as FluidSynth
-    ships). Returns ``[2, N]`` float32 stereo at ``sample_rate``, N up to the last release tail.
+def render_midi(midi: pretty_midi.PrettyMIDI, sample_rate: int,
+                soundfont: Path = SOUNDFONT) -> np.ndarray:
+    """Render a `pretty_midi.PrettyMIDI` with FluidSynth (reverb and chorus on, as FluidSynth
+    ships). Returns `[2, N]` float32 stereo at `sample_rate`, N up to the last release tail.
 
     Raises:
         SynthesisError: no fluidsynth or soundfont, or the render failed.
@@ -250,7 +262,7 @@ def render_midi(midi: object, sample_rate: int, soundfont: Path = SOUNDFONT) -> 
                              "package fluid-soundfont-gm) or pass another General MIDI .sf2")
     with tempfile.TemporaryDirectory(prefix="musicedit-synth-") as tmp:
         mid, wav = Path(tmp) / "stem.mid", Path(tmp) / "stem.wav"
-        midi.write(str(mid))  # type: ignore[attr-defined]
+        midi.write(str(mid))
         cmd = [binary, "-ni", "-q", "-O", "float", "-T", "wav", "-r", str(sample_rate),
                "-F", str(wav), str(soundfont), str(mid)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=_RENDER_TIMEOUT_S)
@@ -267,7 +279,7 @@ ACCOMPANIMENT = ("Drums", "Bass", "Piano", "Guitar")
 
 
 def song_stems(stems: Sequence[str]) -> tuple[str, ...]:
-    """The parts a song needs to give examples for ``stems``: those stems, plus the release's
+    """The parts a song needs to give examples for `stems`: those stems, plus the release's
     four as accompaniment (an edit of a lone stem has nothing to add it to or remove it from)."""
     return tuple(dict.fromkeys([*stems, *ACCOMPANIMENT]))
 
@@ -277,11 +289,11 @@ class SynthSettings:
     """What every synthesized track shares.
 
     Attributes:
-        stems: stem names from :data:`STEM_STYLES`; every track has all of them.
+        stems: stem names from `STEM_STYLES`; every track has all of them.
         seconds: track length.
         sample_rate: 32000 for the model, 44100 for the separation route.
         channels: 1 (mono, the mean of FluidSynth's stereo) or 2.
-        soundfont: a General MIDI ``.sf2``.
+        soundfont: a General MIDI `.sf2`.
         workers: stems rendered at once (FluidSynth runs as separate processes).
     """
 
@@ -303,7 +315,7 @@ class SynthSettings:
 
 @dataclass
 class SynthTrack:
-    """One synthesized song: levelled stems ``[C, N]`` float32 whose sum is the mix."""
+    """One synthesized song: levelled stems `[C, N]` float32 whose sum is the mix."""
 
     track_id: str
     sample_rate: int
@@ -312,10 +324,10 @@ class SynthTrack:
 
 
 def synthesize_track(seed: int, index: int, settings: SynthSettings | None = None) -> SynthTrack:
-    """Compose and render track ``index`` of the set drawn from ``seed``.
+    """Compose and render track `index` of the set drawn from `seed`.
 
-    Each stem is cut to ``settings.seconds`` and levelled to a random RMS around
-    :data:`STEM_LEVEL_DBFS`; the mix is their sum. Depends only on the arguments.
+    Each stem is cut to `settings.seconds` and levelled to a random RMS around
+    `STEM_LEVEL_DBFS`; the mix is their sum. Depends only on the arguments.
     """
     settings = settings or SynthSettings()
     rng = np.random.default_rng([seed, index])

@@ -1,10 +1,10 @@
 """Save a finetuned adapter as a model directory the one loader (and so the service) reads.
 
-The directory holds ``finetuned.ckpt`` in the released Lightning layout
-(:func:`models.loader.save_release_checkpoint`), ``musicedit.json`` naming the stems it was
-trained on, and links to the base model's files (``state_dict.bin``,
-``compression_state_dict.bin``, ``t5/``), so ``--model DIR`` / ``MUSICEDIT_MODEL=DIR`` loads it
-and ``MUSICEDIT_STEMS`` may list its stems. The links point at the base model's local files
+The directory holds `finetuned.ckpt` in the released Lightning layout
+(`models.loader.save_release_checkpoint`), `musicedit.json` naming the stems it was
+trained on, and links to the base model's files (`state_dict.bin`,
+`compression_state_dict.bin`, `t5/`), so `--model DIR` / `MUSICEDIT_MODEL=DIR` loads it
+and `MUSICEDIT_STEMS` may list its stems. The links point at the base model's local files
 (its directory or the Hugging Face cache it was loaded from); nothing is downloaded.
 """
 from __future__ import annotations
@@ -55,15 +55,15 @@ def _link(target: Path, link: Path) -> None:
 
 def save_adapter(model: InstructMusicGen, base: ModelFiles, stems: Sequence[str],
                  directory: Path, step: int, hyper_parameters: dict) -> Path:
-    """Write the adapter of ``model`` and its stems to ``directory``, linking the base files.
+    """Write the adapter of `model` and its stems to `directory`, linking the base files.
 
     Args:
         base: where the base MusicGen, EnCodec and T5 came from.
         stems: the stems the adapter was trained on (its instructions may name them).
-        step: optimizer steps trained (the checkpoint's ``global_step``).
+        step: optimizer steps trained (the checkpoint's `global_step`).
         hyper_parameters: recorded in the checkpoint (learning rate, batch size, ...).
     Returns:
-        ``directory``.
+        `directory`.
     Raises:
         FileNotFoundError: the base model's weights are not on this machine.
     """

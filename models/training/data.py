@@ -1,7 +1,7 @@
 """Training data in code space: edit examples encoded once with the frozen EnCodec.
 
 The codec is frozen during finetuning, so each example's input and target are encoded once
-(:func:`encode_examples`) and training reads codes only. A :class:`CodeSet` is saved beside the
+(`encode_examples`) and training reads codes only. A `CodeSet` is saved beside the
 run's checkpoints, so a resumed run trains on exactly the same data without re-synthesizing it.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import audio
+from ..codec import encode as encode_audio
 from ..evaluation.examples import EditExample
 
 
@@ -22,7 +23,7 @@ class CodeSet:
     """Encoded edit examples.
 
     Attributes:
-        inputs, targets: ``[N, K, T]`` long codes of the input and target clips.
+        inputs, targets: `[N, K, T]` long codes of the input and target clips.
         instructions: N instruction templates.
         tasks, stems: per example, the operation and the stem it names.
     """
@@ -78,14 +79,15 @@ def encode_examples(codec: tp.Any, examples: Sequence[EditExample], batch_size: 
     if not examples:
         raise ValueError("no examples to encode")
     rate = int(codec.sample_rate)
-    inputs, targets = [], []
+    inputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
     for i in range(0, len(examples), batch_size):
         batch = examples[i:i + batch_size]
         for side, out in (("input", inputs), ("target", targets)):
             # Targets may be near-silent (an extraction of a quiet stem): no silence check.
             wavs = torch.cat([audio.to_codec_input(getattr(ex, side), ex.sample_rate, rate,
                                                    silence_peak_threshold=0.0) for ex in batch])
-            out.append(audio.encode(codec, wavs).cpu())
+            out.append(encode_audio(codec, wavs).cpu())
         if progress is not None:
             progress(len(batch))
     return CodeSet(torch.cat(inputs), torch.cat(targets), [ex.instruction for ex in examples],

@@ -5,8 +5,8 @@ Defaults are the authors' recipe (paper section 4.3 and the release's training c
 cosine schedule with 100 warm-up steps, batches of 8 with 4-step gradient accumulation (32 per
 optimizer step), 5,000 optimizer steps; bf16 autocast on a GPU, float32 on the CPU.
 
-A step's batches are drawn from a generator seeded with ``(seed, step)``, so a run resumed from
-its checkpoint (``checkpoint.pt`` in the run directory: adapter, optimizer, schedule, history)
+A step's batches are drawn from a generator seeded with `(seed, step)`, so a run resumed from
+its checkpoint (`checkpoint.pt` in the run directory: adapter, optimizer, schedule, history)
 continues exactly as the uninterrupted run would have.
 """
 from __future__ import annotations
@@ -73,16 +73,16 @@ class TrainState:
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
-    """LR factor: linear warm-up to 1 over ``warmup`` steps, then a cosine to 0 at ``total``
-    (as ``transformers.get_cosine_schedule_with_warmup``, the release's, but the first step
-    already trains at ``lr / warmup`` instead of 0)."""
+    """LR factor: linear warm-up to 1 over `warmup` steps, then a cosine to 0 at `total`
+    (as `transformers.get_cosine_schedule_with_warmup`, the release's, but the first step
+    already trains at `lr / warmup` instead of 0)."""
     if step < warmup:
         return (step + 1) / max(1, warmup)
     progress = (step - warmup) / max(1, total - warmup)
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _autocast(device: torch.device, precision: str):
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
@@ -127,13 +127,13 @@ def _resume(path: Path, params: dict[str, torch.nn.Parameter],
 
 def finetune(model: InstructMusicGen, train: CodeSet, held_out: CodeSet, config: FinetuneConfig,
              run_dir: Path, progress: tp.Any = None) -> TrainState:
-    """Train the adapters of ``model`` on ``train``; checkpoints go to ``run_dir``.
+    """Train the adapters of `model` on `train`; checkpoints go to `run_dir`.
 
-    Resumes from ``run_dir/checkpoint.pt`` when it exists. Held-out loss and accuracy are
-    measured before the first step and every ``eval_every`` steps.
+    Resumes from `run_dir/checkpoint.pt` when it exists. Held-out loss and accuracy are
+    measured before the first step and every `eval_every` steps.
 
     Args:
-        progress: a tqdm-like bar (``update``, ``set_postfix``) over optimizer steps, or None.
+        progress: a tqdm-like bar (`update`, `set_postfix`) over optimizer steps, or None.
     Returns:
         the final state (step, training-loss history, held-out history).
     """

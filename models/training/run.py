@@ -1,11 +1,11 @@
-"""``musicedit finetune``: data -> codes -> adapters-only training -> a servable model directory.
+"""`musicedit finetune`: data -> codes -> adapters-only training -> a servable model directory.
 
-:func:`run_finetune` loads the base model through the one loader (LoRA unmerged, float32
+`run_finetune` loads the base model through the one loader (LoRA unmerged, float32
 master weights), builds add/remove/extract examples for every stem of the data (synthesized,
 or a local Slakh2100 / MUSDB18-HQ copy) and a held-out set from other songs, encodes both once
 (saved in the run directory with the checkpoints, so a resumed run uses the same data), trains
-(:func:`models.training.loop.finetune`) and saves the adapter with its stems
-(:func:`models.training.adapter.save_adapter`).
+(`models.training.loop.finetune`) and saves the adapter with its stems
+(`models.training.adapter.save_adapter`).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..evaluation.examples import TASKS, build_examples
+from ..evaluation.run import ProgressFactory
 from ..evaluation.stem_sets import StemTrack, SynthStemSet, musdb_tracks, slakh_tracks
 from ..evaluation.synth import ACCOMPANIMENT, SOUNDFONT, SynthSettings, song_stems
 from .data import CodeSet, encode_examples
@@ -33,7 +34,7 @@ HELD_OUT_SEED_OFFSET = 1_000_000
 
 @dataclass
 class FinetuneSettings:
-    """What ``musicedit finetune`` runs (``config`` holds the optimisation recipe)."""
+    """What `musicedit finetune` runs (`config` holds the optimisation recipe)."""
 
     output: Path
     model: str = "tiny"
@@ -62,7 +63,7 @@ def _advance(bar: tp.Any) -> tp.Callable[[object], None] | None:
 
 
 def data_stems(tracks: tp.Sequence[StemTrack], wanted: tp.Sequence[str] | None) -> tuple[str, ...]:
-    """The stems to train: ``wanted``, or every stem that appears in a track with another stem.
+    """The stems to train: `wanted`, or every stem that appears in a track with another stem.
 
     Raises:
         ValueError: a wanted stem is in no track.
@@ -111,8 +112,8 @@ def _tracks(settings: FinetuneSettings, sample_rate: int
     return train, held_out, data_stems(train, settings.stems)
 
 
-def prepare_data(settings: FinetuneSettings, codec: tp.Any, progress_factory=None
-                 ) -> tuple[CodeSet, CodeSet]:
+def prepare_data(settings: FinetuneSettings, codec: tp.Any,
+                 progress_factory: ProgressFactory | None = None) -> tuple[CodeSet, CodeSet]:
     """Encoded training and held-out sets: read from the run directory when it has them
     (a resumed run), else built and saved there."""
     run_dir = settings.effective_run_dir
@@ -136,11 +137,12 @@ def prepare_data(settings: FinetuneSettings, codec: tp.Any, progress_factory=Non
     return sets[0], sets[1]
 
 
-def run_finetune(settings: FinetuneSettings, progress_factory=None) -> tuple[Path, TrainState]:
-    """Finetune the adapters and save a model directory at ``settings.output``.
+def run_finetune(settings: FinetuneSettings, progress_factory: ProgressFactory | None = None
+                 ) -> tuple[Path, TrainState]:
+    """Finetune the adapters and save a model directory at `settings.output`.
 
     Args:
-        progress_factory: ``(total, description) -> tqdm-like bar``, or None.
+        progress_factory: `(total, description) -> tqdm-like bar`, or None.
     Returns:
         The model directory and the final training state.
     """

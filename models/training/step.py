@@ -1,16 +1,17 @@
 """The training objective: cross-entropy over the target's codes, adapters trainable only.
 
-As the release's training module computes it (audiocraft's ``LMModel.compute_predictions``):
+As the release's training module computes it (audiocraft's `LMModel.compute_predictions`):
 the target codes are laid out in the delay pattern, the model predicts every position in one
-teacher-forced forward (:class:`~models.instruct_musicgen.NoCache`), the logits are reverted to
-``[B, K, T, card]`` and the cross-entropy is taken over the positions the pattern marks valid,
+teacher-forced forward (`models.attention.NoCache`), the logits are reverted to
+`[B, K, T, card]` and the cross-entropy is taken over the positions the pattern marks valid,
 all codebooks together. The paper's text says L2 over latent tokens; the release uses this.
 Instructions are dropped (the null text of classifier-free guidance) with probability
-``text_dropout``, as audiocraft's training does (0.3 for MusicGen), so guidance keeps working.
+`text_dropout`, as audiocraft's training does (0.3 for MusicGen), so guidance keeps working.
 """
 from __future__ import annotations
 
 import math
+import typing as tp
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,15 +23,20 @@ from ..attention import NoCache
 from ..instruct_musicgen import AudioFusion, CrossAttentionLoRA, InstructMusicGen
 
 
+def _text_loras(model: InstructMusicGen) -> Sequence[CrossAttentionLoRA]:
+    """The text LoRA of each layer (`model.text_lora` is an `nn.ModuleList` of them)."""
+    return tp.cast(Sequence[CrossAttentionLoRA], model.text_lora)
+
+
 def adapter_parameters(model: InstructMusicGen) -> dict[str, nn.Parameter]:
     """Make the audio fusion and the text LoRA trainable and everything else frozen.
 
     Returns:
-        the trainable parameters by name (``audio_fusion.*``, ``text_lora.*``).
+        the trainable parameters by name (`audio_fusion.*`, `text_lora.*`).
     Raises:
-        ValueError: the LoRA is merged into the base weights (load with ``merge_lora=False``).
+        ValueError: the LoRA is merged into the base weights (load with `merge_lora=False`).
     """
-    if any(lora.merged for lora in model.text_lora):  # type: ignore[union-attr]
+    if any(lora.merged for lora in _text_loras(model)):
         raise ValueError("the text LoRA is merged into the cross-attention weights: load the "
                          "model with merge_lora=False to train it")
     trainable = {}
@@ -49,13 +55,12 @@ def reset_adapter(model: InstructMusicGen, seed: int = 0) -> None:
     generator = torch.Generator().manual_seed(seed)
     fusion: AudioFusion = model.audio_fusion
     fusion.pos_emb.copy_(torch.randn(fusion.pos_emb.shape, generator=generator) * 0.02)
-    for linear in fusion.merge_linear:
+    for linear in tp.cast(Sequence[nn.Linear], fusion.merge_linear):
         bound = 1 / math.sqrt(linear.weight.shape[1])  # nn.Linear's default init
         uniform = torch.rand(linear.weight.shape, generator=generator)
         linear.weight.copy_(uniform * 2 * bound - bound)
     fusion.gates.zero_()
-    for lora in model.text_lora:
-        assert isinstance(lora, CrossAttentionLoRA)
+    for lora in _text_loras(model):
         for a in (lora.q_A, lora.v_A):
             bound = 1 / math.sqrt(a.shape[1])  # kaiming_uniform(a=sqrt(5)), as LoRA initialises A
             a.copy_(torch.rand(a.shape, generator=generator) * 2 * bound - bound)
@@ -75,8 +80,8 @@ def edit_loss(model: InstructMusicGen, inputs: torch.Tensor, targets: torch.Tens
     """Teacher-forced cross-entropy of the target codes given the input clip and instruction.
 
     Args:
-        inputs: ``[B, K, T]`` long codes of the input (condition) clips.
-        targets: ``[B, K, T]`` long codes of the clips the edit should produce.
+        inputs: `[B, K, T]` long codes of the input (condition) clips.
+        targets: `[B, K, T]` long codes of the clips the edit should produce.
         instructions: B templates; None is the null text (dropped instruction).
     """
     b, _, frames = targets.shape
@@ -101,6 +106,6 @@ def edit_loss(model: InstructMusicGen, inputs: torch.Tensor, targets: torch.Tens
 
 def drop_instructions(instructions: Sequence[str], probability: float,
                       generator: torch.Generator) -> list[str | None]:
-    """Replace each instruction by None (the null text) with ``probability``."""
+    """Replace each instruction by None (the null text) with `probability`."""
     draws = torch.rand(len(instructions), generator=generator).tolist()
     return [None if d < probability else text for d, text in zip(draws, instructions, strict=False)]

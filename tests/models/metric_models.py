@@ -1,5 +1,5 @@
 """Tiny random-weight metric models, built from config by transformers' own classes and
-written with ``save_pretrained``, as the real CLAP and AudioSet-classifier directories are."""
+written with `save_pretrained`, as the real CLAP and AudioSet-classifier directories are."""
 from __future__ import annotations
 
 from pathlib import Path

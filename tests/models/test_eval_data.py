@@ -96,6 +96,18 @@ def test_examples_are_balanced_and_deterministic():
         build_examples(tracks, ["Vocals"], 1, seconds=2.0)
 
 
+def test_a_synthesized_set_is_a_sequence_of_its_songs():
+    tracks = SynthStemSet(5, 2, SHORT)
+    assert len(tracks) == tracks.size == 2
+    last = tracks[-1]
+    assert last is tracks[1] and last.track_id == "synth-5-00001"
+    assert [t.track_id for t in tracks[:]] == ["synth-5-00000", "synth-5-00001"]
+    # Sequence's own methods still work (no attribute shadows them)
+    assert tracks.count(last) == 1 and tracks.index(last) == 1
+    with pytest.raises(IndexError):
+        tracks[2]
+
+
 def _write(path, audio, rate):
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, audio.T, rate)

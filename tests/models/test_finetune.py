@@ -64,7 +64,7 @@ class _Interrupt(Exception):
 
 
 class _StopAfter:
-    """A progress bar that interrupts the run after ``n`` optimizer steps (a killed process)."""
+    """A progress bar that interrupts the run after `n` optimizer steps (a killed process)."""
 
     def __init__(self, n: int):
         self.n, self.done = n, 0
