@@ -173,10 +173,18 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, ge=1, description="Jobs decoded together by one worker.")
     kv_cache_budget_bytes: int | None = Field(
         None, ge=1, description="Engine cache memory (bytes) for all batch slots; unset: enough "
-        "for max_batch_size on the CPU, 80% of free GPU memory on CUDA (380 MB per slot for "
-        "MusicGen-large in fp16).")
-    cuda_graphs: bool = Field(True, description="Capture and replay the decode step as CUDA "
-                              "graphs (one per padded batch size). CUDA only.")
+        "for max_batch_size on the CPU; on CUDA `GPU_MEMORY_FRACTION` of the free memory minus "
+        "the measured headroom of codec work, the condition pass and prefill (365 MB per slot "
+        "for MusicGen-large in fp16).")
+    gpu_memory_fraction: float = Field(
+        0.8, gt=0.0, le=1.0, description="Share of the free GPU memory the engine plans its "
+        "caches and headroom with, when the cache budget is unset.")
+    codec_concurrency: int = Field(
+        2, ge=1, description="Most EnCodec chunks (10 s each) encoding or decoding at once on "
+        "the worker's device, from all its jobs together.")
+    cuda_graphs: bool = Field(True, description="Capture the decode step of every batch and "
+                              "length bucket as a CUDA graph when the engine starts, replay "
+                              "them while serving. CUDA only.")
     torch_compile: bool = Field(False, description="torch.compile the decode step (slow start).")
     worker_metrics_host: str = Field("127.0.0.1", description="Worker /metrics bind address.")
     worker_metrics_port: int = Field(

@@ -76,6 +76,8 @@ class WorkerRuntime:
         engine = EditEngine(model, EngineConfig(
             max_batch_size=settings.max_batch_size,
             kv_cache_budget_bytes=settings.kv_cache_budget_bytes,
+            gpu_memory_fraction=settings.gpu_memory_fraction,
+            codec_concurrency=settings.codec_concurrency,
             max_input_seconds=settings.max_input_seconds,
             use_cuda_graphs=settings.cuda_graphs,
             compile=settings.torch_compile,
