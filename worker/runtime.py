@@ -59,6 +59,7 @@ class WorkerRuntime:
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         metrics = WorkerMetrics()
         in_flight = JobsInFlight()
+        shutdown = ShutdownSignal()
         device = resolve_device(settings.device)
         dtype = None if settings.dtype == "auto" else getattr(torch, settings.dtype)
         started = time.perf_counter()
@@ -83,7 +84,7 @@ class WorkerRuntime:
             compile=settings.torch_compile,
             silence_peak_threshold=settings.silence_peak_threshold,
             on_step=metrics.on_step,
-            on_fatal=lambda exc: exit_after_device_failure(in_flight),
+            on_fatal=lambda exc: exit_after_device_failure(in_flight, shutdown),
         ))
         engine.start()
         metrics.watch_engine(lambda: engine.stats().active_jobs,
@@ -94,8 +95,8 @@ class WorkerRuntime:
         storage = make_storage(settings)
         deps = EditJobDeps(
             settings=settings, store=store, storage=storage, engine=engine, metrics=metrics,
-            notifier=WebhookNotifier(settings), requeue=requeue, shutdown=ShutdownSignal(),
-            worker_id=worker_id,
+            notifier=WebhookNotifier(settings), requeue=requeue, shutdown=shutdown,
+            worker_id=worker_id, in_flight=in_flight,
         )
         runtime = cls(deps)
         metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port)
@@ -141,13 +142,16 @@ DEVICE_FAILED_EXIT_CODE = 70
 DEVICE_FAILED_HANDBACK_SECONDS = 5.0
 
 
-def exit_after_device_failure(in_flight: JobsInFlight, exit: Callable[[int], None] = os._exit,
+def exit_after_device_failure(in_flight: JobsInFlight, shutdown: ShutdownSignal,
+                              exit: Callable[[int], None] = os._exit,
                               handback_seconds: float = DEVICE_FAILED_HANDBACK_SECONDS) -> None:
     """The engine's `on_fatal`: a sticky device error makes every later step fail while the
     heartbeat would stay healthy (a black hole for jobs). The engine has already handed every
-    job back (`DeviceFailed`: the task threads release them to the queue); give those threads
-    up to `handback_seconds`, then exit non-zero. Leases of anything not handed back expire as
-    after a crash."""
+    job back (`DeviceFailed`: the task threads release them to the queue); from now on the
+    worker claims nothing (`shutdown` with no grace: a message it still receives goes back to
+    the queue unclaimed); its task threads get up to `handback_seconds`, then the process
+    exits non-zero. Leases of anything not handed back expire as after a crash."""
+    shutdown.begin(0.0)
     log_event(log, "worker_exiting", logging.CRITICAL, reason="device failed",
               exit_code=DEVICE_FAILED_EXIT_CODE)
 

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from device_fault import DEVICE_FAULT_SEED
 from model_fault import FAULT_SEED, ParamsSlippedPastValidation
 
 from local_stack import API_KEYS, WorkerProcess, stack_values, wait_terminal, wait_until
@@ -23,6 +24,7 @@ from musicedit.job_store import make_job_store
 from musicedit.jobs import JobState
 from musicedit.settings import Settings
 from worker.edit_job import JobOutcome, run_edit_job
+from worker.runtime import DEVICE_FAILED_EXIT_CODE
 
 MODEL_ERROR = "The model failed on this input (NonFiniteLogits)"
 
@@ -120,3 +122,40 @@ def test_a_job_with_non_finite_logits_in_a_worker_process_fails_alone_and_the_re
             assert result.startswith(b"RIFF") and len(result) > 44
     finally:
         worker.stop()
+
+
+@pytest.mark.slow
+def test_a_worker_whose_gpu_fails_hands_its_job_back_and_exits_70(
+        redis_url, s3_server, s3_bucket, model_cache, run_gateway, audio_factory,
+        tmp_path: Path) -> None:
+    """The black hole issue 16 describes: after a sticky device error every later step would
+    fail while the heartbeat stays healthy. The worker instead hands its job back (queued
+    again, not failed) and exits with status 70; a healthy worker then runs the job."""
+    values = stack_values(tmp_path / "var", redis_url=redis_url,
+                          s3=(s3_server, s3_bucket), max_batch_size="2", model="tiny",
+                          model_cache_dir=str(model_cache))
+    broken = WorkerProcess(values, tmp_path / "broken.log",
+                           command=(sys.executable, str(Path(__file__).with_name(
+                               "device_fault.py"))))
+    healthy = WorkerProcess(values, tmp_path / "healthy.log")
+    try:
+        broken.start()
+        gateway = run_gateway(Settings(**values))
+        with MusiceditClient(gateway.url, API_KEYS["alice"]) as client:
+            job = client.submit(audio_factory(seconds=3.0, sample_rate=16000, channels=1),
+                                "Add drums", seed=DEVICE_FAULT_SEED)
+            assert broken.process is not None
+            wait_until(lambda: broken.process.poll() is not None, 60, "the broken worker exiting")
+            assert broken.process.returncode == DEVICE_FAILED_EXIT_CODE
+            back = client.get(job.id)
+            # handed back like a job of a shutting-down worker: not counted as an attempt
+            assert back.status is JobState.queued and back.attempts == 0 and back.error is None
+            assert broken.events("engine_device_failed")
+            assert [e["reason"] for e in broken.events("job_released", job.id)] == ["device"]
+            healthy.start()
+            done = wait_terminal(client, [job.id], timeout=120)[job.id]
+        assert done.status is JobState.succeeded and done.attempts == 1
+        assert make_job_store(Settings(**values)).dead_letters() == []
+    finally:
+        broken.stop()
+        healthy.stop()

@@ -11,6 +11,7 @@ import pytest
 
 from musicedit.jobs import JobState
 from worker.edit_job import JobOutcome, JobsInFlight, run_edit_job
+from worker.housekeeping import ShutdownSignal
 from worker.runtime import DEVICE_FAILED_EXIT_CODE, exit_after_device_failure
 
 STICKY = "CUDA error: an illegal memory access was encountered"
@@ -79,8 +80,11 @@ def test_the_worker_exits_non_zero_once_its_jobs_are_handed_back():
     while in_flight.count() == 0:
         time.sleep(0.01)
     started = time.monotonic()
-    exit_after_device_failure(in_flight, exit=lambda code: exits.append((code, time.monotonic())),
+    shutdown = ShutdownSignal()
+    exit_after_device_failure(in_flight, shutdown,
+                              exit=lambda code: exits.append((code, time.monotonic())),
                               handback_seconds=5.0)
+    assert shutdown.grace_expired()  # no new job is claimed from here on
     time.sleep(0.3)
     assert exits == []  # a task thread still holds a job
     released.set()
@@ -94,6 +98,6 @@ def test_the_worker_exits_non_zero_once_its_jobs_are_handed_back():
     stuck = JobsInFlight()
     stuck.__enter__()
     late: list[int] = []
-    exit_after_device_failure(stuck, exit=late.append, handback_seconds=0.2)
+    exit_after_device_failure(stuck, ShutdownSignal(), exit=late.append, handback_seconds=0.2)
     time.sleep(0.6)
     assert late == [DEVICE_FAILED_EXIT_CODE]
