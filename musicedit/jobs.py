@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from enum import Enum
-from typing import Literal
+from typing import Literal, NamedTuple, cast
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,23 +47,47 @@ class SamplingParams(BaseModel):
     cfg_coef: float = Field(3.0, ge=0.0, le=20.0, description="Classifier-free guidance scale.")
 
     @classmethod
-    def describe_ranges(cls) -> str:
-        """The allowed values, read from the fields' bounds: `seed >= 0, top_k 0..2048, ...`."""
-        parts = []
+    def bounds(cls) -> dict[str, ParamBounds]:
+        """Each field's bounds and default, read from the fields themselves."""
+        found = {}
         for name, field in cls.model_fields.items():
             low = next(m for m in field.metadata if isinstance(m, (Ge, Gt)))
             high = next(m for m in field.metadata if isinstance(m, (Le, Lt)))
-            low_value = low.ge if isinstance(low, Ge) else low.gt
-            high_value = high.le if isinstance(high, Le) else high.lt
-            if high_value == SEED_MAX:  # the storage limit, not a choice worth stating
-                parts.append(f"{name} >= {low_value:g}")
-            elif isinstance(low, Ge) and isinstance(high, Le):
-                parts.append(f"{name} {low_value:g}..{high_value:g}")
+            found[name] = ParamBounds(
+                low=cast(float, low.ge if isinstance(low, Ge) else low.gt),
+                low_inclusive=isinstance(low, Ge),
+                high=cast(float, high.le if isinstance(high, Le) else high.lt),
+                high_inclusive=isinstance(high, Le), default=field.default,
+                integer=field.annotation in (int, int | None),
+                description=field.description or "")
+        return found
+
+    @classmethod
+    def describe_ranges(cls) -> str:
+        """The allowed values, read from the fields' bounds: `seed >= 0, top_k 0..2048, ...`."""
+        parts = []
+        for name, b in cls.bounds().items():
+            if b.high == SEED_MAX:  # the storage limit, not a choice worth stating
+                parts.append(f"{name} >= {b.low:g}")
+            elif b.low_inclusive and b.high_inclusive:
+                parts.append(f"{name} {b.low:g}..{b.high:g}")
             else:
-                opening = "[" if isinstance(low, Ge) else "("
-                closing = "]" if isinstance(high, Le) else ")"
-                parts.append(f"{name} {opening}{low_value:g}, {high_value:g}{closing}")
+                opening = "[" if b.low_inclusive else "("
+                closing = "]" if b.high_inclusive else ")"
+                parts.append(f"{name} {opening}{b.low:g}, {b.high:g}{closing}")
         return ", ".join(parts)
+
+
+class ParamBounds(NamedTuple):
+    """One sampling parameter's allowed values (`SamplingParams.bounds`)."""
+
+    low: float
+    low_inclusive: bool
+    high: float
+    high_inclusive: bool
+    default: float | None
+    integer: bool
+    description: str
 
 
 def seed_for_job(job_id: str) -> int:
@@ -89,6 +113,20 @@ class NormalizedInstruction(BaseModel):
 class Progress(BaseModel):
     frames_done: int = 0
     frames_total: int = 0
+
+
+class ProgressView(Progress):
+    """`Progress` as the API shows it."""
+
+    fraction: float = Field(0.0, ge=0.0, le=1.0, description="frames_done / frames_total "
+                            "(0 until the worker knows the total, 1 once succeeded).")
+
+    @classmethod
+    def of(cls, job: EditJob) -> ProgressView:
+        done, total = job.progress.frames_done, job.progress.frames_total
+        fraction = 1.0 if job.state is JobState.succeeded else (
+            min(1.0, done / total) if total > 0 else 0.0)
+        return cls(frames_done=done, frames_total=total, fraction=fraction)
 
 
 class Timings(BaseModel):
@@ -148,7 +186,7 @@ class EditJobView(BaseModel):
     params: SamplingParams
     output_format: OutputFormat
     input: InputAudio
-    progress: Progress
+    progress: ProgressView
     queue_position: int | None = Field(
         None, description="Queued jobs ahead of this one (0 = next); null unless queued."
     )
@@ -172,7 +210,7 @@ class EditJobView(BaseModel):
             params=job.params,
             output_format=job.output_format,
             input=job.input,
-            progress=job.progress,
+            progress=ProgressView.of(job),
             queue_position=queue_position,
             timings=job.timings,
             attempts=job.attempts,
