@@ -35,6 +35,7 @@ from musicedit.storage import ObjectStorage, result_key
 from musicedit.webhooks import WebhookNotifier
 from worker.housekeeping import ShutdownSignal
 from worker.metrics import WorkerMetrics
+from worker.progress import frames_total
 from worker.sampling import engine_params, job_seed
 
 if TYPE_CHECKING:
@@ -242,6 +243,9 @@ def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> E
                          dead_letter=False) from exc
     params = engine_params(job)
     progress = _Progress()
+    model = deps.engine.model
+    progress.update(0, frames_total(wav.shape[-1], rate, model.sample_rate, model.frame_rate))
+    _report_progress(job, deps, *progress.value)
     started = time.perf_counter()
     try:
         handle = deps.engine.submit(EditRequest(
@@ -337,8 +341,12 @@ def _upload_result(job: EditJob, deps: EditJobDeps, key: str, path: Path,
 
 def _report_final_progress(job: EditJob, deps: EditJobDeps, frames: int) -> None:
     """Progress 100% before `complete` (short jobs finish between two progress syncs)."""
+    _report_progress(job, deps, frames, frames)
+
+
+def _report_progress(job: EditJob, deps: EditJobDeps, done: int, total: int) -> None:
     try:
-        deps.store.update_progress(job.id, deps.worker_id, frames, frames)
+        deps.store.update_progress(job.id, deps.worker_id, done, total)
     except StoreUnavailable as exc:  # cosmetic; `complete` retries the store itself
         log_event(log, "progress_sync_failed", logging.WARNING, job_id=job.id, error=exc.message)
 
