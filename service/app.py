@@ -23,7 +23,7 @@ from service.dependencies import ServiceContext
 from service.job_watch import JobWatch
 from service.metrics import GatewayMetrics, RequestMetricsMiddleware
 from service.problems import install_problem_handlers
-from service.routes import audio, capabilities, edits, events, operations, webhooks
+from service.routes import audio, capabilities, edits, events, operations, page, webhooks
 
 log = logging.getLogger("musicedit.service")
 
@@ -33,6 +33,8 @@ Text-instructed music editing (Instruct-MusicGen). Upload a clip with an instruc
 download the edited audio. Authenticate with `Authorization: Bearer <API key>`.
 Errors are RFC 9457 `application/problem+json`. Follow a job live with
 `GET /v1/edits/{id}/events` (Server-Sent Events).
+
+**Try it in a browser: [the edit page](/).**
 """
 
 
@@ -93,6 +95,8 @@ def create_app(
     app.include_router(events.router)
     app.include_router(capabilities.router)
     app.include_router(operations.router)
+    app.include_router(page.router)
+    app.mount(page.ASSETS_PATH, page.page_assets(), name="page")
     app.webhooks.include_router(webhooks.router)
     app.add_middleware(RequestMetricsMiddleware, metrics=context.metrics)
     if settings.cors_origins:
