@@ -69,6 +69,14 @@ def read_stream(url: str, headers: dict[str, str], limit: float = 30.0) -> tuple
     return events, lines
 
 
+def first_event(url: str) -> JobEvent:
+    """The first event of a stream; then the client drops it."""
+    reader = EventStreamReader()
+    with httpx.stream("GET", url, headers=ALICE, timeout=10) as response:
+        return next(event for line in response.iter_lines()
+                    if (event := reader.feed(line)) is not None)
+
+
 def test_a_stream_shows_state_queue_and_progress_then_one_end_and_closes(gateway,
                                                                         audio_factory):
     first, job_id = submit(gateway, audio_factory), submit(gateway, audio_factory)
@@ -115,10 +123,7 @@ def test_an_idle_stream_sends_heartbeats(gateway, audio_factory):
 def test_last_event_id_resumes_without_losing_the_end(gateway, audio_factory):
     job_id = submit(gateway, audio_factory)
     url = f"{gateway.url}/v1/edits/{job_id}/events"
-    with httpx.stream("GET", url, headers=ALICE, timeout=10) as response:
-        reader = EventStreamReader()
-        queued = next(event for line in response.iter_lines()
-                      if (event := reader.feed(line)) is not None)
+    queued = first_event(url)
     finish(gateway, job_id)
     # the client saw `queued` and dropped; the job ended meanwhile: it gets the end at once
     events, _ = read_stream(url, {**ALICE, "Last-Event-ID": queued.id})
@@ -134,10 +139,7 @@ def test_last_event_id_resumes_without_losing_the_end(gateway, audio_factory):
 def test_a_resumed_stream_does_not_repeat_the_state_the_client_has(gateway, audio_factory):
     job_id = submit(gateway, audio_factory)
     url = f"{gateway.url}/v1/edits/{job_id}/events"
-    with httpx.stream("GET", url, headers=ALICE, timeout=10) as response:
-        reader = EventStreamReader()
-        queued = next(event for line in response.iter_lines()
-                      if (event := reader.feed(line)) is not None)
+    queued = first_event(url)
     threading.Timer(0.5, finish, args=(gateway, job_id)).start()
     events, _ = read_stream(url, {**ALICE, "Last-Event-ID": queued.id})
     assert events[0].job.status is JobState.running  # not `queued` again
