@@ -8,6 +8,7 @@
 - `worker`: `musicedit worker` in its own process.
 - `stack`: the whole stack (Redis, S3, gateway, workers) started and stopped together.
 - `webhooks`: a receiver that records the webhooks sent to it.
+- `browser`: headless Chromium (Debian's) driven by selenium, for the edit page's tests.
 
 Nothing listens on anything but 127.0.0.1. Not part of the service: nothing in `musicedit/`,
 `models/`, `service/` or `worker/` imports it.

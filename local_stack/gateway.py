@@ -98,7 +98,7 @@ class ThreadedGateway:
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                                log_level="warning", lifespan="on",
-                                               access_log=False))
+                                               access_log=False, timeout_graceful_shutdown=5))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         wait_until(lambda: server.started, 20, "uvicorn gateway")

@@ -2,7 +2,7 @@
 
     with MusiceditClient("http://127.0.0.1:8000", api_key="...") as client:
         job = client.submit("song.wav", "Add drums", seed=1)
-        job = client.wait(job.id, timeout=600)
+        job = client.wait(job.id, timeout=600)   # follows the job's event stream
         audio = client.download(job.id)
 """
 
@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from musicedit.capabilities import Capabilities
+from musicedit.event_stream import EventStreamReader, JobEvent
 from musicedit.jobs import EditJobList, EditJobView
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -213,9 +215,29 @@ class MusiceditClient:
         _raise_for_problem(response)
         return EditJobView.model_validate(response.json())
 
+    def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[JobEvent]:
+        """The job's events (`GET /v1/edits/{id}/events`) until its `end` event, which is the
+        last one. A dropped stream is resumed with `Last-Event-ID`, so the end is never
+        missed; `retries` failed reconnections in a row raise.
+
+        Raises:
+            ApiError: `404` for an unknown job (or a server without event streams).
+        """
+        for event in _sync_events(self, job_id, last_event_id, deadline=None):
+            if event is not None:
+                yield event
+
     def wait(self, job_id: str, timeout: float = 600.0, poll_seconds: float = 0.5) -> EditJobView:
-        """Poll until the job is terminal; raise TimeoutError after `timeout` seconds."""
+        """Wait until the job is terminal, following its event stream (polling every
+        `poll_seconds` on a server without one); raise TimeoutError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
+        try:
+            for event in _sync_events(self, job_id, None, deadline):
+                if event is not None and event.event == "end":
+                    return event.job
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
         while True:
             job = self.get(job_id)
             if job.status.value in TERMINAL:
@@ -223,6 +245,12 @@ class MusiceditClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout} s")
             time.sleep(poll_seconds)
+
+    def capabilities(self) -> Capabilities:
+        """Operations, stems, limits, sampling ranges and features (`GET /v1/capabilities`)."""
+        response = self._request("GET", "/v1/capabilities", safe=True)
+        _raise_for_problem(response)
+        return Capabilities.model_validate(response.json())
 
     def download(self, job_id: str) -> bytes:
         """The result audio (follows the presigned redirect without sending the API key)."""
@@ -337,10 +365,26 @@ class AsyncMusiceditClient:
         _raise_for_problem(response)
         return EditJobView.model_validate(response.json())
 
+    async def events(
+        self, job_id: str, last_event_id: str | None = None
+    ) -> AsyncIterator[JobEvent]:
+        """`MusiceditClient.events` for asyncio."""
+        async for event in _async_events(self, job_id, last_event_id, deadline=None):
+            if event is not None:
+                yield event
+
     async def wait(
         self, job_id: str, timeout: float = 600.0, poll_seconds: float = 0.5
     ) -> EditJobView:
+        """`MusiceditClient.wait` for asyncio."""
         deadline = time.monotonic() + timeout
+        try:
+            async for event in _async_events(self, job_id, None, deadline):
+                if event is not None and event.event == "end":
+                    return event.job
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
         while True:
             job = await self.get(job_id)
             if job.status.value in TERMINAL:
@@ -348,6 +392,11 @@ class AsyncMusiceditClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout} s")
             await asyncio.sleep(poll_seconds)
+
+    async def capabilities(self) -> Capabilities:
+        response = await self._request("GET", "/v1/capabilities", safe=True)
+        _raise_for_problem(response)
+        return Capabilities.model_validate(response.json())
 
     async def download(self, job_id: str) -> bytes:
         response = await self._request("GET", f"/v1/edits/{job_id}/audio", safe=True,
@@ -359,3 +408,79 @@ class AsyncMusiceditClient:
             return redirected.content
         _raise_for_problem(response)
         return response.content
+
+
+def _stream_timeout(http: httpx.Client | httpx.AsyncClient,
+                    deadline: float | None) -> httpx.Timeout:
+    """The client's timeouts, reads cut short at `deadline` (heartbeats keep a stream read)."""
+    if deadline is None:
+        return http.timeout
+    left = max(0.05, deadline - time.monotonic())
+    read = left if http.timeout.read is None else min(http.timeout.read, left)
+    return httpx.Timeout(http.timeout.connect, read=read, write=http.timeout.write,
+                         pool=http.timeout.pool)
+
+
+def _past(deadline: float | None, job_id: str) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise TimeoutError(f"job {job_id} did not end before the deadline")
+
+
+def _sync_events(client: MusiceditClient, job_id: str, last_event_id: str | None,
+                 deadline: float | None) -> Iterator[JobEvent | None]:
+    """A job's events, reconnecting with `Last-Event-ID`; None for each line that completes
+    no event (heartbeats included), so the caller can check its deadline."""
+    reader = EventStreamReader(last_event_id)
+    failures = 0
+    while not reader.ended:
+        _past(deadline, job_id)
+        try:
+            with client.http.stream("GET", f"/v1/edits/{job_id}/events", headers=reader.headers(),
+                                    timeout=_stream_timeout(client.http, deadline)) as response:
+                if response.status_code == 204:  # the end was already read
+                    return
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for_problem(response)
+                for line in response.iter_lines():
+                    event = reader.feed(line)
+                    failures = 0
+                    yield event
+                    _past(deadline, job_id)
+        except httpx.TransportError:
+            _past(deadline, job_id)
+            failures += 1
+            if failures > client.retries:
+                raise
+        if not reader.ended:
+            time.sleep(reader.retry_seconds)
+
+
+async def _async_events(client: AsyncMusiceditClient, job_id: str, last_event_id: str | None,
+                        deadline: float | None) -> AsyncIterator[JobEvent | None]:
+    """`_sync_events` for asyncio."""
+    reader = EventStreamReader(last_event_id)
+    failures = 0
+    while not reader.ended:
+        _past(deadline, job_id)
+        try:
+            async with client.http.stream(
+                    "GET", f"/v1/edits/{job_id}/events", headers=reader.headers(),
+                    timeout=_stream_timeout(client.http, deadline)) as response:
+                if response.status_code == 204:
+                    return
+                if response.status_code >= 400:
+                    await response.aread()
+                    _raise_for_problem(response)
+                async for line in response.aiter_lines():
+                    event = reader.feed(line)
+                    failures = 0
+                    yield event
+                    _past(deadline, job_id)
+        except httpx.TransportError:
+            _past(deadline, job_id)
+            failures += 1
+            if failures > client.retries:
+                raise
+        if not reader.ended:
+            await asyncio.sleep(reader.retry_seconds)

@@ -6,7 +6,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from enum import Enum
-from typing import Literal
+from typing import Literal, NamedTuple, cast
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,22 +52,34 @@ class SamplingParams(BaseModel):
     cfg_coef: float = Field(3.0, ge=0.0, le=20.0, description="Classifier-free guidance scale.")
 
     @classmethod
-    def describe_ranges(cls) -> str:
-        """The allowed values, read from the fields' bounds: `seed >= 0, top_k 0..2048, ...`."""
-        parts = []
+    def bounds(cls) -> dict[str, ParamBounds]:
+        """Each field's bounds and default, read from the fields themselves."""
+        found = {}
         for name, field in cls.model_fields.items():
             low = next(m for m in field.metadata if isinstance(m, (Ge, Gt)))
             high = next(m for m in field.metadata if isinstance(m, (Le, Lt)))
-            low_value = low.ge if isinstance(low, Ge) else low.gt
-            high_value = high.le if isinstance(high, Le) else high.lt
-            if high_value == SEED_MAX:  # the storage limit, not a choice worth stating
-                parts.append(f"{name} >= {low_value:g}")
-            elif isinstance(low, Ge) and isinstance(high, Le):
-                parts.append(f"{name} {low_value:g}..{high_value:g}")
+            found[name] = ParamBounds(
+                low=cast(float, low.ge if isinstance(low, Ge) else low.gt),
+                low_inclusive=isinstance(low, Ge),
+                high=cast(float, high.le if isinstance(high, Le) else high.lt),
+                high_inclusive=isinstance(high, Le), default=field.default,
+                integer=field.annotation in (int, int | None),
+                description=field.description or "")
+        return found
+
+    @classmethod
+    def describe_ranges(cls) -> str:
+        """The allowed values, read from the fields' bounds: `seed >= 0, top_k 0..2048, ...`."""
+        parts = []
+        for name, b in cls.bounds().items():
+            if b.high == SEED_MAX:  # the storage limit, not a choice worth stating
+                parts.append(f"{name} >= {b.low:g}")
+            elif b.low_inclusive and b.high_inclusive:
+                parts.append(f"{name} {b.low:g}..{b.high:g}")
             else:
-                opening = "[" if isinstance(low, Ge) else "("
-                closing = "]" if isinstance(high, Le) else ")"
-                parts.append(f"{name} {opening}{low_value:g}, {high_value:g}{closing}")
+                opening = "[" if b.low_inclusive else "("
+                closing = "]" if b.high_inclusive else ")"
+                parts.append(f"{name} {opening}{b.low:g}, {b.high:g}{closing}")
         return ", ".join(parts)
 
 
@@ -79,6 +91,18 @@ _STEP_SEED_STRIDE = 0x9E3779B97F4A7C15 % 2**63
 def step_seed(seed: int, step: int) -> int:
     """The seed step `step` of an edit seeded `seed` samples with (`step_seed(s, 0) == s`)."""
     return (seed + step * _STEP_SEED_STRIDE) % 2**63
+
+
+class ParamBounds(NamedTuple):
+    """One sampling parameter's allowed values (`SamplingParams.bounds`)."""
+
+    low: float
+    low_inclusive: bool
+    high: float
+    high_inclusive: bool
+    default: float | None
+    integer: bool
+    description: str
 
 
 def seed_for_job(job_id: str) -> int:
@@ -211,6 +235,20 @@ class Progress(BaseModel):
     frames_total: int = 0
 
 
+class ProgressView(Progress):
+    """`Progress` as the API shows it."""
+
+    fraction: float = Field(0.0, ge=0.0, le=1.0, description="frames_done / frames_total "
+                            "(0 until the worker knows the total, 1 once succeeded).")
+
+    @classmethod
+    def of(cls, job: EditJob) -> ProgressView:
+        done, total = job.progress.frames_done, job.progress.frames_total
+        fraction = 1.0 if job.state is JobState.succeeded else (
+            min(1.0, done / total) if total > 0 else 0.0)
+        return cls(frames_done=done, frames_total=total, fraction=fraction)
+
+
 class Timings(BaseModel):
     """Unix timestamps (seconds)."""
 
@@ -279,7 +317,7 @@ class EditJobView(BaseModel):
     output: OutputShape = Field(description="Sample rate and channels of the result.")
     source_job_id: str | None = Field(
         None, description="The job whose result this edit edits; null: an uploaded file.")
-    progress: Progress
+    progress: ProgressView
     queue_position: int | None = Field(
         None, description="Queued jobs ahead of this one (0 = next); null unless queued."
     )
@@ -307,7 +345,7 @@ class EditJobView(BaseModel):
             output=job.output or OutputShape(sample_rate=job.input.sample_rate,
                                              channels=job.input.channels),
             source_job_id=job.source_job_id,
-            progress=job.progress,
+            progress=ProgressView.of(job),
             queue_position=queue_position,
             timings=job.timings,
             attempts=job.attempts,

@@ -72,6 +72,20 @@ class Settings(BaseSettings):
         "through a proxy or load balancer."
     )
 
+    stream_token_seconds: int = Field(
+        60, ge=1, le=3600, description="Lifetime of a stream token (`POST "
+        "/v1/edits/{id}/events/token`), the browser's credential for one job's event stream; "
+        "checked when a stream opens, so an open stream outlives it."
+    )
+    events_heartbeat_seconds: float = Field(
+        15.0, gt=0, description="An event stream sends a comment line after this many idle "
+        "seconds, so proxies do not close it."
+    )
+    events_poll_interval_seconds: float = Field(
+        0.5, gt=0, description="How often the gateway reads the jobs of its open event "
+        "streams from the job store (one batched read for all streams)."
+    )
+
     # --- embedded defaults, queue, job store -----------------------------------------
     data_dir: Path = Field(Path("./var"), description="Directory for embedded defaults.")
     broker_url: str | None = Field(

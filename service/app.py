@@ -20,9 +20,10 @@ from musicedit.settings import Settings, get_settings
 from musicedit.storage import ObjectStorage, make_storage
 from musicedit.webhooks import WebhookNotifier
 from service.dependencies import ServiceContext
+from service.job_watch import JobWatch
 from service.metrics import GatewayMetrics, RequestMetricsMiddleware
 from service.problems import install_problem_handlers
-from service.routes import audio, edits, operations, webhooks
+from service.routes import audio, capabilities, edits, events, operations, page, webhooks
 
 log = logging.getLogger("musicedit.service")
 
@@ -30,7 +31,10 @@ DESCRIPTION = """
 Text-instructed music editing (Instruct-MusicGen). Upload a clip with an instruction such as
 "Add drums", "Remove the bass" or "Only piano"; poll the job or receive a signed webhook; then
 download the edited audio. Authenticate with `Authorization: Bearer <API key>`.
-Errors are RFC 9457 `application/problem+json`.
+Errors are RFC 9457 `application/problem+json`. Follow a job live with
+`GET /v1/edits/{id}/events` (Server-Sent Events).
+
+**Try it in a browser: [the edit page](/).**
 """
 
 
@@ -61,6 +65,7 @@ def create_app(
         celery=celery or make_celery(settings),
         metrics=GatewayMetrics(queue_size=store.count_queued, jobs_by_state=store.count_by_state),
         notifier=WebhookNotifier(settings),
+        job_watch=JobWatch(store, settings.events_poll_interval_seconds),
     )
 
     @contextlib.asynccontextmanager
@@ -74,6 +79,7 @@ def create_app(
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            await context.job_watch.close()
             await run_in_threadpool(context.notifier.close)
 
     app = FastAPI(
@@ -86,7 +92,11 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(edits.router)
     app.include_router(audio.router)
+    app.include_router(events.router)
+    app.include_router(capabilities.router)
     app.include_router(operations.router)
+    app.include_router(page.router)
+    app.mount(page.ASSETS_PATH, page.page_assets(), name="page")
     app.webhooks.include_router(webhooks.router)
     app.add_middleware(RequestMetricsMiddleware, metrics=context.metrics)
     if settings.cors_origins:
@@ -94,7 +104,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
             expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
         )
     return app

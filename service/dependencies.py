@@ -19,6 +19,7 @@ from musicedit.job_store import BaseJobStore
 from musicedit.settings import ApiKey, Settings
 from musicedit.storage import ObjectStorage
 from musicedit.webhooks import WebhookNotifier
+from service.job_watch import JobWatch
 from service.metrics import GatewayMetrics
 
 
@@ -30,6 +31,7 @@ class ServiceContext:
     celery: Celery
     metrics: GatewayMetrics
     notifier: WebhookNotifier
+    job_watch: JobWatch
 
 
 def get_context(request: Request) -> ServiceContext:

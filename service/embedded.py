@@ -91,7 +91,8 @@ def serve(settings: Settings) -> int:
     store = app.state.context.store
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, http="httptools", loop="uvloop",
-        log_config=None, access_log=False))
+        log_config=None, access_log=False,
+        timeout_graceful_shutdown=5))  # open event streams would hold Ctrl-C forever
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     base_url = f"http://{host}:{settings.port}"
 

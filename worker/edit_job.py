@@ -38,6 +38,7 @@ from musicedit.storage import ObjectStorage, codes_key, result_key
 from musicedit.webhooks import WebhookNotifier
 from worker.housekeeping import ShutdownSignal
 from worker.metrics import WorkerMetrics
+from worker.progress import frames_total
 from worker.sampling import engine_params, job_seed
 
 if TYPE_CHECKING:
@@ -263,11 +264,22 @@ def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> _
                          dead_letter=False) from exc
     time_range = ((job.time_range.start_seconds, job.time_range.end_seconds)
                   if job.time_range else None)
+    steps = tuple(step.text for step in job.instruction.all_steps)
+    progress = _Progress()
     request = EditRequest(
-        job_id=job.id, wav=wav, sample_rate=rate,
-        instruction=tuple(step.text for step in job.instruction.all_steps),
-        params=engine_params(job), on_progress=(progress := _Progress()).update,
-        time_range=time_range)
+        job_id=job.id, wav=wav, sample_rate=rate, instruction=steps,
+        params=engine_params(job), on_progress=progress.update, time_range=time_range)
+    # The total is known before the engine encodes anything: the range's frames, per step.
+    model = deps.engine.model
+    clip_frames = (codes.shape[-1] if codes is not None
+                   else frames_total(wav.shape[-1], rate, model.sample_rate, model.frame_rate))
+    try:
+        start, end = deps.engine.frames_of(time_range, clip_frames)
+    except ValueError as exc:
+        raise JobFailure(f"The job cannot be edited: {exc}; change the time range.",
+                         dead_letter=False) from exc
+    progress.update(0, (end - start) * len(steps))
+    _report_progress(job, deps, *progress.value)
     started = time.perf_counter()
     try:
         if codes is not None:  # the next round of an edit: no re-encoding
@@ -388,8 +400,12 @@ def _wait(handle: EditHandle, job: EditJob, deps: EditJobDeps, lease: LeaseKeepe
 
 def _report_final_progress(job: EditJob, deps: EditJobDeps, frames: int) -> None:
     """Progress 100% before `complete` (short jobs finish between two progress syncs)."""
+    _report_progress(job, deps, frames, frames)
+
+
+def _report_progress(job: EditJob, deps: EditJobDeps, done: int, total: int) -> None:
     try:
-        deps.store.update_progress(job.id, deps.worker_id, frames, frames)
+        deps.store.update_progress(job.id, deps.worker_id, done, total)
     except StoreUnavailable as exc:  # cosmetic; `complete` retries the store itself
         log_event(log, "progress_sync_failed", logging.WARNING, job_id=job.id, error=exc.message)
 

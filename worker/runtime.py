@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from musicedit.instructions import TEMPLATES
 from musicedit.job_store import make_job_store
 from musicedit.logs import log_event
 from musicedit.retention import sweep_expired
@@ -102,7 +103,9 @@ class WorkerRuntime:
         metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port)
         info = {"hostname": socket.gethostname(), "pid": os.getpid(), "model": settings.model,
                 "device": device, "max_batch_size": settings.max_batch_size,
-                "metrics_port": settings.worker_metrics_port}
+                "metrics_port": settings.worker_metrics_port,
+                # what this worker serves, for `GET /v1/capabilities`
+                "stems": list(settings.stems), "operations": list(TEMPLATES)}
 
         def heartbeat() -> None:
             stats = engine.stats()

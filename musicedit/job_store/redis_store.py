@@ -297,6 +297,23 @@ class RedisJobStore(BaseJobStore):
         return [EditJob.model_validate_json(raw) for raw in raws if raw]
 
     @_redis_errors
+    def snapshots(self, job_ids: list[str]) -> dict[str, tuple[EditJob, int | None]]:
+        """One round trip for all of them: every record and every queue rank."""
+        if not job_ids:
+            return {}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.get(self._job(job_id))
+                pipe.zrank(self._queued, job_id)
+            replies = pipe.execute()
+        found: dict[str, tuple[EditJob, int | None]] = {}
+        for job_id, raw, rank in zip(job_ids, replies[::2], replies[1::2], strict=True):
+            if raw:
+                job = EditJob.model_validate_json(raw)
+                found[job_id] = (job, rank if job.state is JobState.queued else None)
+        return found
+
+    @_redis_errors
     def list_jobs(self, owner: str, limit: int = 20, before: int | None = None) -> list[EditJob]:
         high = f"({before}" if before is not None else "+inf"
         return self._load_many(_members(self.redis.zrevrangebyscore(

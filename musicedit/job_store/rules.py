@@ -226,6 +226,17 @@ class BaseJobStore(ABC):
             raise JobNotFound(f"No edit job {job_id!r} for this API key; check the id.")
         return job
 
+    def snapshots(self, job_ids: list[str]) -> dict[str, tuple[EditJob, int | None]]:
+        """The jobs among `job_ids` that exist, each with its queue position (None unless
+        queued): what the gateway's event streams watch. Backends may batch the reads."""
+        found: dict[str, tuple[EditJob, int | None]] = {}
+        for job_id in job_ids:
+            job = self._load(job_id)
+            if job is not None:
+                queued = job.state is JobState.queued
+                found[job_id] = (job, self.queue_position(job_id) if queued else None)
+        return found
+
     def request_cancel(self, job_id: str, owner: str | None = None) -> EditJob:
         """Cancel a queued job now, or flag a running one for its worker to stop."""
 

@@ -100,7 +100,9 @@ def test_no_route_lets_one_key_read_cancel_or_list_another_keys_job(gateway, aud
     routes = job_routes(gw.app)
     # every job route of the app is here; a new route fails this test until it is checked
     assert sorted(routes) == [("DELETE", "/v1/edits/{job_id}"), ("GET", "/v1/edits/{job_id}"),
-                              ("GET", "/v1/edits/{job_id}/audio")]
+                              ("GET", "/v1/edits/{job_id}/audio"),
+                              ("GET", "/v1/edits/{job_id}/events"),
+                              ("POST", "/v1/edits/{job_id}/events/token")]
 
     for job in (queued, done):
         for method, template in routes:
