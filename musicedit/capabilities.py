@@ -4,8 +4,8 @@ what the live workers report in their heartbeats.
 Nothing here is typed twice: operations come from the instruction templates, sampling ranges
 and defaults from `SamplingParams`, formats from the audio probe and the output types, limits
 from `Settings`. A stem or operation no live worker serves is not listed (a worker reports
-`stems` and `operations` in its heartbeat; one too old to report them is taken to serve the
-gateway's).
+what each of its engines serves in its heartbeat, `engines`; one too old to report them is
+taken to run the generative model on the gateway's stems).
 """
 
 from __future__ import annotations
@@ -62,11 +62,22 @@ class LiveWorkers(BaseModel):
     models: list[str]
 
 
+class EngineCapabilities(BaseModel):
+    """What one engine does here: `engine=auto` picks per step (see `POST /v1/edits`)."""
+
+    operations: list[str]
+    stems: list[str]
+
+
 class Capabilities(BaseModel):
     """What an edit may ask for here, now."""
 
     operations: list[str] = Field(description="Operations a live worker serves.")
     stems: list[str] = Field(description="Stems the gateway accepts and a live worker serves.")
+    engines: dict[str, EngineCapabilities] = Field(
+        description="Per engine (`generative`: Instruct-MusicGen; `separation`: the source "
+        "separator), the operations and stems a live worker serves; an engine no live worker "
+        "runs is left out.")
     instruction_examples: list[str]
     limits: Limits
     sampling: dict[str, ParamRange] = Field(description="Ranges and defaults of the sampling "
@@ -89,16 +100,34 @@ def sampling_ranges() -> dict[str, ParamRange]:
 def build_capabilities(settings: Settings, workers: Iterable[dict[str, Any]]) -> Capabilities:
     """Capabilities of a gateway with `settings` whose live workers reported `workers`."""
     workers = list(workers)
-    served_stems = {stem for worker in workers for stem in worker.get("stems", settings.stems)}
-    served_operations = {op for worker in workers
-                         for op in worker.get("operations", list(TEMPLATES))}
-    stems = [stem for stem in settings.stems if stem in served_stems]
-    operations = [op for op in TEMPLATES if op in served_operations]
+    accepted = {"generative": settings.stems, "separation": settings.effective_separation_stems}
+    served: dict[str, tuple[set[str], set[str]]] = {}
+    for worker in workers:
+        for engine, serves in worker_engines(worker, settings).items():
+            operations_, stems_ = served.setdefault(engine, (set(), set()))
+            operations_.update(serves.get("operations", ()))
+            stems_.update(serves.get("stems", ()))
+    engines = {}
+    for engine, (operations_, stems_) in served.items():
+        if engine not in accepted:
+            continue
+        listed = EngineCapabilities(
+            operations=[op for op in TEMPLATES if op in operations_],
+            stems=[stem for stem in accepted[engine] if stem in stems_])
+        if listed.operations and listed.stems:
+            engines[engine] = listed
+    stems = [stem for stem in settings.instruction_stems
+             if any(stem in listed.stems for listed in engines.values())]
+    operations = [op for op in TEMPLATES
+                  if any(op in listed.operations for listed in engines.values())]
     return Capabilities(
         operations=operations,
         stems=stems,
+        engines=engines,
         instruction_examples=[EXAMPLE_PHRASES[op].format(stem=stem.lower())
-                              for op in operations for stem in stems],
+                              for op in operations for stem in stems
+                              if any(op in listed.operations and stem in listed.stems
+                                     for listed in engines.values())],
         limits=Limits(
             input_formats=list(MEDIA_TYPES), output_formats=list(OUTPUT_MEDIA_TYPES),
             min_duration_seconds=settings.min_input_seconds,
@@ -112,3 +141,14 @@ def build_capabilities(settings: Settings, workers: Iterable[dict[str, Any]]) ->
         workers=LiveWorkers(count=len(workers),
                             models=sorted({str(worker.get("model", "")) for worker in workers})),
     )
+
+
+def worker_engines(worker: dict[str, Any], settings: Settings) -> dict[str, dict[str, Any]]:
+    """What a worker's heartbeat says each of its engines serves. A heartbeat from before
+    separation (no `engines`) describes one generative model by `stems` and `operations`
+    (or, older still, neither: the gateway's settings)."""
+    engines = worker.get("engines")
+    if isinstance(engines, dict):
+        return engines
+    return {"generative": {"stems": worker.get("stems", settings.stems),
+                           "operations": worker.get("operations", list(TEMPLATES))}}

@@ -151,6 +151,7 @@ class MusiceditClient:
         instruction: str,
         *,
         source_job_id: str | None = None,
+        engine: str | None = None,
         start_seconds: float | None = None,
         end_seconds: float | None = None,
         seed: int | None = None,
@@ -167,11 +168,12 @@ class MusiceditClient:
     ) -> EditJobView:
         """Submit an edit of `audio` (a path or bytes), or with `audio=None` and
         `source_job_id`, of that job's result; `start_seconds`/`end_seconds` edit only that
-        range; the output has the input's rate and channels unless asked otherwise."""
+        range; the output has the input's rate and channels unless asked otherwise; `engine`
+        (`auto`, `generative`, `separation`) picks what runs the steps."""
         params = {"seed": seed, "top_k": top_k, "top_p": top_p, "temperature": temperature,
                   "cfg_coef": cfg_coef, "start_seconds": start_seconds,
                   "end_seconds": end_seconds, "output_sample_rate": output_sample_rate,
-                  "output_channels": output_channels}
+                  "output_channels": output_channels, "engine": engine}
         _input_parts(audio, filename, source_job_id)  # refuse before sending anything
 
         def build() -> tuple[dict[str, Any], Callable[[], None] | None]:
@@ -305,6 +307,7 @@ class AsyncMusiceditClient:
         instruction: str,
         *,
         source_job_id: str | None = None,
+        engine: str | None = None,
         start_seconds: float | None = None,
         end_seconds: float | None = None,
         seed: int | None = None,
@@ -323,7 +326,7 @@ class AsyncMusiceditClient:
         params = {"seed": seed, "top_k": top_k, "top_p": top_p, "temperature": temperature,
                   "cfg_coef": cfg_coef, "start_seconds": start_seconds,
                   "end_seconds": end_seconds, "output_sample_rate": output_sample_rate,
-                  "output_channels": output_channels}
+                  "output_channels": output_channels, "engine": engine}
         if audio is not None and not isinstance(audio, bytes):
             filename = filename or Path(audio).name
             audio = Path(audio).read_bytes()

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from musicedit.errors import InvalidRequest
 from musicedit.instructions import Instruction
+from musicedit.routing import Engine
 
 
 class JobState(str, Enum):
@@ -124,6 +125,9 @@ class InstructionStep(BaseModel):
     stem: str
     text: str
     seed: int | None = None
+    engine: Engine = Field(
+        "generative", description="What runs the step: `generative` (Instruct-MusicGen) or "
+        "`separation` (the source separator); see `engine` on submit.")
 
 
 class NormalizedInstruction(BaseModel):
@@ -146,12 +150,18 @@ class NormalizedInstruction(BaseModel):
         return cls.from_steps((instruction,))
 
     @classmethod
-    def from_steps(cls, steps: Sequence[Instruction],
-                   seed: int | None = None) -> NormalizedInstruction:
-        """The instruction of `steps` (one or a chain); with `seed`, each step's own."""
+    def from_steps(cls, steps: Sequence[Instruction], seed: int | None = None,
+                   engines: Sequence[Engine] | None = None) -> NormalizedInstruction:
+        """The instruction of `steps` (one or a chain); with `seed`, each step's own; with
+        `engines` (`musicedit.routing.route`), what runs each step (default: the generative
+        model)."""
+        engines = engines or ["generative"] * len(steps)
+        if len(engines) != len(steps):
+            raise ValueError(f"{len(steps)} steps but {len(engines)} engines")
         listed = [InstructionStep(operation=step.operation, stem=step.stem, text=step.text,
-                                  seed=None if seed is None else step_seed(seed, index))
-                  for index, step in enumerate(steps)]
+                                  seed=None if seed is None else step_seed(seed, index),
+                                  engine=engine)
+                  for index, (step, engine) in enumerate(zip(steps, engines, strict=True))]
         if len(listed) == 1:
             only = listed[0]
             return cls(operation=only.operation, stem=only.stem, text=only.text, steps=listed)
@@ -163,6 +173,11 @@ class NormalizedInstruction(BaseModel):
         return self.model_copy(update={"steps": [
             step.model_copy(update={"seed": step_seed(seed, index)})
             for index, step in enumerate(self.all_steps)]})
+
+    @property
+    def engines(self) -> list[Engine]:
+        """What runs each step, in order."""
+        return [step.engine for step in self.all_steps]
 
     @property
     def all_steps(self) -> list[InstructionStep]:

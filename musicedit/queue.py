@@ -35,10 +35,16 @@ from celery import Celery
 from kombu.transport import redis as kombu_redis
 
 from musicedit.errors import RETRY_AFTER_UNAVAILABLE, BrokerUnavailable
-from musicedit.settings import Settings
+from musicedit.jobs import NormalizedInstruction
+from musicedit.settings import Settings, WorkerRole
 
 EDIT_TASK = "musicedit.edit"
+# Jobs with a generative step (MusicGen workers, which also host the separator).
 EDIT_QUEUE = "musicedit.edits"
+# Jobs whose every step runs on the source separator: any worker with a separator takes them,
+# so a pool of separation-only workers (`MUSICEDIT_WORKER_ROLE=separation`) scales apart.
+SEPARATION_QUEUE = "musicedit.separation"
+QUEUES = (EDIT_QUEUE, SEPARATION_QUEUE)
 UNACKED_RESTORE_INTERVAL_SECONDS = 10
 
 
@@ -113,13 +119,27 @@ def make_celery(settings: Settings, name: str = "musicedit") -> Celery:
     return app
 
 
-def enqueue_edit(celery_app: Celery, job_id: str) -> None:
-    """Send the wake-up message for `job_id`; raise `BrokerUnavailable` if it cannot be sent."""
+def queue_for(instruction: NormalizedInstruction) -> str:
+    """The queue of a job with `instruction`: the separation queue when the separator runs
+    every step, else the edit queue."""
+    if all(engine == "separation" for engine in instruction.engines):
+        return SEPARATION_QUEUE
+    return EDIT_QUEUE
+
+
+def worker_queues(role: WorkerRole) -> tuple[str, ...]:
+    """The queues a worker of `role` consumes (`Settings.worker_role`)."""
+    return {"all": QUEUES, "edits": (EDIT_QUEUE,), "separation": (SEPARATION_QUEUE,)}[role]
+
+
+def enqueue_edit(celery_app: Celery, job_id: str, queue: str = EDIT_QUEUE) -> None:
+    """Send the wake-up message for `job_id` to `queue` (`queue_for` the job); raise
+    `BrokerUnavailable` if it cannot be sent."""
     try:
         celery_app.send_task(
             EDIT_TASK,
             args=[job_id],
-            queue=EDIT_QUEUE,
+            queue=queue,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
@@ -130,13 +150,13 @@ def enqueue_edit(celery_app: Celery, job_id: str) -> None:
         ) from exc
 
 
-def queue_depth(celery_app: Celery) -> int:
-    """Messages waiting in the edit queue (not counting unacked ones held by workers)."""
+def queue_depth(celery_app: Celery, queues: tuple[str, ...] = QUEUES) -> int:
+    """Messages waiting in `queues` (not counting unacked ones held by workers)."""
     try:
         with celery_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1)
-            declared = conn.default_channel.queue_declare(queue=EDIT_QUEUE, passive=False)
-            return int(declared.message_count)
+            return sum(int(conn.default_channel.queue_declare(queue=queue, passive=False)
+                           .message_count) for queue in queues)
     except Exception as exc:
         raise BrokerUnavailable(
             "The job queue is unreachable; retry after the indicated delay.",

@@ -91,3 +91,16 @@ def _engine(step: Instruction, stems: EngineStems, choice: EngineChoice) -> Engi
     if generative:
         return "generative"
     raise InstructionError(f"No engine here knows {stem}.")
+
+
+def group_steps(engines: Sequence[Engine]) -> list[tuple[Engine, int, int]]:
+    """Runs of consecutive steps on one engine, as `(engine, first, end)` step indices: each
+    run is one engine job (a separation does a whole run in one pass; the generative engine
+    chains a run's steps on the codes), and each run edits what the one before it made."""
+    groups: list[tuple[Engine, int, int]] = []
+    for index, engine in enumerate(engines):
+        if groups and groups[-1][0] == engine:
+            groups[-1] = (engine, groups[-1][1], index + 1)
+        else:
+            groups.append((engine, index, index + 1))
+    return groups

@@ -16,7 +16,10 @@ from typing import Annotated, Literal, cast
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from musicedit.routing import EngineStems
+
 WEBHOOK_SECRET_CONTEXT = b"musicedit-webhook-v1"
+WorkerRole = Literal["all", "edits", "separation"]
 
 
 def hash_api_key(secret: str) -> str:
@@ -141,6 +144,19 @@ class Settings(BaseSettings):
         "one of the model's stems (a worker refuses to start otherwise).",
     )
 
+    separator: str = Field(
+        "tiny", description="Source separator for `remove`/`extract` (issue 18): a preset "
+        "(`tiny`, `htdemucs_6s-random`: random weights; `htdemucs_6s`: the released Demucs "
+        "weights, research use only), a Demucs `.th` file or a directory holding one, or "
+        "`none` (every step runs on the generative model).")
+    separation_stems: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["Drums", "Bass", "Vocals", "Guitar", "Piano"],
+        description="Comma-separated stems the separator removes and extracts; each must be "
+        "one of the separator's sources (a worker refuses to start otherwise). Ignored with "
+        "`SEPARATOR=none`.")
+    separation_max_batch_segments: int = Field(
+        8, ge=1, description="Most separator segments (of any jobs) computed in one forward.")
+
     # --- abuse limits ------------------------------------------------------------------
     rate_limit_per_minute: int = Field(
         60, ge=1, description="Submissions per key in any 60 s (sliding window).")
@@ -220,6 +236,12 @@ class Settings(BaseSettings):
     storage_backoff_seconds: float = Field(
         1.0, ge=0, description="First storage retry delay (doubles each retry)."
     )
+    worker_role: WorkerRole = Field(
+        "all", description="What a worker loads and which queues it consumes: `all` (the "
+        "generative model and the separator; every job), `edits` (the same models; only jobs "
+        "with a generative step, leaving separation-only jobs to a separation pool), "
+        "`separation` (the separator alone, no MusicGen; only jobs whose every step is a "
+        "separation: a CPU or small-GPU pool).")
     log_level: str = Field("INFO", description="Log level of the worker and `musicedit serve`.")
 
     @field_validator("api_keys", mode="before")
@@ -243,7 +265,7 @@ class Settings(BaseSettings):
             raise ValueError("MUSICEDIT_API_KEYS has a duplicate key name; names must be unique")
         return tuple(keys)
 
-    @field_validator("cors_origins", "stems", mode="before")
+    @field_validator("cors_origins", "stems", "separation_stems", mode="before")
     @classmethod
     def _parse_csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -255,11 +277,40 @@ class Settings(BaseSettings):
             raise ValueError("MUSICEDIT_STEMS must name at least one stem")
         return [stem[:1].upper() + stem[1:].lower() for stem in value]
 
+    @field_validator("separation_stems")
+    @classmethod
+    def _capitalise_separation_stems(cls, value: list[str]) -> list[str]:
+        return [stem[:1].upper() + stem[1:].lower() for stem in value]
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         if self.min_input_seconds >= self.max_input_seconds:
             raise ValueError("MUSICEDIT_MIN_INPUT_SECONDS must be below MAX_INPUT_SECONDS")
+        if self.worker_role == "separation" and not self.separation_enabled:
+            raise ValueError("MUSICEDIT_WORKER_ROLE=separation needs a separator: set "
+                             "MUSICEDIT_SEPARATOR and MUSICEDIT_SEPARATION_STEMS")
         return self
+
+    @property
+    def separation_enabled(self) -> bool:
+        """A separator is deployed (and serves at least one stem)."""
+        return self.separator.lower() != "none" and bool(self.separation_stems)
+
+    @property
+    def effective_separation_stems(self) -> list[str]:
+        """The stems the separator serves here; none without one."""
+        return list(self.separation_stems) if self.separation_enabled else []
+
+    @property
+    def engine_stems(self) -> EngineStems:
+        """What each engine serves, for `musicedit.routing.route`."""
+        return EngineStems(generative=tuple(self.stems),
+                           separation=tuple(self.effective_separation_stems))
+
+    @property
+    def instruction_stems(self) -> list[str]:
+        """Every stem an instruction may name (either engine's)."""
+        return list(self.engine_stems.all)
 
     # --- derived values (embedded defaults live under data_dir) ------------------------
     @property

@@ -21,6 +21,7 @@ from musicedit.jobs import (
     OutputFormat,
     SamplingParams,
 )
+from musicedit.routing import EngineChoice
 from service.uploads import FILE_FIELD
 
 
@@ -65,6 +66,12 @@ class EditForm(EditOptions, SamplingParams):
                   "Remove the bass, then add drums"],
         description=f"add/remove/extract a stem, replace one with another, or up to {MAX_STEPS} "
         "steps chained with 'then'/'and', e.g. 'Remove the bass'.")
+    engine: EngineChoice = Field(
+        "auto", description="What runs the steps: `auto` adds stems with the generative model "
+        "(Instruct-MusicGen) and removes or extracts them with the source separator (Demucs) "
+        "where it knows the stem, which keeps the rest of the mix as it was; `generative` or "
+        "`separation` forces one engine for every step (422 if it cannot do one). "
+        "`GET /v1/capabilities` lists each engine's operations and stems.")
     output_format: OutputFormat = "wav"
     webhook_url: str | None = Field(
         None, json_schema_extra={"format": "uri"},
@@ -75,7 +82,7 @@ class EditForm(EditOptions, SamplingParams):
 PARAM_FIELDS = tuple(SamplingParams.model_fields)
 OPTION_FIELDS = tuple(EditOptions.model_fields)
 # The form's fields in the order the documentation shows them.
-FORM_FIELDS = ("file", "source_job_id", "instruction", "start_seconds", "end_seconds",
+FORM_FIELDS = ("file", "source_job_id", "instruction", "engine", "start_seconds", "end_seconds",
                *PARAM_FIELDS, "output_format", "output_sample_rate", "output_channels",
                "webhook_url")
 assert set(FORM_FIELDS) == set(EditForm.model_fields)

@@ -54,7 +54,8 @@ from musicedit.jobs import (
     time_range_in,
 )
 from musicedit.logs import log_event
-from musicedit.queue import enqueue_edit
+from musicedit.queue import enqueue_edit, queue_for
+from musicedit.routing import ENGINE_CHOICES, Engine, route
 from musicedit.settings import ApiKey
 from musicedit.storage import codes_key, input_key
 from musicedit.webhooks import check_webhook_url
@@ -91,6 +92,7 @@ class EditFields:
     """A submission's form, validated (what needs the audio's duration is checked later)."""
 
     steps: tuple[Instruction, ...]
+    engines: tuple[Engine, ...]
     params: SamplingParams
     options: EditOptions
     output_format: OutputFormat
@@ -99,7 +101,7 @@ class EditFields:
 
     @property
     def instruction(self) -> NormalizedInstruction:
-        return NormalizedInstruction.from_steps(self.steps)
+        return NormalizedInstruction.from_steps(self.steps, engines=self.engines)
 
 
 def _validated(model: type[M], raw: dict[str, str], what: str, allowed: str) -> M:
@@ -128,7 +130,15 @@ def _validate_fields(upload: MultipartUpload, context: ServiceContext) -> EditFi
             "The form has no `instruction` field; send e.g. instruction=Add drums.",
             [{"loc": ["body", "instruction"], "msg": "field required"}],
         )
-    steps = normalize_edit(upload.fields["instruction"], context.settings.stems)
+    choice = fields.get("engine") or "auto"
+    if choice not in ENGINE_CHOICES:
+        raise InvalidRequest(
+            f"engine must be one of {', '.join(ENGINE_CHOICES)}, got {choice[:20]!r}.",
+            [{"loc": ["body", "engine"], "msg": "unsupported value"}],
+        )
+    settings = context.settings
+    steps = normalize_edit(upload.fields["instruction"], settings.instruction_stems)
+    engines = route(steps, settings.engine_stems, choice)
     params = _validated(SamplingParams, {name: fields[name] for name in PARAM_FIELDS
                                          if fields.get(name, "") != ""},
                         "sampling parameters", SamplingParams.describe_ranges())
@@ -146,7 +156,7 @@ def _validate_fields(upload: MultipartUpload, context: ServiceContext) -> EditFi
             [{"loc": ["body", "output_format"], "msg": "unsupported value"}],
         )
     webhook_url = fields.get("webhook_url") or None
-    return EditFields(steps, params, options, output_format, webhook_url,
+    return EditFields(steps, engines, params, options, output_format, webhook_url,
                       source_job_id)
 
 
@@ -165,6 +175,7 @@ def _request_hash(upload: MultipartUpload, fields: EditFields) -> str:
             "file_sha256": upload.file_sha256 if upload.file_path is not None else None,
             "source_job_id": fields.source_job_id,
             "instruction": [step.text for step in fields.steps],
+            "engines": list(fields.engines),
             "params": fields.params.model_dump(),
             "options": fields.options.model_dump(),
             "output_format": fields.output_format,
@@ -220,7 +231,7 @@ def _submit_upload(
                     # The first attempt may have created the job and then lost its message
                     # (store and broker failing together, answered 503). A second wake-up is
                     # harmless: `claim` runs a job once, extra messages are skipped.
-                    enqueue_edit(context.celery, existing.id)
+                    enqueue_edit(context.celery, existing.id, queue_for(existing.instruction))
                     position = store.queue_position(existing.id)
                 return Submission(existing, created=False, queue_position=position)
             # A retry whose key record expired since admission is a new submission after
@@ -284,7 +295,7 @@ def _submit_upload(
         _delete_inputs(context, job)
         return Submission(stored.job, created=False, queue_position=stored.queue_position)
     try:
-        enqueue_edit(context.celery, stored.job.id)
+        enqueue_edit(context.celery, stored.job.id, queue_for(stored.job.instruction))
     except MusiceditError:
         _withdraw(context, stored.job)
         raise

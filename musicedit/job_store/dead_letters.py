@@ -12,7 +12,7 @@ from celery import Celery
 from musicedit.errors import JobNotFound, ObjectNotFound
 from musicedit.job_store.rules import BaseJobStore
 from musicedit.jobs import EditJob
-from musicedit.queue import enqueue_edit
+from musicedit.queue import enqueue_edit, queue_for
 from musicedit.retention import object_keys
 from musicedit.storage import ObjectStorage
 
@@ -43,7 +43,7 @@ def requeue_dead_letter(store: BaseJobStore, storage: ObjectStorage, celery: Cel
         raise ObjectNotFound(f"the input {job.input_key} of job {job.id} is gone; it cannot "
                              "run again")
     queued = store.requeue_dead_letter(job.id)
-    enqueue_edit(celery, job.id)
+    enqueue_edit(celery, job.id, queue_for(job.instruction))
     return queued
 
 

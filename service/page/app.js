@@ -73,7 +73,8 @@ function clearError() {
 
 function describeInstruction(instruction) {
   const steps = instruction.steps || [instruction];
-  return steps.map((step) => `${step.operation} ${step.stem}`).join(", then ");
+  return steps.map((step) => `${step.operation} ${step.stem}`
+    + (step.engine === "separation" ? " (separator)" : "")).join(", then ");
 }
 
 // --- the key ---------------------------------------------------------------------------
@@ -151,6 +152,10 @@ function applyCapabilities(caps) {
     wrapper.append(label, input);
     fields.append(wrapper);
   }
+  const engines = caps.engines || {};
+  $("engine-field").hidden = !engines.separation;
+  $("engine-help").textContent = Object.entries(engines).map(([name, served]) =>
+    `${name}: ${served.operations.join("/")} ${served.stems.join(", ")}`).join(". ");
   $("range-fields").hidden = !caps.features.time_ranges;
   $("output-shape-fields").hidden = !caps.features.output_shape;
 }
@@ -245,6 +250,9 @@ $("edit-form").addEventListener("submit", async (event) => {
     if (input.value !== "") form.append(input.dataset.param, input.value);
   }
   form.append("output_format", $("output-format").value);
+  if (!$("engine-field").hidden && $("engine").value !== "auto") {
+    form.append("engine", $("engine").value);
+  }
   const range = currentRange();
   if (state.caps.features.time_ranges && range) {
     form.append("start_seconds", range[0]);
