@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cli.model_args import add_model_args, model_cache_dir
 from musicedit.jobs import OUTPUT_MEDIA_TYPES, SamplingParams
+from musicedit.routing import ENGINE_CHOICES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="sample rate of the result (default: the input's)")
     parser.add_argument("--output-channels", type=int, choices=(1, 2), default=None,
                         help="channels of the result (default: the input's)")
+    parser.add_argument("--separator", default="tiny",
+                        help="source separator for remove/extract: tiny | htdemucs_6s-random | "
+                        "htdemucs_6s | a Demucs .th file | none (default: tiny)")
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                        help="auto: add on the generative model, remove/extract on the "
+                        "separator where it knows the stem; or force one engine")
     parser.add_argument("--max-seconds", type=float, default=300.0,
                         help="longest input accepted (default 300 s)")
     parser.set_defaults(run=run)
@@ -53,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         edited = edit_file(
             args.input, args.instruction, args.output, model=args.model,
             cache_dir=model_cache_dir(args), params=params,
-            device=args.device, start_seconds=args.start, end_seconds=args.end,
+            device=args.device, separator=args.separator, engine=args.engine,
+            start_seconds=args.start, end_seconds=args.end,
             output_rate=args.output_rate, output_channels=args.output_channels,
             max_seconds=args.max_seconds,
             on_progress=progress)
@@ -62,5 +70,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(file=sys.stderr)
     print(f"{edited.path}: {edited.input_seconds:.2f} s edited with '{edited.instruction}' "
+          f"on {'+'.join(dict.fromkeys(edited.engines))} "
           f"(model load {edited.load_seconds:.1f} s, edit {edited.edit_seconds:.1f} s)")
     return 0

@@ -89,6 +89,7 @@ def write_audio(path: str | Path | tp.BinaryIO, wav: torch.Tensor, sample_rate: 
 # Transitions between the input and an edited range (inside the range), at most this long
 # and at most a quarter of the range.
 CROSSFADE_SECONDS = 0.2
+Crossfade = tp.Literal["equal_power", "linear"]
 
 
 def to_shape(wav: np.ndarray, rate: int, out_rate: int, out_channels: int) -> np.ndarray:
@@ -104,22 +105,27 @@ def to_shape(wav: np.ndarray, rate: int, out_rate: int, out_channels: int) -> np
     return np.repeat(mono, out_channels, axis=0).astype(np.float32)
 
 
-def compose_result(edited: torch.Tensor, model_rate: int, edited_start_seconds: float,
-                   original: np.ndarray, input_rate: int,
+def compose_result(edited: torch.Tensor | np.ndarray, model_rate: int,
+                   edited_start_seconds: float, original: np.ndarray, input_rate: int,
                    time_range: tuple[float, float] | None = None,
                    output_rate: int | None = None, output_channels: int | None = None,
-                   crossfade_seconds: float = CROSSFADE_SECONDS) -> tuple[np.ndarray, int]:
+                   crossfade_seconds: float = CROSSFADE_SECONDS,
+                   crossfade: Crossfade = "equal_power") -> tuple[np.ndarray, int]:
     """The file a user gets back: in the input's shape unless asked otherwise.
 
     A whole-clip edit is the model's audio, resampled and copied to the output's channels,
     as long as the input. A time-range edit is the input outside `[start, end]`, sample for
     sample (bit-exact in 16-bit PCM when the shape is the input's), and the model's audio
-    inside, with equal-power transitions of at most `crossfade_seconds` (and a quarter of the
-    range) inside the range at both ends.
+    inside, with transitions of at most `crossfade_seconds` (and a quarter of the range)
+    inside the range at both ends: equal-power for audio the model regenerated (loosely
+    correlated with the input), linear for the separator's (the input minus a stem: the
+    rest of the mix is the same signal on both sides, and an equal-power fade would lift it
+    by up to 3 dB mid-fade).
 
     Args:
-        edited: `[1, M]` float at `model_rate`: the model's audio, starting at
-            `edited_start_seconds` of the clip (it covers the range).
+        edited: `[C_e, M]` (or `[M]`) float at `model_rate`: the engine's audio, starting at
+            `edited_start_seconds` of the clip (it covers the range); MusicGen's is mono, the
+            separator's has the input's channels.
         original: `[C, N]` float32 input at `input_rate`.
         time_range: `(start, end)` seconds edited, or None for the whole clip.
     Returns:
@@ -129,27 +135,34 @@ def compose_result(edited: torch.Tensor, model_rate: int, edited_start_seconds: 
     channels = output_channels or original.shape[0]
     base = to_shape(original, input_rate, out_rate, channels)
     length = base.shape[-1]
-    model = to_shape(edited.detach().float().cpu().reshape(1, -1).numpy(), model_rate, out_rate,
-                     channels)
+    if isinstance(edited, torch.Tensor):
+        edited = edited.detach().float().cpu().numpy()
+    edited = np.asarray(edited, dtype=np.float32)
+    model = to_shape(edited.reshape(-1, edited.shape[-1]), model_rate, out_rate, channels)
     offset = int(round(edited_start_seconds * out_rate))
     if time_range is None:
         out = np.zeros_like(base)
-        usable = min(length, model.shape[-1])
-        out[:, :usable] = model[:, :usable]
+        usable = min(length, model.shape[-1] + offset) - offset
+        out[:, offset:offset + usable] = model[:, :usable]
         return out, out_rate
     start = max(0, int(round(time_range[0] * out_rate)))
     end = min(length, int(round(time_range[1] * out_rate)))
     fade = min(int(round(crossfade_seconds * out_rate)), (end - start) // 4)
     gain = np.ones(end - start, dtype=np.float32)
     if fade:
-        ramp = np.sin(0.5 * math.pi * (np.arange(fade, dtype=np.float32) + 0.5) / fade)
+        ramp = (np.arange(fade, dtype=np.float32) + 0.5) / fade
+        if crossfade == "equal_power":
+            ramp = np.sin(0.5 * math.pi * ramp)
         gain[:fade] = ramp
         gain[-fade:] = ramp[::-1]
     inside = model[:, max(0, start - offset):max(0, end - offset)]
     if inside.shape[-1] < end - start:  # the model's audio stops at the clip's last frame
         inside = np.pad(inside, ((0, 0), (0, end - start - inside.shape[-1])))
     out = base.copy()
-    keep = np.sqrt(np.clip(1.0 - gain ** 2, 0.0, 1.0))
+    if crossfade == "equal_power":
+        keep = np.sqrt(np.clip(1.0 - gain ** 2, 0.0, 1.0))
+    else:
+        keep = 1.0 - gain
     out[:, start:end] = base[:, start:end] * keep + inside * gain
     return out, out_rate
 

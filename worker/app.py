@@ -24,9 +24,17 @@ from celery import Celery
 from celery.exceptions import Reject
 from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 
-from musicedit.errors import BrokerUnavailable, StoreUnavailable
+from musicedit.errors import BrokerUnavailable, MusiceditError, StoreUnavailable
 from musicedit.logs import log_event
-from musicedit.queue import EDIT_QUEUE, EDIT_TASK, enqueue_edit, make_celery, queue_depth
+from musicedit.queue import (
+    EDIT_QUEUE,
+    EDIT_TASK,
+    enqueue_edit,
+    make_celery,
+    queue_depth,
+    queue_for,
+    worker_queues,
+)
 from musicedit.settings import Settings, get_settings
 from worker.edit_job import run_edit_job
 from worker.runtime import WorkerRuntime, current_runtime, get_runtime, stop_runtime
@@ -47,10 +55,20 @@ def create_worker_app(settings: Settings) -> Celery:
     )
 
     def requeue(job_id: str) -> None:
-        enqueue_edit(app, job_id)
+        # to the job's queue (a separation-only job to the separation pool); if the store
+        # cannot say, to the edit queue, whose workers run every kind of step
+        queue = EDIT_QUEUE
+        current = current_runtime()
+        if current is not None:
+            try:
+                queue = queue_for(current.deps.store.get(job_id).instruction)
+            except MusiceditError:
+                pass
+        enqueue_edit(app, job_id, queue)
 
     def runtime() -> WorkerRuntime:
-        return get_runtime(settings, requeue, lambda: queue_depth(app))
+        queues = worker_queues(settings.worker_role)
+        return get_runtime(settings, requeue, lambda: queue_depth(app, queues))
 
     @app.task(name=EDIT_TASK, ignore_result=True)
     def edit(job_id: str) -> str:
@@ -96,7 +114,7 @@ def worker_argv(settings: Settings) -> list[str]:
         "worker",
         "--pool=threads",
         f"--concurrency={settings.max_batch_size}",
-        f"--queues={EDIT_QUEUE}",
+        f"--queues={','.join(worker_queues(settings.worker_role))}",
         f"--loglevel={settings.log_level}",
         f"--hostname=musicedit-{os.getpid()}@%h",  # unique per process on a shared host
         # the job store carries worker liveness; broadcast features are not needed

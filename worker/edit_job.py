@@ -21,8 +21,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import torch
 
-from models.audio import compose_result, read_audio, write_samples
-from models.engine import DeviceFailed, EditRequest, JobCanceled
+from models.audio import read_audio, write_samples
+from models.edit_steps import (
+    GroupDone,
+    Handle,
+    MissingEngine,
+    StepsOutput,
+    StepsProgress,
+    run_steps,
+)
+from models.engine import DeviceFailed, JobCanceled
 from musicedit.errors import (
     AudioError,
     LeaseLost,
@@ -33,19 +41,21 @@ from musicedit.errors import (
 from musicedit.job_store import BaseJobStore
 from musicedit.jobs import OUTPUT_MEDIA_TYPES, EditJob, JobState, ResultAudio
 from musicedit.logs import log_event
+from musicedit.routing import Engine
 from musicedit.settings import Settings
 from musicedit.storage import ObjectStorage, codes_key, result_key
 from musicedit.webhooks import WebhookNotifier
 from worker.housekeeping import ShutdownSignal
 from worker.metrics import WorkerMetrics
-from worker.progress import frames_total
 from worker.sampling import engine_params, job_seed
 
 if TYPE_CHECKING:
-    from models.engine import EditEngine, EditHandle, EditOutput
+    from models.engine import EditEngine
+    from models.separation import SeparationEngine
 
 log = logging.getLogger("musicedit.worker")
 T = TypeVar("T")
+R = TypeVar("R", covariant=True)
 
 
 class JobOutcome(str, enum.Enum):
@@ -87,7 +97,7 @@ class EditJobDeps:
     settings: Settings
     store: BaseJobStore
     storage: ObjectStorage
-    engine: EditEngine
+    engine: EditEngine | None      # the generative model's; none on a separation-only worker
     metrics: WorkerMetrics
     notifier: WebhookNotifier | None
     requeue: Callable[[str], None]
@@ -95,6 +105,7 @@ class EditJobDeps:
     worker_id: str
     sleep: Callable[[float], None] = time.sleep
     in_flight: JobsInFlight = field(default_factory=JobsInFlight)
+    separation: SeparationEngine | None = None  # the source separator's, where one is deployed
 
 
 class _JobStopped(Exception):
@@ -152,16 +163,6 @@ class LeaseKeeper:
             except StoreUnavailable as exc:  # keep trying; the lease may still be saved
                 log_event(log, "lease_renew_failed", logging.WARNING, job_id=self.job_id,
                           error=exc.message)
-
-
-class _Progress:
-    """Latest (frames_done, frames_total) from the engine thread's `on_progress` callback."""
-
-    def __init__(self) -> None:
-        self.value: tuple[int, int] = (0, 0)
-
-    def update(self, frames_done: int, frames_total: int) -> None:
-        self.value = (frames_done, frames_total)
 
 
 def run_edit_job(job_id: str, deps: EditJobDeps) -> JobOutcome:
@@ -231,18 +232,14 @@ def _run_claimed(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper) -> JobOutc
 
 
 @dataclass
-class _Edited:
-    """The engine's output for a job and the input it edited."""
-
-    output: EditOutput
-    original: np.ndarray      # [C, N] float32 input at `input_rate`
-    input_rate: int
-    frames_total: int         # progress frames over all steps
+class _Input:
+    wav: np.ndarray           # [C, N] float32
+    rate: int
+    codes: torch.Tensor | None  # the source job's codes (an edit of an earlier result)
 
 
-def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> _Edited:
-    """Download the input (and its codes, for an edit of an earlier result) and run it
-    through the engine; raises `_JobStopped`/`JobFailure`."""
+def _download(job: EditJob, deps: EditJobDeps, tmp: Path) -> _Input:
+    """The input (and its codes, for an edit of an earlier result); raises `JobFailure`."""
     input_path = tmp / "input"
     codes = None
     try:
@@ -262,93 +259,98 @@ def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> _
     except AudioError as exc:
         raise JobFailure(f"The input audio could not be read: {exc.message}",
                          dead_letter=False) from exc
+    return _Input(wav, rate, codes)
+
+
+def _decode(job: EditJob, deps: EditJobDeps, lease: LeaseKeeper, tmp: Path) -> StepsOutput:
+    """Run the job's steps on the engines that do them (`models.edit_steps.run_steps`);
+    raises `_JobStopped`/`JobFailure`."""
+    if deps.engine is None and "generative" in job.instruction.engines:
+        # on a separation-only worker (a requeue that could not read the job's queue): hand
+        # it back to the queue of the workers that load the generative model
+        raise _JobStopped("needs the generative model")
+    given = _download(job, deps, tmp)
     time_range = ((job.time_range.start_seconds, job.time_range.end_seconds)
                   if job.time_range else None)
-    steps = tuple(step.text for step in job.instruction.all_steps)
-    progress = _Progress()
-    request = EditRequest(
-        job_id=job.id, wav=wav, sample_rate=rate, instruction=steps,
-        params=engine_params(job), on_progress=progress.update, time_range=time_range)
-    # The total is known before the engine encodes anything: the range's frames, per step.
-    model = deps.engine.model
-    clip_frames = (codes.shape[-1] if codes is not None
-                   else frames_total(wav.shape[-1], rate, model.sample_rate, model.frame_rate))
-    try:
-        start, end = deps.engine.frames_of(time_range, clip_frames)
-    except ValueError as exc:
-        raise JobFailure(f"The job cannot be edited: {exc}; change the time range.",
-                         dead_letter=False) from exc
-    progress.update(0, (end - start) * len(steps))
-    _report_progress(job, deps, *progress.value)
-    started = time.perf_counter()
-    try:
-        if codes is not None:  # the next round of an edit: no re-encoding
-            model_rate = deps.engine.model.sample_rate
-            handle = deps.engine.submit_codes(
-                request, codes, num_samples=int(round(wav.shape[-1] * model_rate / rate)))
+    progress = StepsProgress()
+
+    total_reported = False
+
+    def wait(handle: Handle[Any], engine: Engine) -> Any:
+        nonlocal total_reported
+        if not total_reported:  # the total is known before the engine encodes a frame
+            total_reported = True
+            _report_progress(job, deps, *progress.value)
+        return _wait(handle, job, deps, lease, progress, engine)
+
+    def finished(group: GroupDone) -> None:
+        if group.engine == "generative":
+            deps.metrics.job_decode_seconds.observe(group.seconds)
+            deps.metrics.real_time_factor.observe(group.audio_seconds / max(group.seconds, 1e-9))
         else:
-            handle = deps.engine.submit(request)
+            deps.metrics.job_separation_seconds.observe(group.seconds)
+        log_event(log, f"job_{'decoded' if group.engine == 'generative' else 'separated'}",
+                  job_id=job.id, engine=group.engine, seconds=round(group.seconds, 3),
+                  audio_seconds=round(group.audio_seconds, 3), steps=group.steps,
+                  **group.detail)
+
+    try:
+        return run_steps(job.id, given.wav, given.rate, job.instruction.all_steps,
+                         engine_params(job), generative=deps.engine,
+                         separation=deps.separation, wait=wait, progress=progress,
+                         time_range=time_range, codes=given.codes, on_group=finished)
+    except MissingEngine as exc:
+        raise JobFailure(
+            f"A step of this job runs on the {exc.engine} engine, which the worker that took "
+            "it does not load (MUSICEDIT_SEPARATOR=none on a worker while the gateway "
+            "routes to a separator); resubmit with another `engine`, or report the job id to "
+            "the operator.", dead_letter=True) from exc
     except DeviceFailed as exc:  # this worker's GPU is gone: the job is not at fault
         raise _JobStopped("device") from exc
     except AudioError as exc:
         raise JobFailure(f"The input audio cannot be edited: {exc.message}",
                          dead_letter=False) from exc
-    except ValueError as exc:  # too long, or parameters the model cannot use
-        raise JobFailure(f"The job cannot be edited: {exc}; change the input or parameters.",
-                         dead_letter=False) from exc
-    try:
-        output = _wait(handle, job, deps, lease, progress)
-    except (_JobStopped, LeaseLost):
-        raise
-    except Exception as exc:  # the model raised for this job alone; the batch goes on
-        log_event(log, "job_model_error", logging.ERROR, exc_info=exc, job_id=job.id,
-                  error=type(exc).__name__)
-        raise JobFailure(f"The model failed on this input ({type(exc).__name__}); check that "
-                         "the audio is a normal music clip and resubmit, or report the job id "
-                         "to the operator.", dead_letter=True) from exc
-    seconds = time.perf_counter() - started
-    audio_seconds = output.audio.shape[-1] / output.sample_rate
-    deps.metrics.job_decode_seconds.observe(seconds)
-    deps.metrics.real_time_factor.observe(audio_seconds / max(seconds, 1e-9))
-    log_event(log, "job_decoded", job_id=job.id, decode_seconds=round(seconds, 3),
-              audio_seconds=round(audio_seconds, 3), frames=output.frames,
-              steps=len(request.steps))
-    frames = (output.frame_range[1] - output.frame_range[0]) * len(request.steps)
-    return _Edited(output, wav, rate, frames)
+    except ValueError as exc:  # too long, a range outside the clip, parameters or a stem
+        raise JobFailure(f"The job cannot be edited: {exc}; change the input, the range or "
+                         "the parameters.", dead_letter=False) from exc
 
 
-def _write_result(job: EditJob, deps: EditJobDeps, key: str, edited: _Edited,
+def _write_result(job: EditJob, deps: EditJobDeps, key: str, edited: StepsOutput,
                   tmp: Path) -> ResultAudio:
-    """Compose the result in the asked shape, store it and its codes; what was stored."""
-    output = edited.output
-    frame_rate = deps.engine.model.frame_rate
-    audio, rate = compose_result(
-        output.audio, output.sample_rate, output.frame_range[0] / frame_rate, edited.original,
-        edited.input_rate,
+    """Compose the result in the asked shape, store it (and its codes after a generative
+    step, for the next round); what was stored."""
+    audio, rate = edited.compose(
         (job.time_range.start_seconds, job.time_range.end_seconds) if job.time_range else None,
         job.output.sample_rate if job.output else None,
         job.output.channels if job.output else None)
     path = tmp / f"result.{job.output_format}"
     write_samples(path, audio, rate, job.output_format)
-    codes_path = tmp / "result.codes.npy"
-    np.save(codes_path, output.codes.cpu().numpy().astype(np.int16))
+    engines = job.instruction.engines
+    models_used = ([Path(deps.settings.model).name] if "generative" in engines else []) + (
+        [Path(deps.settings.separator).name] if "separation" in engines else [])
     metadata = {
         "job-id": job.id,
         "instruction": job.instruction.text,
+        "engines": ",".join(engines),
         "seed": str(job_seed(job)),
-        "model": Path(deps.settings.model).name,
+        "model": ",".join(models_used),
         "sample-rate": str(rate),
         "channels": str(audio.shape[0]),
         "duration-seconds": f"{audio.shape[-1] / rate:.3f}",
     }
-    result_codes = codes_key(key)
+    codes = edited.stage.codes
+    result_codes = codes_key(key) if codes is not None else None
+    codes_path = tmp / "result.codes.npy"
+    if codes is not None:
+        np.save(codes_path, codes.cpu().numpy().astype(np.int16))
 
     def upload() -> None:
         with path.open("rb") as source:
             deps.storage.put_file(key, source, content_type=OUTPUT_MEDIA_TYPES[job.output_format],
                                   metadata=metadata)
-        with codes_path.open("rb") as source:
-            deps.storage.put_file(result_codes, source, metadata={"job-id": job.id})
+        if result_codes is not None:
+            with codes_path.open("rb") as source:
+                deps.storage.put_file(result_codes, source, metadata={"job-id": job.id})
 
     _with_storage_retries(deps, job.id, "upload_result", upload)
     return ResultAudio(format=job.output_format.upper(), sample_rate=rate,
@@ -356,9 +358,26 @@ def _write_result(job: EditJob, deps: EditJobDeps, key: str, edited: _Edited,
                        size_bytes=path.stat().st_size, codes_key=result_codes)
 
 
-def _wait(handle: EditHandle, job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
-          progress: _Progress) -> EditOutput:
-    """Wait for the engine, syncing progress and the cancel flag every progress interval."""
+def _wait(handle: Handle[R], job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
+          progress: StepsProgress, engine: Engine) -> R:
+    """Wait for an engine (`engine` names it in logs), syncing progress and the cancel flag
+    every progress interval. The engine raising for this job alone fails it (the batch goes
+    on)."""
+    try:
+        return _wait_synced(handle, job, deps, lease, progress)
+    except (_JobStopped, LeaseLost):
+        raise
+    except Exception as exc:
+        log_event(log, "job_model_error", logging.ERROR, exc_info=exc, job_id=job.id,
+                  engine=engine, error=type(exc).__name__)
+        what = "model" if engine == "generative" else "separator"
+        raise JobFailure(f"The {what} failed on this input ({type(exc).__name__}); check "
+                         "that the audio is a normal music clip and resubmit, or report the "
+                         "job id to the operator.", dead_letter=True) from exc
+
+
+def _wait_synced(handle: Handle[R], job: EditJob, deps: EditJobDeps, lease: LeaseKeeper,
+                 progress: StepsProgress) -> R:
     interval = deps.settings.worker_progress_interval_seconds
     reported = (0, 0)
     stop_reason: str | None = None

@@ -55,6 +55,39 @@ class WorkerMetrics:
             "Decode-step shapes that run eagerly because their CUDA graph capture failed when "
             "the engine was built (each is logged once).", registry=r)
 
+        # the source separator (remove/extract at separation quality, issue 18)
+        self.separation_batch_segments = Histogram(
+            "musicedit_separation_batch_segments",
+            "Separator segments (of any jobs) computed in one forward.",
+            buckets=BATCH_BUCKETS, registry=r)
+        self.separation_step_seconds = Histogram(
+            "musicedit_separation_step_seconds",
+            "Wall time of one separator forward and its overlap-add.",
+            buckets=STEP_BUCKETS + (5.0, 10.0), registry=r)
+        self.separation_segments = Counter(
+            "musicedit_separation_segments", "Separator segments computed.", registry=r)
+        self.separation_step_isolations = Counter(
+            "musicedit_separation_step_isolations",
+            "Separator forwards that raised and were re-run on parts of the batch.", registry=r)
+        self.job_separation_seconds = Histogram(
+            "musicedit_job_separation_seconds",
+            "Time from separator submit to a job's separated audio (one group of steps).",
+            buckets=JOB_BUCKETS, registry=r)
+        self.separation_active_jobs = Gauge(
+            "musicedit_separation_active_jobs",
+            "Jobs inside the separation engine (separating or waiting).", registry=r)
+
+    def on_separation_step(self, step: Any) -> None:
+        """Separation engine `on_step` callback: one `SeparationStep` per forward."""
+        self.separation_batch_segments.observe(step.segments)
+        self.separation_step_seconds.observe(step.seconds)
+        self.separation_segments.inc(step.segments)
+        if step.isolated:
+            self.separation_step_isolations.inc()
+
+    def watch_separation(self, active_jobs: Callable[[], int]) -> None:
+        self.separation_active_jobs.set_function(active_jobs)
+
     def on_step(self, step: Any) -> None:
         """Engine `on_step` callback (engine thread): one `StepInfo` per decode step."""
         self.batch_size.observe(step.batch_size)

@@ -14,10 +14,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from musicedit.instructions import TEMPLATES
 from musicedit.job_store import make_job_store
 from musicedit.logs import log_event
+from musicedit.queue import worker_queues
 from musicedit.retention import sweep_expired
 from musicedit.settings import Settings
 from musicedit.storage import make_storage
@@ -26,7 +28,13 @@ from worker.edit_job import EditJobDeps, JobsInFlight
 from worker.housekeeping import LeaseReaper, PeriodicThread, ShutdownSignal
 from worker.metrics import WorkerMetrics
 
+if TYPE_CHECKING:
+    from models.engine import EditEngine
+    from models.separation import LoadedSeparator, SeparationEngine
+
 log = logging.getLogger("musicedit.worker")
+# What the separator does (models.separation.OPERATIONS, without importing torch here).
+SEPARATION_OPERATIONS = ("remove", "extract")
 
 
 def resolve_device(setting: str) -> str:
@@ -45,51 +53,39 @@ class WorkerRuntime:
     @classmethod
     def start(cls, settings: Settings, requeue: Callable[[str], None],
               queue_depth: Callable[[], int] | None = None) -> WorkerRuntime:
-        """Load the model, start the engine, the metrics endpoint and the background threads.
+        """Load the models of the worker's role (`MUSICEDIT_WORKER_ROLE`: Instruct-MusicGen
+        unless `separation`; the separator wherever one is deployed), start their engines,
+        the metrics endpoint and the background threads.
 
         Raises:
-            UnsupportedStems: `MUSICEDIT_STEMS` names a stem the model was not trained on (the
-                gateway would accept instructions the model cannot follow).
+            UnsupportedStems: `MUSICEDIT_STEMS` or `MUSICEDIT_SEPARATION_STEMS` names a stem
+                its model does not serve (the gateway would accept instructions it cannot
+                follow).
         """
-        import torch
-
-        from models.engine import EditEngine, EngineConfig
-        from models.loader import UnsupportedStems, load_model
-        from models.presets import resolve_model
-
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         metrics = WorkerMetrics()
         in_flight = JobsInFlight()
         shutdown = ShutdownSignal()
         device = resolve_device(settings.device)
-        dtype = None if settings.dtype == "auto" else getattr(torch, settings.dtype)
+
+        def on_fatal(exc: BaseException) -> None:
+            exit_after_device_failure(in_flight, shutdown)
+
         started = time.perf_counter()
-        model = load_model(resolve_model(settings.model, settings.effective_model_cache_dir),
-                           device=device, dtype=dtype)
-        unsupported = [stem for stem in settings.stems if stem not in model.stems]
-        if unsupported:
-            raise UnsupportedStems(
-                f"MUSICEDIT_STEMS lists {', '.join(unsupported)}, which model {settings.model!r} "
-                f"was not trained on; set MUSICEDIT_STEMS to some of {','.join(model.stems)}")
+        # the separator's weights first: the generative engine plans its caches with what is
+        # free after them, the separation engine its batch with what the caches leave
+        separator = load_worker_separator(settings, device) if settings.separation_enabled \
+            else None
+        engine = (start_generative_engine(settings, device, metrics, on_fatal)
+                  if settings.worker_role != "separation" else None)
+        separation = (start_separation_engine(settings, separator, metrics, on_fatal)
+                      if separator is not None else None)
         load_seconds = time.perf_counter() - started
         metrics.model_load_seconds.set(load_seconds)
-        log_event(log, "model_loaded", model=settings.model, device=device,
-                  seconds=round(load_seconds, 2), worker_id=worker_id)
-        engine = EditEngine(model, EngineConfig(
-            max_batch_size=settings.max_batch_size,
-            kv_cache_budget_bytes=settings.kv_cache_budget_bytes,
-            gpu_memory_fraction=settings.gpu_memory_fraction,
-            codec_concurrency=settings.codec_concurrency,
-            max_input_seconds=settings.max_input_seconds,
-            use_cuda_graphs=settings.cuda_graphs,
-            compile=settings.torch_compile,
-            silence_peak_threshold=settings.silence_peak_threshold,
-            on_step=metrics.on_step,
-            on_fatal=lambda exc: exit_after_device_failure(in_flight, shutdown),
-        ))
-        engine.start()
-        metrics.watch_engine(lambda: engine.stats().active_jobs,
-                             lambda: engine.stats().graph_capture_failures)
+        log_event(log, "model_loaded", model=settings.model if engine else None,
+                  separator=settings.separator if separation else None, device=device,
+                  role=settings.worker_role, seconds=round(load_seconds, 2),
+                  worker_id=worker_id)
         if device.startswith("cuda"):
             metrics.watch_cuda()
         store = make_job_store(settings)
@@ -97,21 +93,20 @@ class WorkerRuntime:
         deps = EditJobDeps(
             settings=settings, store=store, storage=storage, engine=engine, metrics=metrics,
             notifier=WebhookNotifier(settings), requeue=requeue, shutdown=shutdown,
-            worker_id=worker_id, in_flight=in_flight,
+            worker_id=worker_id, in_flight=in_flight, separation=separation,
         )
         runtime = cls(deps)
         metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port)
-        info = {"hostname": socket.gethostname(), "pid": os.getpid(), "model": settings.model,
-                "device": device, "max_batch_size": settings.max_batch_size,
-                "metrics_port": settings.worker_metrics_port,
-                # what this worker serves, for `GET /v1/capabilities`
-                "stems": list(settings.stems), "operations": list(TEMPLATES)}
+        info = heartbeat_info(settings, device, engine is not None, separation is not None)
 
         def heartbeat() -> None:
-            stats = engine.stats()
+            active = waiting = 0
+            for stats in ([engine.stats()] if engine else []) + (
+                    [separation.stats()] if separation else []):
+                active += stats.active_jobs
+                waiting += stats.waiting_jobs
             store.register_worker_heartbeat(
-                worker_id, {**info, "active_jobs": stats.active_jobs,
-                            "waiting_jobs": stats.waiting_jobs,
+                worker_id, {**info, "active_jobs": active, "waiting_jobs": waiting,
                             "shutting_down": deps.shutdown.requested})
 
         reaper = LeaseReaper(store, requeue, settings.lease_seconds, queue_depth=queue_depth)
@@ -131,11 +126,114 @@ class WorkerRuntime:
         """Stop background threads, the engine and the metrics endpoint (after tasks ended)."""
         for thread in self.threads:
             thread.stop()
-        self.deps.engine.stop()
+        if self.deps.engine is not None:
+            self.deps.engine.stop()
+        if self.deps.separation is not None:
+            self.deps.separation.stop()
         if self.deps.notifier is not None:
             self.deps.notifier.close()
         self.deps.store.close()
         log_event(log, "worker_stopped", worker_id=self.deps.worker_id)
+
+
+def start_generative_engine(settings: Settings, device: str, metrics: WorkerMetrics,
+                            on_fatal: Callable[[BaseException], None]) -> EditEngine:
+    """Load Instruct-MusicGen and start its engine.
+
+    Raises:
+        UnsupportedStems: `MUSICEDIT_STEMS` names a stem the model was not trained on (the
+            gateway would accept instructions the model cannot follow).
+    """
+    import torch
+
+    from models.engine import EditEngine, EngineConfig
+    from models.loader import UnsupportedStems, load_model
+    from models.presets import resolve_model
+
+    dtype = None if settings.dtype == "auto" else getattr(torch, settings.dtype)
+    model = load_model(resolve_model(settings.model, settings.effective_model_cache_dir),
+                       device=device, dtype=dtype)
+    unsupported = [stem for stem in settings.stems if stem not in model.stems]
+    if unsupported:
+        raise UnsupportedStems(
+            f"MUSICEDIT_STEMS lists {', '.join(unsupported)}, which model {settings.model!r} "
+            f"was not trained on; set MUSICEDIT_STEMS to some of {','.join(model.stems)}")
+    engine = EditEngine(model, EngineConfig(
+        max_batch_size=settings.max_batch_size,
+        kv_cache_budget_bytes=settings.kv_cache_budget_bytes,
+        gpu_memory_fraction=settings.gpu_memory_fraction,
+        codec_concurrency=settings.codec_concurrency,
+        max_input_seconds=settings.max_input_seconds,
+        use_cuda_graphs=settings.cuda_graphs,
+        compile=settings.torch_compile,
+        silence_peak_threshold=settings.silence_peak_threshold,
+        on_step=metrics.on_step,
+        on_fatal=on_fatal,
+    ))
+    engine.start()
+    metrics.watch_engine(lambda: engine.stats().active_jobs,
+                         lambda: engine.stats().graph_capture_failures)
+    return engine
+
+
+def load_worker_separator(settings: Settings, device: str) -> LoadedSeparator:
+    """The configured source separator's weights.
+
+    Raises:
+        UnsupportedStems: `MUSICEDIT_SEPARATION_STEMS` names a stem the separator does not
+            separate.
+    """
+    from models.loader import UnsupportedStems
+    from models.separation import load_separator, resolve_separator
+
+    separator = load_separator(
+        resolve_separator(settings.separator, settings.effective_model_cache_dir), device=device)
+    unsupported = [s for s in settings.separation_stems if s not in separator.stems]
+    if unsupported:
+        raise UnsupportedStems(
+            f"MUSICEDIT_SEPARATION_STEMS lists {', '.join(unsupported)}, which separator "
+            f"{settings.separator!r} does not separate; set it to some of "
+            f"{','.join(separator.stems)}")
+    return separator
+
+
+def start_separation_engine(settings: Settings, separator: LoadedSeparator,
+                            metrics: WorkerMetrics,
+                            on_fatal: Callable[[BaseException], None]) -> SeparationEngine:
+    from models.separation import SeparationConfig, SeparationEngine
+
+    engine = SeparationEngine(separator, SeparationConfig(
+        max_batch_segments=settings.separation_max_batch_segments,
+        gpu_memory_fraction=settings.gpu_memory_fraction,
+        max_input_seconds=settings.max_input_seconds,
+        silence_peak_threshold=settings.silence_peak_threshold,
+        on_step=metrics.on_separation_step,
+        on_fatal=on_fatal,
+    ))
+    engine.start()
+    metrics.watch_separation(lambda: engine.stats().active_jobs)
+    return engine
+
+
+def heartbeat_info(settings: Settings, device: str, generative: bool,
+                   separation: bool) -> dict[str, Any]:
+    """What a worker serves, for `GET /v1/capabilities` (`musicedit.capabilities`)."""
+    engines: dict[str, dict[str, list[str]]] = {}
+    if generative:
+        engines["generative"] = {"stems": list(settings.stems), "operations": list(TEMPLATES)}
+    if separation:
+        engines["separation"] = {"stems": list(settings.effective_separation_stems),
+                                 "operations": list(SEPARATION_OPERATIONS)}
+    stems = list(dict.fromkeys(s for served in engines.values() for s in served["stems"]))
+    operations = [op for op in TEMPLATES
+                  if any(op in served["operations"] for served in engines.values())]
+    return {"hostname": socket.gethostname(), "pid": os.getpid(),
+            "model": settings.model if generative else settings.separator,
+            "separator": settings.separator if separation else None,
+            "role": settings.worker_role, "queues": list(worker_queues(settings.worker_role)),
+            "device": device, "max_batch_size": settings.max_batch_size,
+            "metrics_port": settings.worker_metrics_port,
+            "engines": engines, "stems": stems, "operations": operations}
 
 
 # Exit status of a worker whose GPU hit a sticky error (EX_SOFTWARE): its orchestrator
