@@ -260,7 +260,7 @@ class SeparationEngine:
             job.acc = None
         # In place: the accumulator (or its resampled copy) becomes the output buffer.
         out = stems.add_(original) if job.mix.keep_input else stems
-        if not bool(torch.isfinite(out).all()):
+        if not audio.all_finite(out):
             raise audio.NonFiniteAudio(f"the separator produced non-finite samples for job "
                                        f"{job.job_id}")
         return SeparationOutput(out, request.sample_rate, len(job.segments))
