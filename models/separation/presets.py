@@ -17,13 +17,12 @@ cache directory).
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import CheckpointError
+from ..presets import write_once
 
 SOURCES_6S = ("drums", "bass", "other", "vocals", "guitar", "piano")
 _IO = {"sources": list(SOURCES_6S), "audio_channels": 2, "samplerate": 44100}
@@ -40,7 +39,6 @@ HTDEMUCS_6S_FILE = "5c90dfd2-34c22ccb.th"
 # lists the file under (htdemucs_6s.yaml: a bag of this one model).
 HTDEMUCS_6S_URL = "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/" + HTDEMUCS_6S_FILE
 SEPARATOR_NAMES = (*RANDOM_SEPARATORS, "htdemucs_6s")
-_COMPLETE = ".complete"
 
 
 def resolve_separator(name: str, cache_dir: str | Path) -> Path:
@@ -64,22 +62,8 @@ def resolve_separator(name: str, cache_dir: str | Path) -> Path:
 
 def ensure_random_separator(name: str, cache: Path, seed: int = 0) -> Path:
     """Write random preset ``name`` to ``cache/name`` once (atomically); returns its directory."""
-    target = cache / name
-    if not (target / _COMPLETE).exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
-        try:
-            write_random_separator(tmp, RANDOM_SEPARATORS[name], signature=name.replace("-", "_"),
-                                   seed=seed)
-            (tmp / _COMPLETE).touch()
-            try:
-                tmp.rename(target)
-            except OSError:  # another process won the race; its copy is as good as ours
-                if not (target / _COMPLETE).exists():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return write_once(cache / name, lambda tmp: write_random_separator(
+        tmp, RANDOM_SEPARATORS[name], signature=name.replace("-", "_"), seed=seed))
 
 
 def write_random_separator(directory: Path, kwargs: dict, signature: str, seed: int = 0
