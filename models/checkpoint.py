@@ -24,7 +24,14 @@ class CheckpointError(RuntimeError):
 
 
 class OpaqueObject:
-    """Stand-in for a class a checkpoint names but we refuse to import. Runs no code."""
+    """Stand-in for a class a checkpoint names but we refuse to import. Runs no code.
+
+    Each refused global becomes its own subclass whose ``pickled_global`` is the
+    ``(module, name)`` the file named, so that a loader can map it to a class of its own
+    allow-list (a Demucs package names its model class) without importing anything.
+    """
+
+    pickled_global: tuple[str, str] = ("", "")
 
     def __init__(self, *args: tp.Any, **kwargs: tp.Any) -> None:
         self.args = args
@@ -38,7 +45,8 @@ class OpaqueObject:
 
 
 def _opaque_class(module: str, name: str) -> type:
-    return type(name, (OpaqueObject,), {"__module__": f"opaque.{module}"})
+    return type(name, (OpaqueObject,), {"__module__": f"opaque.{module}",
+                                        "pickled_global": (module, name)})
 
 
 # (module, name) pairs a checkpoint may name. Everything else becomes an OpaqueObject.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import typing as tp
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -78,13 +79,19 @@ def resolve_model(name: str, cache_dir: str | Path) -> ModelFiles:
 
 def ensure_random_preset(name: str, cache_dir: Path, seed: int = 0) -> ModelFiles:
     """Write a random-weight preset to `cache_dir/name` once (atomically) and return its files."""
-    target = cache_dir / name
+    target = write_once(cache_dir / name, lambda tmp: write_random_model(
+        tmp, *RANDOM_PRESETS[name], seed=seed, include_frozen_copies=name == "tiny"))
+    return ModelFiles(base=str(target), t5=str(target / T5_DIR), adapter=str(target / ADAPTER_FILE))
+
+
+def write_once(target: Path, write: Callable[[Path], object]) -> Path:
+    """Make directory `target` with `write(tmp)` once: written beside it, then renamed into
+    place, so concurrent processes never see half a preset. Returns `target`."""
     if not (target / _COMPLETE).exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            write_random_model(tmp, *RANDOM_PRESETS[name], seed=seed,
-                               include_frozen_copies=name == "tiny")
+            write(tmp)
             (tmp / _COMPLETE).touch()
             try:
                 tmp.rename(target)
@@ -93,7 +100,7 @@ def ensure_random_preset(name: str, cache_dir: Path, seed: int = 0) -> ModelFile
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return ModelFiles(base=str(target), t5=str(target / T5_DIR), adapter=str(target / ADAPTER_FILE))
+    return target
 
 
 def write_tiny_t5(directory: Path, d_model: int = 32) -> None:

@@ -71,6 +71,7 @@ def test_pins_match_installed_versions():
     assert not mismatched, mismatched
 
 
-@pytest.mark.parametrize("module", ["audiocraft", "torchmetrics", "service", "worker", "models"])
+@pytest.mark.parametrize("module", ["audiocraft", "torchmetrics", "demucs.htdemucs", "service",
+                                    "worker", "models"])
 def test_runtime_imports(module):
     __import__(module)

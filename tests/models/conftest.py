@@ -28,3 +28,16 @@ def tiny(tiny_files):
 @pytest.fixture(scope="session")
 def tiny_unmerged(tiny_files):
     return load_model(tiny_files, device="cpu", merge_lora=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_separator_dir(model_cache):
+    """The `tiny` Demucs separator, written once in the released file layout."""
+    from models.separation import resolve_separator
+    return resolve_separator("tiny", model_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_separator(tiny_separator_dir):
+    from models.separation import load_separator
+    return load_separator(tiny_separator_dir)

@@ -1,4 +1,5 @@
-"""`pip-audit` of the locked dependencies (requirements/lock.txt, torch.txt, audiocraft.txt).
+"""`pip-audit` of the locked dependencies (requirements/lock.txt, torch.txt, audiocraft.txt,
+demucs.txt).
 
 Any known vulnerability fails the test unless it is in `ACCEPTED` (and justified in
 docs/security.md). The audit asks pip-audit's PyPI service first
@@ -21,7 +22,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-LOCKED = [REPO / "requirements" / name for name in ("lock.txt", "torch.txt", "audiocraft.txt")]
+LOCKED = [REPO / "requirements" / name
+          for name in ("lock.txt", "torch.txt", "audiocraft.txt", "demucs.txt")]
 PIP_AUDIT = Path(sys.executable).parent / "pip-audit"
 SECURITY_DOC = REPO / "docs" / "security.md"
 
