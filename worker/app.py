@@ -67,8 +67,7 @@ def create_worker_app(settings: Settings) -> Celery:
         enqueue_edit(app, job_id, queue)
 
     def runtime() -> WorkerRuntime:
-        queues = worker_queues(settings.worker_role)
-        return get_runtime(settings, requeue, lambda: queue_depth(app, queues))
+        return get_runtime(settings, requeue, lambda queue: queue_depth(app, (queue,)))
 
     @app.task(name=EDIT_TASK, ignore_result=True)
     def edit(job_id: str) -> str:

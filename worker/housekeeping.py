@@ -13,6 +13,7 @@ from collections.abc import Callable
 from musicedit.errors import MusiceditError
 from musicedit.job_store import BaseJobStore
 from musicedit.logs import log_event
+from musicedit.queue import queue_for
 
 log = logging.getLogger("musicedit.worker")
 
@@ -63,7 +64,7 @@ class LeaseReaper:
         requeue: Callable[[str], None],
         lease_seconds: float,
         clock: Callable[[], float] = time.monotonic,
-        queue_depth: Callable[[], int] | None = None,
+        queue_depth: Callable[[str], int] | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -90,24 +91,29 @@ class LeaseReaper:
         return requeued
 
     def _resend_lost_wakeups(self, now: float) -> list[str]:
-        """Re-send wake-ups of queued jobs when the broker's queue is empty.
+        """Re-send wake-ups of queued jobs whose broker queue is empty.
 
         A broker outage can lose a message the store's job still waits for (delivered to a
         worker that lost its connection before claiming, or dropped between fetch and
-        bookkeeping). With an empty queue, every job still queued for longer than a lease has
-        no message left to wake it (or one a worker is about to claim: a duplicate is harmless).
+        bookkeeping). With its queue empty (`musicedit.queue.queue_for`: the edit or the
+        separation queue), a job still queued for longer than a lease has no message left to
+        wake it (or one a worker is about to claim: a duplicate is harmless).
         """
         if self.queue_depth is None:
             return []
-        try:
-            if self.queue_depth() > 0:
-                return []
-        except MusiceditError:
-            return []
+        depths: dict[str, int] = {}
         resent = []
         for job in self.store.oldest_queued():
             age = self.wall_clock() - job.timings.created_at
             if age < self.lease_seconds or job.id in self._recent:
+                continue
+            queue = queue_for(job.instruction)
+            if queue not in depths:
+                try:
+                    depths[queue] = self.queue_depth(queue)
+                except MusiceditError:
+                    depths[queue] = -1  # unknown: leave it for the next run
+            if depths[queue] != 0:
                 continue
             self.requeue(job.id)
             self._recent[job.id] = now

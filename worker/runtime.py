@@ -52,7 +52,7 @@ class WorkerRuntime:
 
     @classmethod
     def start(cls, settings: Settings, requeue: Callable[[str], None],
-              queue_depth: Callable[[], int] | None = None) -> WorkerRuntime:
+              queue_depth: Callable[[str], int] | None = None) -> WorkerRuntime:
         """Load the models of the worker's role (`MUSICEDIT_WORKER_ROLE`: Instruct-MusicGen
         unless `separation`; the separator wherever one is deployed), start their engines,
         the metrics endpoint and the background threads.
@@ -270,7 +270,7 @@ _runtime_lock = threading.Lock()
 
 
 def get_runtime(settings: Settings, requeue: Callable[[str], None],
-                queue_depth: Callable[[], int] | None = None) -> WorkerRuntime:
+                queue_depth: Callable[[str], int] | None = None) -> WorkerRuntime:
     """The process's runtime, started on first use (Celery starts it at `worker_init`)."""
     global _runtime
     with _runtime_lock:

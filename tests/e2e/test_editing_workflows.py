@@ -100,17 +100,19 @@ def test_a_range_edit_gives_back_the_input_outside_it_bit_for_bit(stack: Stack, 
 
 def test_a_chain_is_the_steps_as_separate_jobs_and_a_result_can_be_edited_again(stack: Stack,
                                                                                tmp_path):
-    """'Remove the guitar, then add piano' gives exactly what 'remove the guitar' and then an
-    edit of its result with 'add piano' (the second step's seed, from the job) give: same
-    codes, same file. The next round starts from the stored codes, in the result's shape."""
+    """On the generative model, 'Remove the guitar, then add piano' gives exactly what 'remove
+    the guitar' and then an edit of its result with 'add piano' (the second step's seed, from
+    the job) give: same codes, same file. The next round starts from the stored codes, in
+    the result's shape."""
     _stereo_pcm16(tmp_path / "song.wav", seconds=3.0)
     chain = stack.alice.submit(tmp_path / "song.wav", "remove the guitar, then add piano",
-                               seed=11)
+                               seed=11, engine="generative")
     assert chain.instruction.operation == "chain" and chain.instruction.stem is None
     steps = chain.instruction.steps
     assert [(s.operation, s.stem) for s in steps] == [("remove", "Guitar"), ("add", "Piano")]
     assert [s.seed for s in steps] == [11, step_seed(11, 1)]
-    first = stack.alice.submit(tmp_path / "song.wav", "Remove the guitar", seed=11)
+    first = stack.alice.submit(tmp_path / "song.wav", "Remove the guitar", seed=11,
+                               engine="generative")
     _done(stack, first.id)
     second = stack.alice.submit(None, "Add piano", source_job_id=first.id, seed=steps[1].seed)
     assert second.source_job_id == first.id

@@ -110,7 +110,7 @@ def test_three_jobs_at_once_share_a_batch_and_download_through_presigned_urls(
 def test_cancel_frees_the_slot_and_webhooks_are_signed(stack: Stack, audio_factory,
                                                          webhook_receiver) -> None:
     running = stack.client.submit(audio_factory(seconds=25.0), "Remove the bass",
-                                  webhook_url=webhook_receiver.url)
+                                  engine="generative", webhook_url=webhook_receiver.url)
     quick = stack.client.submit(audio_factory(seconds=2.0), "Add piano", seed=3,
                                 webhook_url=webhook_receiver.url)
     deadline = time.monotonic() + 60

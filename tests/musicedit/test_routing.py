@@ -50,3 +50,41 @@ def test_adding_vocals_is_refused_with_the_reason():
         _route("add vocals")
     message = str(refused.value)
     assert "No model here can add Vocals" in message and "remove the vocals" in message
+
+
+def test_steps_are_grouped_into_runs_of_one_engine():
+    from musicedit.routing import group_steps
+
+    assert group_steps([]) == []
+    assert group_steps(["separation", "separation", "generative", "separation"]) == [
+        ("separation", 0, 2), ("generative", 2, 3), ("separation", 3, 4)]
+
+
+def test_a_job_goes_to_the_separation_queue_only_when_every_step_is_a_separation():
+    from musicedit.jobs import NormalizedInstruction
+    from musicedit.queue import EDIT_QUEUE, SEPARATION_QUEUE, queue_for, worker_queues
+
+    def queue(text: str, choice: str = "auto") -> str:
+        steps = normalize_edit(text, STEMS.all)
+        return queue_for(NormalizedInstruction.from_steps(
+            steps, engines=route(steps, STEMS, choice)))
+
+    assert queue("remove the vocals and the drums") == SEPARATION_QUEUE
+    assert queue("replace the vocals with piano") == EDIT_QUEUE
+    assert queue("remove the drums", "generative") == EDIT_QUEUE
+    assert worker_queues("all") == (EDIT_QUEUE, SEPARATION_QUEUE)
+    assert worker_queues("edits") == (EDIT_QUEUE,)
+    assert worker_queues("separation") == (SEPARATION_QUEUE,)
+
+
+def test_settings_give_the_routing_its_stems():
+    from musicedit.settings import Settings
+
+    settings = Settings(separation_stems="drums,VOCALS")
+    assert settings.engine_stems == EngineStems(("Drums", "Bass", "Piano", "Guitar"),
+                                                ("Drums", "Vocals"))
+    assert settings.instruction_stems == ["Drums", "Bass", "Piano", "Guitar", "Vocals"]
+    off = Settings(separator="none")
+    assert off.engine_stems.separation == () and not off.separation_enabled
+    with pytest.raises(ValueError, match="needs a separator"):
+        Settings(separator="none", worker_role="separation")

@@ -166,7 +166,7 @@ def test_s3_outage_uploads_503_worker_retries_then_fails_the_job_and_recovers(
         store = make_job_store(Settings(**values))
         client = MusiceditClient(gateway.url, API_KEYS["alice"])
         job = client.submit(audio_factory(seconds=12.0, sample_rate=16000, channels=1),
-                            "Remove the bass", seed=3)
+                            "Remove the bass", seed=3, engine="generative")
         wait_until(lambda: client.get(job.id).progress.frames_done > 0, 60,
                           "the job decoding (its input downloaded)")
 

@@ -86,3 +86,30 @@ def test_capabilities_need_a_key_and_the_client_reads_them(gateway):
         caps = client.capabilities()
     assert caps.stems == ["Piano"] and caps.operations == ["extract"]
     assert caps.instruction_examples == [EXAMPLE_PHRASES["extract"].format(stem="piano")]
+
+
+def test_each_engine_lists_what_its_live_workers_serve(gateway):
+    """A MusicGen worker and a separation-only worker: each engine's operations and stems, the
+    union at the top, and examples only of what some engine does."""
+    heartbeat(gateway, "gpu", engines={"generative": {"stems": ["Drums", "Bass", "Piano",
+                                                                "Guitar"],
+                                                      "operations": list(TEMPLATES)}})
+    heartbeat(gateway, "cpu", engines={"separation": {
+        "stems": ["Drums", "Bass", "Vocals", "Guitar", "Piano"],
+        "operations": ["remove", "extract"]}})
+    body = capabilities(gateway)
+    assert body["engines"] == {
+        "generative": {"operations": list(TEMPLATES),
+                       "stems": ["Drums", "Bass", "Piano", "Guitar"]},
+        "separation": {"operations": ["remove", "extract"],
+                       "stems": ["Drums", "Bass", "Vocals", "Guitar", "Piano"]}}
+    assert body["stems"] == ["Drums", "Bass", "Piano", "Guitar", "Vocals"]
+    assert "Only vocals" in body["instruction_examples"]
+    assert "Add vocals" not in body["instruction_examples"]
+
+
+def test_without_a_separation_worker_vocals_are_not_offered(gateway):
+    heartbeat(gateway, "gpu", engines={"generative": {"stems": ["Drums"],
+                                                      "operations": list(TEMPLATES)}})
+    body = capabilities(gateway)
+    assert list(body["engines"]) == ["generative"] and body["stems"] == ["Drums"]

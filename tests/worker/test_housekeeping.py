@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from musicedit.job_store import SqliteJobStore
-from musicedit.jobs import EditJob, InputAudio, JobState, NormalizedInstruction
+from musicedit.jobs import EditJob, InputAudio, InstructionStep, JobState, NormalizedInstruction
 from worker.housekeeping import LeaseReaper, ShutdownSignal
 
 
@@ -73,7 +73,7 @@ def test_reaper_resends_lost_wake_ups_only_when_the_broker_queue_is_empty(tmp_pa
     requeued: list[str] = []
     created = max(j.timings.created_at for j in store.oldest_queued())
     reaper = LeaseReaper(store, requeued.append, lease_seconds=30, clock=lambda: now[0],
-                         queue_depth=lambda: depth[0],
+                         queue_depth=lambda queue: depth[0],
                          wall_clock=lambda: created + now[0] - 5000.0)
 
     now[0] += 31
@@ -90,3 +90,26 @@ def test_reaper_resends_lost_wake_ups_only_when_the_broker_queue_is_empty(tmp_pa
     store.renew_lease("young", "worker-b", 30)
     assert reaper.run_once() == []          # running jobs are the lease logic's business
     assert requeued == ["lost", "young"]
+
+
+def test_lost_wake_ups_are_resent_per_queue(tmp_path):
+    """A separation job is woken when the separation queue is empty, however long the edit
+    queue is (and the other way round)."""
+    from musicedit.queue import EDIT_QUEUE, SEPARATION_QUEUE
+
+    store = SqliteJobStore(tmp_path / "jobs.sqlite", retention_seconds=3600, max_attempts=3)
+    store.create(make_job("generative"))
+    separation = make_job("separation").model_copy(update={"instruction": NormalizedInstruction(
+        operation="remove", stem="Vocals", text="Music piece. Instruct: No Vocals.",
+        steps=[InstructionStep(operation="remove", stem="Vocals", engine="separation",
+                               text="Music piece. Instruct: No Vocals.")])})
+    store.create(separation)
+    depths = {EDIT_QUEUE: 5, SEPARATION_QUEUE: 0}
+    requeued: list[str] = []
+    created = max(j.timings.created_at for j in store.oldest_queued())
+    reaper = LeaseReaper(store, requeued.append, lease_seconds=30,
+                         queue_depth=depths.__getitem__, wall_clock=lambda: created + 31)
+    assert reaper.run_once() == ["separation"]
+    depths.update({EDIT_QUEUE: 0, SEPARATION_QUEUE: 3})
+    reaper._recent.clear()
+    assert reaper.run_once() == ["generative"]
