@@ -14,12 +14,15 @@ COMPOSE = REPO / "docker-compose.yml"
 CPU_OVERRIDE = REPO / "docker-compose.cpu.yml"
 
 
-def compose_config(*files, extra_env: dict[str, str] | None = None) -> dict:
+def compose_config(*files, extra_env: dict[str, str] | None = None,
+                   profiles: tuple[str, ...] = ()) -> dict:
     """`docker compose config` (no daemon needed) with the example .env, as a dict."""
     args = [tool("docker-compose"), "--project-directory", str(REPO), "--env-file",
             str(ENV_EXAMPLE)]
     for path in files:
         args += ["-f", str(path)]
+    for profile in profiles:
+        args += ["--profile", profile]
     # an empty environment: only the example .env may fill in the variables
     result = subprocess.run([*args, "config", "--format", "json"], capture_output=True,
                             text=True, env={"PATH": "/usr/bin:/bin", **(extra_env or {})},
@@ -110,3 +113,21 @@ def test_prometheus_scrapes_the_ports_the_services_listen_on():
     assert gateway["port"] == int(services["gateway"]["environment"]["MUSICEDIT_PORT"])
     assert worker["port"] == int(services["worker"]["environment"]["MUSICEDIT_WORKER_METRICS_PORT"])
     assert services["worker"]["environment"]["MUSICEDIT_WORKER_METRICS_HOST"] == "0.0.0.0"
+
+
+def test_separation_pool_profile_runs_the_separator_alone_on_the_cpu():
+    base = compose_config(COMPOSE)["services"]
+    assert "separation-worker" not in base  # only with --profile separation-pool
+    assert base["worker"]["environment"]["MUSICEDIT_WORKER_ROLE"] == "all"
+    services = compose_config(COMPOSE, profiles=("separation-pool",))["services"]
+    pool = services["separation-worker"]
+    env = pool["environment"]
+    assert env["MUSICEDIT_WORKER_ROLE"] == "separation" and env["MUSICEDIT_DEVICE"] == "cpu"
+    assert env["MUSICEDIT_SEPARATOR"] == services["worker"]["environment"]["MUSICEDIT_SEPARATOR"]
+    assert "devices" not in json.dumps(pool.get("deploy", {}))
+    check_settings_env(env, "compose separation-worker")
+    config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {job["job_name"]: job["dns_sd_configs"][0] for job in config["scrape_configs"]}
+    scraped = targets["musicedit-separation-worker"]
+    assert scraped["names"] == ["separation-worker"]
+    assert scraped["port"] == int(env["MUSICEDIT_WORKER_METRICS_PORT"])

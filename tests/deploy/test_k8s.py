@@ -3,6 +3,8 @@ wired to the real Celery queue; every setting a Settings field."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from deploy_files import REPO, check_settings_env, load_yaml_documents
@@ -156,3 +158,28 @@ def test_kustomization_lists_existing_files_and_no_secret():
     for resource in kustomization["resources"]:
         assert (K8S / resource).is_file(), resource
     assert "secret.example.yaml" not in kustomization["resources"]
+
+
+def test_separation_pool_scales_on_its_own_queue_without_a_gpu():
+    from musicedit.queue import SEPARATION_QUEUE, worker_queues
+
+    jsonschema = pytest.importorskip("jsonschema", reason="pip install -r requirements/dev.txt")
+    scaled = by_kind("ScaledObject")["musicedit-separation-worker"]
+    jsonschema.validate(scaled, SCALED_OBJECT_SCHEMA)
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["metadata"]["listName"] == SEPARATION_QUEUE
+    assert set(trigger["metadata"]) <= REDIS_SCALER_KEYS
+    deployments = by_kind("Deployment")
+    assert scaled["spec"]["scaleTargetRef"]["name"] in deployments
+
+    def env(name: str) -> dict[str, str]:
+        container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        return {item["name"]: item["value"] for item in container.get("env", [])}
+
+    separation = deployments["musicedit-separation-worker"]["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in json.dumps(separation["containers"][0]["resources"])
+    assert env("musicedit-separation-worker")["MUSICEDIT_WORKER_ROLE"] == "separation"
+    assert worker_queues("separation") == (SEPARATION_QUEUE,)
+    # the GPU pool leaves separation-only jobs to it
+    assert env("musicedit-worker")["MUSICEDIT_WORKER_ROLE"] == "edits"
+    assert SEPARATION_QUEUE not in worker_queues("edits")
