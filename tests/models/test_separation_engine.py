@@ -117,7 +117,8 @@ def test_batching_with_other_jobs_gives_each_job_what_it_gets_alone(tiny_separat
 def test_remove_plus_extract_gives_back_the_input(engine, rate, channels):
     wav = _clip(2.2, rate, channels)
     removed, extracted = (h.result(0) for h in _run(
-        engine, _request(wav, [("remove", "Vocals")], rate), _request(wav, [("extract", "Vocals")], rate)))
+        engine, _request(wav, [("remove", "Vocals")], rate),
+        _request(wav, [("extract", "Vocals")], rate)))
     for out in (removed, extracted):
         assert out.audio.shape == wav.shape and out.sample_rate == rate
     assert extracted.audio.abs().max() > 1e-3  # the stem is not silence
