@@ -191,7 +191,7 @@ def gpu_rows(name: str, file: Path, args) -> list[dict]:
     for row in rows:
         if row["jobs"] == 8 and row["dtype"] != "float32":
             row["sdr_db"] = min(sdr(ref, est) for ref, est in
-                                zip(saved["float32"], saved[row["dtype"]]))
+                                zip(saved["float32"], saved[row["dtype"]], strict=True))
     return rows
 
 

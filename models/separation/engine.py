@@ -189,7 +189,7 @@ class SeparationEngine:
         batch = batch_for_budget(one, two, config.max_batch_segments, budget)
         self.memory_plan = dict(budget=budget, forward_peak_1=one, forward_peak_2=two,
                                 batch_segments=batch)
-        log_event(log, "separation_memory_plan", **self.memory_plan)
+        log_event(log, "separation_memory_plan", **tp.cast(dict[str, tp.Any], self.memory_plan))
         return batch
 
     # ----------------------------------------------------------- submission

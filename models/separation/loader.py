@@ -217,6 +217,7 @@ def load_separator(source: str | Path, device: str | torch.device = "cpu") -> Lo
     model = model.to(device=device, dtype=torch.float32).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    loaded = LoadedSeparator(tp.cast(HTDemucs, model), torch.device(device), file)
     log_event(log, "separator_loaded", file=str(file), device=str(device),
-              sources=",".join(model.sources), segment_seconds=float(model.segment))
-    return LoadedSeparator(model, device, file)
+              sources=",".join(loaded.sources), segment_seconds=loaded.segment_seconds)
+    return loaded

@@ -74,8 +74,8 @@ def transition_weight(seg_length: int, power: float = 1.0,
     return (weight / weight.max()) ** power
 
 
-def read_window(x: torch.Tensor, segment: Segment, shift: float = 0.0, scale: float = 1.0
-                ) -> torch.Tensor:
+def read_window(x: torch.Tensor, segment: Segment, shift: float | torch.Tensor = 0.0,
+                scale: float | torch.Tensor = 1.0) -> torch.Tensor:
     """The model's input for ``segment``: ``(x - shift) / scale`` over the window, zeros where
     the window runs past either end of ``x`` (demucs pads the normalised mix).
 

@@ -108,7 +108,7 @@ def test_batching_with_other_jobs_gives_each_job_what_it_gets_alone(tiny_separat
     together = [h.result(0).audio for h in _run(batched, *requests)]
     assert max(step.jobs for step in steps) == 3
     alone = SeparationEngine(tiny_separator, SeparationConfig(max_batch_segments=1))
-    for request, audio in zip(requests, together):
+    for request, audio in zip(requests, together, strict=True):
         (handle,) = _run(alone, request)
         _close(audio, handle.result(0).audio)
 
