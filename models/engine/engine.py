@@ -36,7 +36,6 @@ from ..loader import LoadedModel
 from ..sampling import guided_logits, sample_tokens, step_keys, token_hashes, window_key
 from .batch_state import UNKNOWN, BatchState, SlotInfo
 from .errors import (
-    DeviceFailed,
     InputTooLong,
     JobCanceled,
     NonFiniteLogits,
@@ -45,6 +44,7 @@ from .errors import (
 from .handles import EditHandle, EngineJob, WindowWork
 from .isolation import run_narrowing
 from .kv_cache import ROWS_PER_SLOT, PrefillKVCache, SlotBuffers, SlotGeometry
+from .lifecycle import EngineLifecycle
 from .memory import gpu_cache_budget
 from .nonfinite import NonFiniteFlags
 from .runner import DecodeRunner, StepShape
@@ -63,7 +63,7 @@ from .windows import Window, plan_windows
 log = logging.getLogger(__name__)
 
 
-class EditEngine:
+class EditEngine(EngineLifecycle[EngineJob]):
     """Batched Instruct-MusicGen decoding for many concurrent edits.
 
     `submit` may be called from any thread; the decode loop runs in one background thread
@@ -108,12 +108,8 @@ class EditEngine:
         self.scheduler: Scheduler[WindowWork] = Scheduler()
         self.token_hashes = token_hashes(self.lm.num_codebooks, self.lm.card, self.device)
         self._flags = NonFiniteFlags(self.device)
-        self._cancel_lock = threading.Lock()
-        self._cancel_requests: list[EngineJob] = []
-        self._failure_lock = threading.Lock()
-        self._failure: BaseException | None = None
+        self._init_lifecycle(config.on_fatal)
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self.steps_total = 0
         self.frames_total = 0
         self.isolated_steps_total = 0
@@ -207,11 +203,6 @@ class EditEngine:
         if seconds > self.config.max_input_seconds:
             raise InputTooLong(f"the input is {seconds:.1f} s; the engine accepts at most "
                                f"{self.config.max_input_seconds:g} s")
-
-    def cancel(self, job: EngineJob) -> None:
-        with self._cancel_lock:
-            self._cancel_requests.append(job)
-        self.scheduler.wakeup.set()
 
     def decode(self, job: EngineJob, codes: torch.Tensor) -> EditOutput:
         """A job's codes -> the audio of its edited frames, on the host (continuous across
@@ -586,35 +577,13 @@ class EditEngine:
     def _nonfinite(job: EngineJob) -> NonFiniteLogits:
         return NonFiniteLogits(f"the model produced non-finite logits for job {job.request.job_id}")
 
-    def _apply_cancellations(self) -> None:
-        with self._cancel_lock:
-            requests, self._cancel_requests = self._cancel_requests, []
-        for job in requests:
-            job.canceled = True
-            self._fail_job(job, JobCanceled(f"job {job.request.job_id} was canceled"))
+    # --- EngineLifecycle -----------------------------------------------------------------
+    def _job_id(self, job: EngineJob) -> str:
+        return job.request.job_id
 
-    # ------------------------------------------------------------ device failure
-    def _raise_if_failed(self) -> None:
-        if self._failure is not None:
-            raise DeviceFailed(f"the engine stopped after a device error ({self._failure}); "
-                               "this worker takes no more jobs")
-
-    def _device_failed(self, exc: BaseException) -> None:
-        """A sticky device error: stop, hand every job back (`DeviceFailed`), tell the worker.
-        No device call is made from here on (each would fail the same way)."""
-        with self._failure_lock:
-            if self._failure is not None:
-                return
-            self._failure = exc
-        log_event(log, "engine_device_failed", logging.CRITICAL, exc_info=exc,
-                  error=f"{type(exc).__name__}: {exc}")
-        error = DeviceFailed(f"the worker's device failed ({type(exc).__name__}: {exc}); the "
-                             "job can run on another worker")
+    def _take_all_jobs(self) -> list[EngineJob]:
         jobs = [info.work.job for info in self.batch.infos]
-        jobs += [work.job for work in self.scheduler.remove_waiting(lambda work: True)]
-        for job in jobs:
-            self._settle(job, error)
-        self._stop.set()
+        return jobs + [work.job for work in self.scheduler.remove_waiting(lambda work: True)]
+
+    def _wake(self) -> None:
         self.scheduler.wakeup.set()
-        if self.config.on_fatal is not None:
-            self.config.on_fatal(exc)

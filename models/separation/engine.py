@@ -34,8 +34,9 @@ import torch
 from musicedit.logs import log_event
 
 from .. import audio
-from ..engine.errors import DeviceFailed, InputTooLong, JobCanceled, is_fatal_device_error
+from ..engine.errors import InputTooLong, is_fatal_device_error
 from ..engine.isolation import run_narrowing
+from ..engine.lifecycle import EngineLifecycle
 from ..engine.scheduler import Scheduler
 from .loader import LoadedSeparator
 from .memory import batch_for_budget, measure_forward
@@ -128,7 +129,7 @@ class SeparationHandle:
         return self._engine.finish(self._job)
 
 
-class SeparationEngine:
+class SeparationEngine(EngineLifecycle[SeparationJob]):
     """Batched source separation for many concurrent jobs.
 
     `submit` may be called from any thread; the loop runs in one background thread
@@ -158,12 +159,8 @@ class SeparationEngine:
             self._pool = ThreadPoolExecutor(config.cpu_workers, "separation-forward")
         self.scheduler: Scheduler[SeparationJob] = Scheduler()
         self.active: list[SeparationJob] = []
-        self._cancel_lock = threading.Lock()
-        self._cancel_requests: list[SeparationJob] = []
-        self._failure_lock = threading.Lock()
-        self._failure: BaseException | None = None
+        self._init_lifecycle(config.on_fatal)
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self.steps_total = 0
         self.segments_total = 0
         self.audio_seconds_total = 0.0
@@ -226,11 +223,6 @@ class SeparationEngine:
         else:  # every stem the edits name was dropped again: nothing to separate
             job.future.set_result(None)
         return SeparationHandle(self, job)
-
-    def cancel(self, job: SeparationJob) -> None:
-        with self._cancel_lock:
-            self._cancel_requests.append(job)
-        self.scheduler.wakeup.set()
 
     def finish(self, job: SeparationJob) -> SeparationOutput:
         """The job's result from its accumulated segments (in the caller's thread): demucs's
@@ -447,37 +439,18 @@ class SeparationEngine:
         job.acc = None
         job.future.set_exception(exc)
 
-    def _apply_cancellations(self) -> None:
-        with self._cancel_lock:
-            requests, self._cancel_requests = self._cancel_requests, []
-        for job in requests:
-            job.canceled = True
-            self._fail_job(job, JobCanceled(f"job {job.job_id} was canceled"))
+    # --- EngineLifecycle -----------------------------------------------------------------
+    _engine_name = "separation engine"
 
-    # ------------------------------------------------------------ device failure
-    def _raise_if_failed(self) -> None:
-        if self._failure is not None:
-            raise DeviceFailed(f"the separation engine stopped after a device error "
-                               f"({self._failure}); this worker takes no more jobs")
+    def _job_id(self, job: SeparationJob) -> str:
+        return job.job_id
 
-    def _device_failed(self, exc: BaseException) -> None:
-        """A sticky device error: stop, hand every job back (`DeviceFailed`), tell the worker.
-        No device call is made from here on (each would fail the same way)."""
-        with self._failure_lock:
-            if self._failure is not None:
-                return
-            self._failure = exc
-        log_event(log, "separation_engine_device_failed", logging.CRITICAL, exc_info=exc,
-                  error=f"{type(exc).__name__}: {exc}")
-        error = DeviceFailed(f"the worker's device failed ({type(exc).__name__}: {exc}); the "
-                             "job can run on another worker")
+    def _take_all_jobs(self) -> list[SeparationJob]:
         jobs = self.active + self.scheduler.remove_waiting(lambda job: True)
         self.active = []
         for job in jobs:
             job.acc = None
-            if not job.future.done():
-                job.future.set_exception(error)
-        self._stop.set()
+        return jobs
+
+    def _wake(self) -> None:
         self.scheduler.wakeup.set()
-        if self.config.on_fatal is not None:
-            self.config.on_fatal(exc)
