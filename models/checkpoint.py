@@ -124,3 +124,23 @@ def read_checkpoint(path: str | Path, mmap: bool = True) -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], file: Path,
+                      what: str) -> None:
+    """Strict, shape-checked load that names the key and the file on any mismatch."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise CheckpointError(f"{file}: {what} is missing key {missing[0]!r}"
+                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if unexpected:
+        raise CheckpointError(f"{file}: {what} has unexpected key {unexpected[0]!r}"
+                              + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1
+                                 else ""))
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise CheckpointError(f"{file}: {what} key {key!r} has shape {tuple(tensor.shape)}, "
+                                  f"the model expects {tuple(expected[key].shape)}")
+    module.load_state_dict(state, strict=True, assign=True)

@@ -28,7 +28,7 @@ import torch
 from huggingface_hub import hf_hub_download, snapshot_download
 from omegaconf import OmegaConf
 
-from .checkpoint import CheckpointError, OpaqueObject, read_checkpoint
+from .checkpoint import CheckpointError, OpaqueObject, load_state_strict, read_checkpoint
 from .instruct_musicgen import AdapterConfig, InstructMusicGen
 
 log = logging.getLogger(__name__)
@@ -131,26 +131,6 @@ def _adapter_file(spec: str) -> Path:
 
 
 # ---------------------------------------------------------------- base model
-def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], file: Path,
-                what: str) -> None:
-    """Strict, shape-checked load that names the key and the file on any mismatch."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing:
-        raise CheckpointError(f"{file}: {what} is missing key {missing[0]!r}"
-                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    if unexpected:
-        raise CheckpointError(f"{file}: {what} has unexpected key {unexpected[0]!r}"
-                              + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1
-                                 else ""))
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise CheckpointError(f"{file}: {what} key {key!r} has shape {tuple(tensor.shape)}, "
-                                  f"the model expects {tuple(expected[key].shape)}")
-    module.load_state_dict(state, strict=True, assign=True)
-
-
 def _experiment_cfg(pkg: dict, file: Path) -> tp.Any:
     if "xp.cfg" not in pkg or "best_state" not in pkg:
         raise CheckpointError(f"{file}: expected audiocraft keys 'xp.cfg' and 'best_state', "
@@ -205,7 +185,7 @@ def load_codec(source: str, device: torch.device) -> tp.Any:
     OmegaConf.set_struct(cfg, False)
     cfg.device = "cpu"
     codec = builders.get_compression_model(cfg)
-    _load_state(codec, dict(pkg["best_state"]), file, "the EnCodec model")
+    load_state_strict(codec, dict(pkg["best_state"]), file, "the EnCodec model")
     return codec.to(device).eval()
 
 
@@ -433,7 +413,7 @@ def load_model(files: ModelFiles, device: str | torch.device = "cpu",
     cfg = _experiment_cfg(pkg, lm_file)
     lm = build_lm(cfg, device="meta")
     attach_text_conditioner(lm, _t5_dir(files.t5), device)
-    _load_state(lm, dict(pkg["best_state"]), lm_file, "the MusicGen LM")
+    load_state_strict(lm, dict(pkg["best_state"]), lm_file, "the MusicGen LM")
     del pkg
     adapter_cfg = AdapterConfig()
     adapter_file = None

@@ -15,15 +15,14 @@ The random presets write `musicedit.json` with the release's four stems.
 """
 from __future__ import annotations
 
-import shutil
 import tempfile
 import typing as tp
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from . import configs
+from .cache_files import write_once
 from .instruct_musicgen import AdapterConfig, CrossAttentionLoRA, InstructMusicGen
 from .loader import (
     ADAPTER_FILE,
@@ -46,7 +45,6 @@ RANDOM_PRESETS = {
 LARGE = ModelFiles(base="facebook/musicgen-large", t5="t5-base",
                    adapter="ldzhangyx/instruct-MusicGen:finetuned.ckpt")
 PRESET_NAMES = (*RANDOM_PRESETS, "large")
-_COMPLETE = ".complete"
 
 # Words the tiny tokenizer is trained on: instructions and a little music vocabulary.
 _CORPUS = [
@@ -82,25 +80,6 @@ def ensure_random_preset(name: str, cache_dir: Path, seed: int = 0) -> ModelFile
     target = write_once(cache_dir / name, lambda tmp: write_random_model(
         tmp, *RANDOM_PRESETS[name], seed=seed, include_frozen_copies=name == "tiny"))
     return ModelFiles(base=str(target), t5=str(target / T5_DIR), adapter=str(target / ADAPTER_FILE))
-
-
-def write_once(target: Path, write: Callable[[Path], object]) -> Path:
-    """Make directory `target` with `write(tmp)` once: written beside it, then renamed into
-    place, so concurrent processes never see half a preset. Returns `target`."""
-    if not (target / _COMPLETE).exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            write(tmp)
-            (tmp / _COMPLETE).touch()
-            try:
-                tmp.rename(target)
-            except OSError:  # another process won the race; its copy is as good as ours
-                if not (target / _COMPLETE).exists():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def write_tiny_t5(directory: Path, d_model: int = 32) -> None:

@@ -10,6 +10,7 @@ not a few ATen calls per layer.
 from __future__ import annotations
 
 import math
+import typing as tp
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,9 @@ import torch.nn.functional as F
 
 from ..attention import ConditionKV, TextKV
 from ..decode_state import DecodeStepState
-from ..instruct_musicgen import InstructMusicGen
+
+if tp.TYPE_CHECKING:  # the model class imports audiocraft; the cache code needs only its shape
+    from ..instruct_musicgen import InstructMusicGen
 
 ROWS_PER_SLOT = 2  # conditional + unconditional (classifier-free guidance)
 ALIGN = 8  # positions; 16 bytes of fp16: what the fused attention kernels want for masks

@@ -7,8 +7,8 @@ is read with :func:`models.checkpoint.read_checkpoint`: the class the file names
 an inert :class:`~models.checkpoint.OpaqueObject` subclass carrying only its ``(module, name)``.
 That name is looked up in :data:`DEMUCS_CLASSES`, the constructor's arguments must be plain data
 (numbers, strings, lists, dicts), and the state is loaded with the same strict, shape-checked
-load as the Instruct-MusicGen files (:func:`models.loader._load_state`): a missing, unexpected
-or mis-shaped key raises :class:`CheckpointError` naming the key and the file.
+load as the Instruct-MusicGen files (:func:`models.checkpoint.load_state_strict`): a missing,
+unexpected or mis-shaped key raises :class:`CheckpointError` naming the key and the file.
 
 A file named ``<signature>-<checksum>.th`` (demucs's own naming) must have a SHA-256 that starts
 with ``<checksum>``, as demucs's ``LocalRepo`` checks.
@@ -28,8 +28,7 @@ from demucs.htdemucs import HTDemucs
 
 from musicedit.logs import log_event
 
-from ..checkpoint import CheckpointError, OpaqueObject, read_checkpoint
-from ..loader import _load_state
+from ..checkpoint import CheckpointError, OpaqueObject, load_state_strict, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +212,7 @@ def load_separator(source: str | Path, device: str | torch.device = "cpu") -> Lo
     except Exception as exc:  # the class validates its arguments with asserts and errors
         raise CheckpointError(f"{file}: cannot build {klass.__name__} from the file's "
                               f"arguments ({type(exc).__name__}: {exc})") from exc
-    _load_state(model, dict(state), file, f"the {klass.__name__} model")
+    load_state_strict(model, dict(state), file, f"the {klass.__name__} model")
     model = model.to(device=device, dtype=torch.float32).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from ..cache_files import write_once
 from ..checkpoint import CheckpointError
-from ..presets import write_once
 
 SOURCES_6S = ("drums", "bass", "other", "vocals", "guitar", "piano")
 _IO = {"sources": list(SOURCES_6S), "audio_channels": 2, "samplerate": 44100}

@@ -97,7 +97,7 @@ def test_cli_uses_the_models_stems(vocal_model_dir, tmp_path, capsys):
 
     def run(instruction):
         return main(["edit", str(src), instruction, "-o", str(out), "--model",
-                     str(vocal_model_dir), "--device", "cpu"])
+                     str(vocal_model_dir), "--device", "cpu", "--separator", "none"])
 
     assert run("add guitar") == 2
     assert "stems: Drums, Vocals" in capsys.readouterr().err
