@@ -26,6 +26,8 @@ from local_stack.processes import (
 )
 
 WEED = Path(sys.executable).parent / "weed"
+VOLUME_SIZE_MB = 64
+MAX_VOLUMES = 2000
 S3_ACCESS_KEY = "musicedit-test"
 S3_SECRET_KEY = "musicedit-test-secret"
 
@@ -108,6 +110,11 @@ class S3Server(ChildProcess):
             f"-admin.port={p[8]}", f"-admin.port.grpc={p[9]}",
             "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false", f"-s3.config={config}",
+            # Each bucket is a collection with volumes of its own. Left to itself, mini sizes
+            # volumes from the disk (1 GiB here) and allows free-disk / size of them: ~20 on
+            # a CI runner, and the 21st bucket's writes fail with InternalError. Small
+            # volumes, allocated on use, and a fixed number of slots do not depend on the disk.
+            f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}", f"-volume.max={MAX_VOLUMES}",
         ]
         (self.directory / "data").mkdir(exist_ok=True)
         with log.open("wb") as out:

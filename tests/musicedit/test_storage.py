@@ -137,3 +137,11 @@ def test_local_storage_roundtrip_and_cap(tmp_path):
     storage.delete("results/a.wav")
     storage.delete("results/a.wav")  # idempotent
     assert storage.list_keys() == []
+
+
+def test_the_test_s3_has_room_for_every_tests_bucket(s3_server):
+    """Every test takes a bucket, and SeaweedFS gives each bucket a volume of its own. Left to
+    `weed mini`, the number of volumes is free disk / volume size (~20 on a CI runner), and the
+    suite's later uploads failed with InternalError. The server must not depend on the disk."""
+    status = httpx.get(f"http://127.0.0.1:{s3_server.ports[0]}/dir/status", timeout=5).json()
+    assert status["Topology"]["Max"] >= 1000
