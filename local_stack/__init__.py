@@ -26,7 +26,7 @@ from local_stack.processes import (
 )
 from local_stack.servers import S3_ACCESS_KEY, S3_SECRET_KEY, RedisServer, S3Server
 from local_stack.settings import API_KEYS, SMALL_LIMITS, child_env, stack_values
-from local_stack.stack import LocalStack, wait_terminal
+from local_stack.stack import LocalStack, result_and_codes, wait_terminal
 from local_stack.webhooks import WebhookReceiver
 from local_stack.worker import WorkerProcess
 
@@ -34,5 +34,5 @@ __all__ = [
     "API_KEYS", "S3_ACCESS_KEY", "S3_SECRET_KEY", "SMALL_LIMITS", "GatewayProcess",
     "LocalStack", "RedisServer", "S3Server", "ServiceNotReady", "ThreadedGateway",
     "WebhookReceiver", "WorkerProcess", "child_env", "free_port", "free_ports", "log_events",
-    "rss_bytes", "stack_values", "stop_process", "wait_terminal", "wait_until",
+    "result_and_codes", "rss_bytes", "stack_values", "stop_process", "wait_terminal", "wait_until",
 ]

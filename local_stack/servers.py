@@ -150,6 +150,11 @@ class S3Server(ChildProcess):
                           connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
         )
 
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """The keys in `bucket` under `prefix`, sorted (one page: up to 1000)."""
+        listing = self.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"] for item in listing.get("Contents", []))
+
     def create_bucket(self, prefix: str = "test") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(Bucket=name)

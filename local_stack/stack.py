@@ -15,6 +15,7 @@ from local_stack.gateway import GatewayProcess
 from local_stack.servers import RedisServer, S3Server
 from local_stack.settings import stack_values
 from local_stack.worker import WorkerProcess
+from musicedit.storage import codes_key, result_key
 
 TERMINAL_STATES = {"succeeded", "failed", "canceled"}
 
@@ -135,3 +136,10 @@ def wait_terminal(client: Any, job_ids: Iterable[str], timeout: float) -> dict[s
         time.sleep(0.3)
     states = {job_id: view.status.value for job_id, view in views.items()}
     raise TimeoutError(f"jobs not finished after {timeout} s: {states}")
+
+
+def result_and_codes(job_id: str, extension: str = "wav") -> list[str]:
+    """The S3 keys a generative edit's result leaves: the audio and its codes beside it
+    (the codes let a next edit start from the result without re-encoding it), sorted."""
+    key = result_key(job_id, extension)
+    return sorted([key, codes_key(key)])

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from local_stack import API_KEYS, ThreadedGateway, stack_values, wait_terminal
+from local_stack import API_KEYS, ThreadedGateway, result_and_codes, stack_values, wait_terminal
 from musicedit.client import MusiceditClient
 from musicedit.settings import Settings
 
@@ -25,8 +25,7 @@ class FaultStack:
     bucket: str
 
     def result_keys(self, job_id: str) -> list[str]:
-        listing = self.s3.client().list_objects_v2(Bucket=self.bucket, Prefix=f"results/{job_id}")
-        return [item["Key"] for item in listing.get("Contents", [])]
+        return self.s3.keys(self.bucket, f"results/{job_id}")
 
 
 @pytest.fixture
@@ -75,7 +74,7 @@ def test_kill_9_mid_batch_every_job_completes_exactly_once_within_60_s(
     assert elapsed < 60, f"recovery took {elapsed:.1f} s"
     for job_id in job_ids:
         assert views[job_id].attempts == 2
-        assert fault_stack.result_keys(job_id) == [f"results/{job_id}.wav"]
+        assert fault_stack.result_keys(job_id) == result_and_codes(job_id)
         assert len(second.events("job_succeeded", job_id)) == 1
         assert first.events("job_succeeded", job_id) == []
     assert {e["job_id"] for e in second.events("lease_expired_requeued")} == set(job_ids)
@@ -104,4 +103,4 @@ def test_sigterm_hands_running_jobs_back_or_lets_them_finish(
     for job_id in job_ids:
         view = fault_stack.client.get(job_id)
         assert view.status.value == "succeeded" and view.attempts == 1
-        assert fault_stack.result_keys(job_id) == [f"results/{job_id}.wav"]
+        assert fault_stack.result_keys(job_id) == result_and_codes(job_id)

@@ -21,6 +21,7 @@ from local_stack import (
     API_KEYS,
     RedisServer,
     S3Server,
+    result_and_codes,
     stack_values,
     wait_terminal,
     wait_until,
@@ -35,9 +36,6 @@ from musicedit.storage import input_key, make_storage
 ALICE = "alice"
 
 
-def result_keys(s3_client, bucket: str, job_id: str) -> list[str]:
-    listing = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"results/{job_id}")
-    return [item["Key"] for item in listing.get("Contents", [])]
 
 
 @dataclass
@@ -136,9 +134,8 @@ def test_redis_restart_under_load_loses_no_accepted_job(
         states = {v.status.value for v in views.values()}
         assert states == {"succeeded"}, {j: (v.status.value, v.error) for j, v in views.items()
                                          if v.status.value != "succeeded"}
-        s3 = s3_server.client()
         for job_id in accepted:
-            assert result_keys(s3, bucket, job_id) == [f"results/{job_id}.wav"]
+            assert s3_server.keys(bucket, f"results/{job_id}") == result_and_codes(job_id)
             assert len(worker.events("job_succeeded", job_id)) == 1, job_id
         print(f"\naccepted {len(accepted)} jobs ({before_outage} before the outage), "
               f"{len(refused_while_down)} refused with 503 while Redis was down, "
@@ -195,7 +192,7 @@ def test_s3_outage_uploads_503_worker_retries_then_fails_the_job_and_recovers(
                           .json()["checks"]["storage"] == "ok", 30, "storage ready again")
         after = client.submit(audio_factory(seconds=1.0), "Add drums", seed=1)
         assert wait_terminal(client, [after.id], 60)[after.id].status.value == "succeeded"
-        assert result_keys(s3.client(), bucket, after.id) == [f"results/{after.id}.wav"]
+        assert s3.keys(bucket, f"results/{after.id}") == result_and_codes(after.id)
         client.close()
     finally:
         s3.stop()
@@ -230,7 +227,7 @@ def test_a_job_that_keeps_killing_workers_is_dead_lettered_after_max_attempts(
     dead = store.dead_letters()
     assert [j.id for j in dead] == [job.id] and dead[0].dead_lettered
     assert survivor.events("job_started", job.id) == []  # not run a fourth time
-    assert result_keys(s3_server.client(), bucket, job.id) == []
+    assert s3_server.keys(bucket, f"results/{job.id}") == []
     # the queue is not stuck behind it
     after = client.submit(audio_factory(seconds=1.0), "Add drums", seed=1)
     assert wait_terminal(client, [after.id], 60)[after.id].status.value == "succeeded"
@@ -280,7 +277,7 @@ def test_non_finite_input_that_bypassed_the_gateway_is_refused_by_the_worker(
     assert views[bad_id].status.value == "failed"
     assert "NaN or infinite" in views[bad_id].error
     assert all(views[j.id].status.value == "succeeded" for j in good)
-    assert result_keys(s3_server.client(), bucket, bad_id) == []
+    assert s3_server.keys(bucket, f"results/{bad_id}") == []
     assert len(worker.events("job_failed", bad_id)) == 1
     assert worker.events("job_model_error", bad_id) == []  # refused before the model ran
     assert not store.get(bad_id).dead_lettered  # the input's fault, not the worker's

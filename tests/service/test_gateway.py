@@ -535,7 +535,7 @@ def test_openapi_documents_the_api(gw, audio_factory):
     form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert {"file", "source_job_id", "instruction", "start_seconds", "end_seconds", "seed",
             "top_k", "top_p", "temperature", "cfg_coef", "output_format", "output_sample_rate",
-            "output_channels", "webhook_url"} == set(form["properties"])
+            "output_channels", "webhook_url", "engine"} == set(form["properties"])
     assert {"202", "413", "415", "422", "429", "503"} <= set(post["responses"])
     assert "example" in post["responses"]["202"]["content"]["application/json"]
     assert JobState.queued.value in json.dumps(schema)
