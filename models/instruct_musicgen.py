@@ -100,7 +100,9 @@ class CrossAttentionLoRA(nn.Module):
 
 # Decode steps on the CPU (a few rows) compute projections as W @ x^T: MKL's kernel for a
 # narrow right-hand side ran 1.2-2.8x faster than F.linear's short left-hand side for 2-128
-# rows on our 2-core AMD EPYC (bench/gemm.py). Single rows, prefill chunks and CUDA keep F.linear.
+# rows on our 2-core AMD EPYC (bench/gemm.py). On an Intel Xeon (AMX) F.linear wins at 2-4 rows
+# and W @ x^T from 8 up (docs/benchmarks.md, 2026-12-05); one fixed rule keeps results
+# independent of timing. Single rows, prefill chunks and CUDA keep F.linear.
 _NARROW_ROWS = range(2, 129)
 
 
