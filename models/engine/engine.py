@@ -108,12 +108,11 @@ class EditEngine(EngineLifecycle[EngineJob]):
         self.scheduler: Scheduler[WindowWork] = Scheduler()
         self.token_hashes = token_hashes(self.lm.num_codebooks, self.lm.card, self.device)
         self._flags = NonFiniteFlags(self.device)
-        self._init_lifecycle(config.on_fatal)
-        self._thread: threading.Thread | None = None
+        self._init_lifecycle(config.on_fatal, self.scheduler.wakeup)
         self.steps_total = 0
         self.frames_total = 0
         self.isolated_steps_total = 0
-        with self._engine_stream():
+        with self._device_context():
             self.runner.prepare()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -223,7 +222,7 @@ class EditEngine(EngineLifecycle[EngineJob]):
                            self._failure is not None)
 
     # ------------------------------------------------------- streams and codec
-    def _engine_stream(self) -> tp.ContextManager:
+    def _device_context(self) -> tp.ContextManager:
         return torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
 
     def _caller_stream(self) -> tp.ContextManager:
@@ -239,48 +238,7 @@ class EditEngine(EngineLifecycle[EngineJob]):
     def _codec_guard(self) -> tp.ContextManager:
         return self._codec_slots
 
-    # ----------------------------------------------------------- background loop
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="edit-engine", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self.scheduler.wakeup.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _loop(self) -> None:
-        with self._engine_stream():
-            while not self._stop.is_set() and self._failure is None:
-                try:
-                    worked = self.step()
-                except Exception:  # keep serving other jobs; step() already failed the jobs
-                    log.exception("decode step failed")
-                    worked = True
-                if not worked:
-                    self.scheduler.wakeup.wait(0.05)
-                    self.scheduler.wakeup.clear()
-
     # ----------------------------------------------------------- one step
-    def step(self) -> bool:
-        """Apply cancellations, admit waiting windows, decode one step. False if idle (or the
-        device failed)."""
-        if self._failure is not None:
-            return False
-        with self._engine_stream():
-            try:
-                return self._step()
-            except Exception as exc:
-                if is_fatal_device_error(exc):
-                    self._device_failed(exc)
-                    return False
-                raise
-
     def _step(self) -> bool:
         for job in self._flags.ready():
             self._fail_job(job, self._nonfinite(job), clear=True)
@@ -585,5 +543,3 @@ class EditEngine(EngineLifecycle[EngineJob]):
         jobs = [info.work.job for info in self.batch.infos]
         return jobs + [work.job for work in self.scheduler.remove_waiting(lambda work: True)]
 
-    def _wake(self) -> None:
-        self.scheduler.wakeup.set()

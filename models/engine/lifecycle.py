@@ -1,5 +1,6 @@
-"""What the decoding engine and the separation engine share around their steps: cancel requests
-from callers' threads, and the sticky device failure that stops an engine for good.
+"""What the decoding engine and the separation engine share around their steps: the background
+thread that runs the steps, cancel requests from callers' threads, and the sticky device failure
+that stops an engine for good.
 
 Cancel requests are queued by any thread and applied by the engine thread at a step boundary
 (a job is never torn down in the middle of a forward). A sticky device error (an illegal memory
@@ -10,6 +11,7 @@ worker), refuses new ones and calls `on_fatal` once (the worker exits).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -17,7 +19,7 @@ from typing import Generic, TypeVar
 
 from musicedit.logs import log_event
 
-from .errors import DeviceFailed, JobCanceled
+from .errors import DeviceFailed, JobCanceled, is_fatal_device_error
 
 J = TypeVar("J")
 
@@ -25,22 +27,33 @@ J = TypeVar("J")
 class EngineLifecycle(Generic[J]):
     """Mixin of `EditEngine` and `SeparationEngine`.
 
-    The engine calls `_init_lifecycle` in its constructor and implements `_job_id`, `_fail_job`
-    (fail a job wherever it is), `_take_all_jobs` (remove every job, running or waiting, and
-    return them) and `_wake` (wake its loop).
+    The engine calls `_init_lifecycle` in its constructor (with the event its scheduler sets
+    when work arrives) and implements `_step` (one step: False when there was nothing to do),
+    `_job_id`, `_fail_job` (fail a job wherever it is) and `_take_all_jobs` (remove every job,
+    running or waiting, and return them); `_device_context` optionally (the CUDA stream its
+    steps run on).
     """
 
-    _engine_name: str = "engine"  # in messages and the `<name>_device_failed` log event
+    _engine_name: str = "engine"  # in messages, the thread's name and the log events
 
-    def _init_lifecycle(self, on_fatal: Callable[[BaseException], None] | None) -> None:
+    def _init_lifecycle(self, on_fatal: Callable[[BaseException], None] | None,
+                        wakeup: threading.Event) -> None:
         self._on_fatal = on_fatal
+        self._wakeup = wakeup
         self._cancel_lock = threading.Lock()
         self._cancel_requests: list[J] = []
         self._failure_lock = threading.Lock()
         self._failure: BaseException | None = None
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     # --- what the engine implements ----------------------------------------------------
+    def _step(self) -> bool:
+        raise NotImplementedError
+
+    def _device_context(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
     def _job_id(self, job: J) -> str:
         raise NotImplementedError
 
@@ -50,8 +63,52 @@ class EngineLifecycle(Generic[J]):
     def _take_all_jobs(self) -> list[J]:
         raise NotImplementedError
 
+    # --- the background thread ----------------------------------------------------------
+    def start(self) -> None:
+        """Run steps on a daemon thread until `stop` (or a device failure)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name=self._engine_name.replace(" ", "-"),
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        log = logging.getLogger(type(self).__module__)
+        with self._device_context():
+            while not self._stop.is_set() and self._failure is None:
+                try:
+                    worked = self.step()
+                except Exception:  # keep serving other jobs; _step already failed the jobs
+                    log.exception("%s step failed", self._engine_name)
+                    worked = True
+                if not worked:
+                    self._wakeup.wait(0.05)
+                    self._wakeup.clear()
+
+    def step(self) -> bool:
+        """One step (apply cancellations, admit work, run the batch). False if idle or the
+        device failed; a fatal device error stops the engine (`_device_failed`)."""
+        if self._failure is not None:
+            return False
+        with self._device_context():
+            try:
+                return self._step()
+            except Exception as exc:
+                if is_fatal_device_error(exc):
+                    self._device_failed(exc)
+                    return False
+                raise
+
     def _wake(self) -> None:
-        raise NotImplementedError
+        self._wakeup.set()
 
     # --- cancellation ----------------------------------------------------------------------
     def cancel(self, job: J) -> None:

@@ -159,8 +159,7 @@ class SeparationEngine(EngineLifecycle[SeparationJob]):
             self._pool = ThreadPoolExecutor(config.cpu_workers, "separation-forward")
         self.scheduler: Scheduler[SeparationJob] = Scheduler()
         self.active: list[SeparationJob] = []
-        self._init_lifecycle(config.on_fatal)
-        self._thread: threading.Thread | None = None
+        self._init_lifecycle(config.on_fatal, self.scheduler.wakeup)
         self.steps_total = 0
         self.segments_total = 0
         self.audio_seconds_total = 0.0
@@ -262,47 +261,7 @@ class SeparationEngine(EngineLifecycle[SeparationJob]):
                                self.steps_total, self.segments_total, self.audio_seconds_total,
                                self.isolated_steps_total, self._failure is not None)
 
-    # ----------------------------------------------------------- background loop
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="separation-engine",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self.scheduler.wakeup.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set() and self._failure is None:
-            try:
-                worked = self.step()
-            except Exception:  # keep serving other jobs; step() already failed the jobs
-                log.exception("separation step failed")
-                worked = True
-            if not worked:
-                self.scheduler.wakeup.wait(0.05)
-                self.scheduler.wakeup.clear()
-
     # ----------------------------------------------------------- one step
-    def step(self) -> bool:
-        """Apply cancellations, admit waiting jobs, run one forward over the next segments.
-        False if idle (or the device failed)."""
-        if self._failure is not None:
-            return False
-        try:
-            return self._step()
-        except Exception as exc:
-            if is_fatal_device_error(exc):
-                self._device_failed(exc)
-                return False
-            raise
-
     def _step(self) -> bool:
         self._apply_cancellations()
         self._admit()
@@ -451,6 +410,3 @@ class SeparationEngine(EngineLifecycle[SeparationJob]):
         for job in jobs:
             job.acc = None
         return jobs
-
-    def _wake(self) -> None:
-        self.scheduler.wakeup.set()
