@@ -17,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", help="measure edit quality (SI-SDR, SI-SDRi, SSIM; FAD, CLAP, KL with local "
         "metric models)",
-        description="Edit add/remove/extract examples with the batched engine and score them "
+        description="Edit add/remove/extract examples with the batched engine (and, with "
+        "--separator, remove/extract on the separation engine) and score them "
         "like the paper's Table 2. Examples are synthesized with FluidSynth unless --data "
         "names a local Slakh2100 or MUSDB18-HQ copy; nothing is downloaded.")
     add_model_args(p)
@@ -47,6 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="local transformers AudioSet classifier directory (enables KL)")
     p.add_argument("--soundfont", type=Path, default=None, help="General MIDI .sf2 for --data "
                    "synth (default: the fluid-soundfont-gm file)")
+    p.add_argument("--separator", default="none",
+                   help="also run the remove and extract examples on this source separator "
+                   "(tiny | htdemucs_6s-random | htdemucs_6s | a Demucs .th file; default none): "
+                   "the service's separation route, scored on the same examples")
     p.add_argument("--output", type=Path, default=None,
                    help="report directory (default var/eval/<UTC time>)")
 
@@ -64,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     output = args.output or Path("var/eval") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     settings = EvalSettings(
-        model=args.model, cache_dir=model_cache_dir(args), device=device(args),
+        model=args.model, separator=args.separator, cache_dir=model_cache_dir(args),
+        device=device(args),
         examples=args.examples, seconds=args.seconds, seed=args.seed, data=args.data,
         data_dir=args.data_dir, split=args.split,
         stems=tuple(stem_name(s) for s in args.stems) if args.stems else None,

@@ -6,6 +6,9 @@ Models via Instruction Tuning", arXiv:2405.18386, Table 2. The values are the fu
 ("w. text fusion") of its Table 4, which repeats every Table 2 value the text quotes (section
 4.6: removal FAD 3.35, SSIM 0.45, SI-SDRi -3.77; extraction FAD 3.24, SSIM 0.52, SI-SDR -9.00,
 SI-SDRi -6.15). The paper reports no SI-SDR for adding a stem.
+
+When a source separator was evaluated too, its remove and extract rows stand under the
+generative model's and the paper's, scored on the same examples.
 """
 from __future__ import annotations
 
@@ -34,22 +37,38 @@ def markdown(report: tp.Any) -> str:
     """The report as Markdown: the Table 2 shaped table (this run and the paper), what was
     skipped and why, and the per-stem breakdown."""
     s = report.settings
+    separator = s.get("separator", "none")
+    separation = report.separation
+    generative_n = sum(int(v["n"]) for v in report.tasks.values())
+    separation_n = sum(int(v["n"]) for v in separation.values())
+    routes = f"{generative_n} edits on the generative model"
+    if separation_n:
+        routes += f", {separation_n} on the separator `{separator}`"
     lines = [
         f"# Edit quality of `{report.model}`",
         "",
-        f"{sum(int(v['n']) for v in report.tasks.values())} examples ({s['data']} data, "
-        f"{s['seconds']:g} s, seed {s['seed']}, stems {', '.join(s['stems'])}) on "
-        f"{s['device_name']}, {report.created}.",
+        f"{routes} ({s['data']} data, {s['seconds']:g} s, seed {s['seed']}, stems "
+        f"{', '.join(s['stems'])}) on {s['device_name']}, {report.created}.",
         "",
         "| Task | Source | n | " + " | ".join(name for _, name in COLUMNS) + " |",
         "|---|---|---:|" + "---:|" * len(COLUMNS),
     ]
-    for task, row in report.tasks.items():
-        lines.append(f"| {task.capitalize()} | this run | {int(row['n'])} | "
-                     + " | ".join(_cell(row.get(key)) for key, _ in COLUMNS) + " |")
-        paper = PAPER_TABLE2[task]
-        lines.append(f"| | {PAPER_SOURCE} | | "
-                     + " | ".join(_cell(paper[key]) for key, _ in COLUMNS) + " |")
+
+    def row_line(task: str, source: str, row: dict[str, float | None], n: str) -> str:
+        cells = [task, source, n, *(_cell(row.get(key)) for key, _ in COLUMNS)]
+        return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+    for task in [t for t in PAPER_TABLE2 if t in report.tasks or t in separation]:
+        label = task.capitalize()
+        if task in report.tasks:
+            row = report.tasks[task]
+            lines.append(row_line(label, "this run", row, str(int(row["n"] or 0))))
+            label = ""
+        lines.append(row_line(label, PAPER_SOURCE, PAPER_TABLE2[task], ""))
+        if task in separation:
+            row = separation[task]
+            lines.append(row_line("", f"this run, separator `{separator}`", row,
+                                  str(int(row["n"] or 0))))
     lines.append("")
     if report.skipped:
         lines.append("Skipped metrics (shown as –):")
@@ -62,10 +81,14 @@ def markdown(report: tp.Any) -> str:
     lines += ["", "## By stem", "",
               "| Task | Stem | n | SSIM ↑ | SI-SDR ↑ | SI-SDRi ↑ | CLAP ↑ | KL ↓ |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for task, stems in report.per_stem.items():
-        for stem, row in sorted(stems.items()):
-            lines.append(f"| {task} | {stem} | {int(row['n'])} | " + " | ".join(
-                _cell(row.get(k)) for k in ("ssim", "si_sdr", "si_sdri", "clap", "kl")) + " |")
+    by_route = [("", report.per_stem),
+                (" (separator)", report.separation_per_stem)]
+    for suffix, per_stem in by_route:
+        for task, stems in per_stem.items():
+            for stem, row in sorted(stems.items()):
+                lines.append(f"| {task}{suffix} | {stem} | {int(row['n'] or 0)} | " + " | ".join(
+                    _cell(row.get(k)) for k in ("ssim", "si_sdr", "si_sdri", "clap", "kl"))
+                    + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -74,19 +97,27 @@ def plot(report: tp.Any, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    tasks = list(report.tasks)
+    separation = report.separation
+    tasks = [t for t in PAPER_TABLE2 if t in report.tasks or t in separation]
+    width = 0.4 if separation else 0.8
     fig, axes = plt.subplots(2, 3, figsize=(11, 6))
     for ax, (key, name) in zip(axes.flat, COLUMNS, strict=False):
-        measured = [report.tasks[t].get(key) for t in tasks]
+        measured = [report.tasks.get(t, {}).get(key) for t in tasks]
+        separated = [separation.get(t, {}).get(key) for t in tasks]
         paper = [PAPER_TABLE2[t][key] for t in tasks]
         xs = range(len(tasks))
-        ax.bar(xs, [0 if v is None else v for v in measured], color="tab:blue", label="this run")
+        shift = -width / 2 if separation else 0.0
+        ax.bar([x + shift for x in xs], [0 if v is None else v for v in measured], width,
+               color="tab:blue", label="this run, generative")
+        if separation:
+            ax.bar([x + width / 2 for x in xs], [0 if v is None else v for v in separated],
+                   width, color="tab:green", label="this run, separator")
         ax.scatter([x for x, v in zip(xs, paper, strict=False) if v is not None],
                    [v for v in paper if v is not None], color="tab:red", marker="D",
                    zorder=3, label="paper")
         ax.set_xticks(list(xs), [t.capitalize() for t in tasks])
         ax.axhline(0, color="black", linewidth=0.5)
-        skipped = all(v is None for v in measured)
+        skipped = all(v is None for v in measured + separated)
         ax.set_title(name + (" (skipped)" if skipped else ""))
     axes.flat[0].legend(loc="best", fontsize=8)
     fig.suptitle(f"Edit quality of {report.model} ({report.created})")

@@ -1,9 +1,11 @@
-"""Run edit examples through the real batched engine and score them with the paper's metrics.
+"""Run edit examples through the real batched engines and score them with the paper's metrics.
 
-`run_evaluation` is what `musicedit eval` calls: load the model through the one loader,
-build examples (synthesized, or from a local Slakh2100 / MUSDB18-HQ copy), submit them all to
-`models.engine.EditEngine` (which batches them as it batches users' jobs), score the
-outputs (`score_examples`) and write the report (`models.evaluation.report`).
+`run_evaluation` is what `musicedit eval` calls: load the model through the one loader (and the
+source separator, when one is named), build examples (synthesized, or from a local Slakh2100 /
+MUSDB18-HQ copy), submit them all to `models.engine.EditEngine` (which batches them as it
+batches users' jobs), and the remove and extract examples also to
+`models.separation.SeparationEngine` (the service's other route), score the outputs
+(`score_examples`) and write the report (`models.evaluation.report`).
 """
 from __future__ import annotations
 
@@ -42,9 +44,12 @@ class EvalSettings:
         sample_rate, channels: the examples' audio (the engine resamples and mixes down).
         clap_model, kl_model: local directories of the pretrained metric models, or None to
             skip the metrics that need them.
+        separator: `none`, or the source separator whose route is also measured on the
+            remove and extract examples (a preset such as `htdemucs_6s`, or a Demucs file).
     """
 
     model: str = "tiny"
+    separator: str = "none"
     cache_dir: Path = Path("var/models")
     device: str = "cpu"
     examples: int = 50
@@ -75,11 +80,17 @@ class ExampleScore:
     ssim: float
     clap: float | None = None
     kl: float | None = None
+    engine: str = "generative"  # or "separation"
 
 
 @dataclass
 class EvalReport:
-    """Scores of one run: per task (Table 2's rows), per task and stem, per example."""
+    """Scores of one run: per task (Table 2's rows), per task and stem, per example.
+
+    `tasks` and `per_stem` are the generative route (Instruct-MusicGen, what Table 2 measures);
+    `separation` and `separation_per_stem` the separator's route on the remove and extract
+    examples of the stems it knows (empty without a separator).
+    """
 
     model: str
     created: str
@@ -89,6 +100,9 @@ class EvalReport:
     examples: list[ExampleScore]
     skipped: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    separation: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    separation_per_stem: dict[str, dict[str, dict[str, float | None]]] = field(
+        default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -147,6 +161,38 @@ def edit_examples(engine: tp.Any, examples: tp.Sequence[EditExample], sampling: 
     return outputs
 
 
+def separate_examples(engine: tp.Any, examples: tp.Sequence[EditExample],
+                      progress: Progress | None = None) -> list[tuple[np.ndarray, int]]:
+    """Remove or extract every example's stem with the separation `engine` (all submitted at
+    once; the engine batches their segments). Drives the engine with `step()`.
+
+    Returns:
+        per example, the result `[C, N]` float32 at the example's rate and channels.
+    Raises:
+        RuntimeError: an example's separation failed (its id and the cause).
+    """
+    from ..separation import SeparationRequest, StemEdit
+    handles = [engine.submit(SeparationRequest(
+        ex.example_id, ex.input, ex.sample_rate,
+        (StemEdit(tp.cast(tp.Literal["remove", "extract"], ex.task), ex.stem),)))
+        for ex in examples]
+    pending = set(range(len(handles)))
+    while pending:
+        engine.step()
+        finished = {i for i in pending if handles[i].done()}
+        pending -= finished
+        if progress is not None and finished:
+            progress.update(len(finished))
+    outputs = []
+    for ex, handle in zip(examples, handles, strict=True):
+        try:
+            out = handle.result()
+        except Exception as exc:
+            raise RuntimeError(f"example {ex.example_id} failed on the separator: {exc}") from exc
+        outputs.append((out.audio.cpu().numpy(), out.sample_rate))
+    return outputs
+
+
 def _mean(values: tp.Iterable[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return float(np.mean(kept)) if kept else None
@@ -160,15 +206,20 @@ ProgressFactory = tp.Callable[[int, str], tp.Any]
 
 def score_examples(examples: tp.Sequence[EditExample],
                    predictions: tp.Sequence[tuple[np.ndarray, int]],
-                   clap: ClapModelScorer | None = None, tagger: AudioTagger | None = None
+                   clap: ClapModelScorer | None = None, tagger: AudioTagger | None = None,
+                   engine: str = "generative",
                    ) -> tuple[list[ExampleScore], dict[str, float | None], dict[str, str]]:
     """Per-example scores, FAD per task, and the metrics that were skipped with why.
 
     Args:
         predictions: per example, `(audio [C, N], rate)`.
+        engine: the route that made the predictions, recorded with each score.
     Returns:
-        (per-example scores, {task: FAD or None}, {metric: reason skipped}).
+        (per-example scores, {task: FAD or None}, {metric: reason skipped}); all empty
+        when there are no examples.
     """
+    if not examples:
+        return [], {}, {}
     scores = []
     for ex, (audio, rate) in zip(examples, predictions, strict=False):
         pred = metrics.to_metric_audio(audio, rate)
@@ -176,7 +227,8 @@ def score_examples(examples: tp.Sequence[EditExample],
         mixture = metrics.to_metric_audio(ex.input, ex.sample_rate)
         scores.append(ExampleScore(
             ex.example_id, ex.task, ex.stem, metrics.si_sdr(pred, target),
-            metrics.si_sdr_improvement(pred, target, mixture), metrics.mel_ssim(pred, target)))
+            metrics.si_sdr_improvement(pred, target, mixture), metrics.mel_ssim(pred, target),
+            engine=engine))
     skipped: dict[str, str] = {}
     fad: dict[str, float | None] = {task: None for task in {ex.task for ex in examples}}
     targets = [(ex.target, ex.sample_rate) for ex in examples]
@@ -239,17 +291,31 @@ def run_evaluation(settings: EvalSettings, progress_factory: ProgressFactory | N
     from ..engine import EditEngine, EngineConfig
     from ..loader import load_model
     from ..presets import resolve_model
+    from ..separation import (
+        OPERATIONS,
+        SeparationConfig,
+        SeparationEngine,
+        load_separator,
+        resolve_separator,
+    )
     from .report import write_report
     timings: dict[str, float] = {}
     started = time.perf_counter()
     files = resolve_model(settings.model, settings.cache_dir)
     model = load_model(files, device=settings.device)
+    separator = None
+    if settings.separator.lower() != "none":
+        separator = load_separator(resolve_separator(settings.separator, settings.cache_dir),
+                                   device=settings.device)
     timings["load_seconds"] = time.perf_counter() - started
     stems = settings.stems or model.stems
-    unknown = [s for s in stems if s not in model.stems]
+    separator_stems = separator.stems if separator is not None else ()
+    unknown = [s for s in stems if s not in model.stems and s not in separator_stems]
     if unknown:
+        also = (f", and separator {settings.separator!r} separates "
+                f"{', '.join(separator_stems)}" if separator is not None else "")
         raise ValueError(f"the model was not trained on {', '.join(unknown)}; its stems are "
-                         f"{', '.join(model.stems)}")
+                         f"{', '.join(model.stems)}{also}")
     # Load the metric models before the long part, so a bad path fails in seconds.
     clap = ClapModelScorer(settings.clap_model, settings.device) if settings.clap_model else None
     tagger = AudioTagger(settings.kl_model, settings.device) if settings.kl_model else None
@@ -264,19 +330,41 @@ def run_evaluation(settings: EvalSettings, progress_factory: ProgressFactory | N
                               settings.sample_rate, settings.channels, settings.tasks,
                               progress=(lambda _: examples_bar.update(1)) if examples_bar else None)
     timings["examples_seconds"] = time.perf_counter() - t
+    # The generative route edits the stems the model knows; the separator removes and
+    # extracts the stems it knows (the same examples, where both know the stem).
+    generative = [ex for ex in examples if ex.stem in model.stems]
+    separated = [ex for ex in examples if ex.task in OPERATIONS and ex.stem in separator_stems]
     t = time.perf_counter()
-    engine = EditEngine(model, EngineConfig(max_batch_size=settings.batch_size,
-                                            max_input_seconds=max(settings.seconds, 5.0)))
-    predictions = edit_examples(engine, examples, settings.sampling, bar(len(examples), "edits"))
+    predictions: list[tuple[np.ndarray, int]] = []
+    if generative:
+        engine = EditEngine(model, EngineConfig(max_batch_size=settings.batch_size,
+                                                max_input_seconds=max(settings.seconds, 5.0)))
+        predictions = edit_examples(engine, generative, settings.sampling,
+                                    bar(len(generative), "edits"))
     timings["edit_seconds"] = time.perf_counter() - t
+    separations: list[tuple[np.ndarray, int]] = []
+    if separator is not None and separated:
+        t = time.perf_counter()
+        separation_engine = SeparationEngine(separator, SeparationConfig(
+            max_input_seconds=max(settings.seconds, 5.0)))
+        separations = separate_examples(separation_engine, separated,
+                                        bar(len(separated), "separations"))
+        timings["separation_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
-    scores, fad, skipped = score_examples(examples, predictions, clap, tagger)
+    scores, fad, skipped = score_examples(generative, predictions, clap, tagger)
+    separation_scores, separation_fad, separation_skipped = score_examples(
+        separated, separations, clap, tagger, engine="separation")
+    for key, reason in separation_skipped.items():
+        skipped.setdefault(key if ":" not in key else f"{key} (separation)", reason)
     timings["score_seconds"] = time.perf_counter() - t
     tasks, per_stem = aggregate(scores, fad)
+    separation_tasks, separation_per_stem = aggregate(separation_scores, separation_fad)
     recorded = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
     recorded["stems"] = list(stems)
+    recorded["separator_stems"] = [s for s in stems if s in separator_stems]
     recorded["device_name"] = (torch.cuda.get_device_name(model.device)
                                if model.device.type == "cuda" else "cpu")
     report = EvalReport(settings.model, datetime.now(UTC).isoformat(timespec="seconds"),
-                        recorded, tasks, per_stem, scores, skipped, timings)
+                        recorded, tasks, per_stem, scores + separation_scores, skipped, timings,
+                        separation_tasks, separation_per_stem)
     return report, write_report(report, settings.output)

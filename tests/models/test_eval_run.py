@@ -31,7 +31,8 @@ def test_eval_writes_a_table_2_shaped_report(tiny_files, model_cache, metric_mod
     out = tmp_path / "report"
     assert _run("--model", "tiny", "--cache-dir", str(model_cache), "--device", "cpu",
                 "--examples", "6", "--seconds", "2", "--stems", "drums,bass",
-                "--clap-model", str(clap), "--kl-model", str(tagger), "--output", str(out)) == 0
+                "--clap-model", str(clap), "--kl-model", str(tagger), "--output", str(out),
+                "--separator", "tiny") == 0
     printed = capsys.readouterr()
     assert "| Remove | this run | 2 |" in printed.out
     assert "edits: 100%" in printed.err  # the progress bar
@@ -42,6 +43,8 @@ def test_eval_writes_a_table_2_shaped_report(tiny_files, model_cache, metric_mod
         assert all(row[key] is not None for key in METRIC_KEYS), (task, row)
         assert -1.0 <= row["clap"] <= 1.0 and row["kl"] >= 0 and row["fad"] >= 0
     assert report["skipped"] == {}
+    for task, row in report["separation"].items():  # the separator's rows get every metric
+        assert all(row[key] is not None for key in METRIC_KEYS), (task, row)
     assert report["paper"]["table"]["remove"]["si_sdri"] == -3.77
     assert {e["stem"] for e in report["examples"]} == {"Drums", "Bass"}
     assert report["settings"]["stems"] == ["Drums", "Bass"]
@@ -75,3 +78,33 @@ def test_eval_refuses_what_it_cannot_run(tiny_files, model_cache, tmp_path, caps
     assert "not trained on Vocals" in capsys.readouterr().err
     assert _run(*base, "--data", "slakh") == 2
     assert "needs --data-dir" in capsys.readouterr().err
+    assert _run(*base, "--stems", "Strings", "--separator", "tiny") == 2
+    assert "and separator 'tiny' separates Drums, Bass" in capsys.readouterr().err
+
+
+def test_eval_scores_the_separation_route_on_the_same_examples(tiny_files, model_cache,
+                                                               tmp_path, capsys):
+    out = tmp_path / "report"
+    assert _run("--model", "tiny", "--separator", "tiny", "--cache-dir", str(model_cache),
+                "--device", "cpu", "--examples", "6", "--seconds", "2", "--stems", "Drums,Bass",
+                "--output", str(out)) == 0
+    printed = capsys.readouterr()
+    assert "separations: 100%" in printed.err
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["tasks"]) == {"add", "remove", "extract"}
+    assert set(report["separation"]) == {"remove", "extract"}
+    assert report["settings"]["separator"] == "tiny"
+    assert report["settings"]["separator_stems"] == ["Drums", "Bass"]
+    by_engine = {(e["engine"], e["task"], e["example_id"]) for e in report["examples"]}
+    generative = {(task, i) for engine, task, i in by_engine if engine == "generative"}
+    separated = {(task, i) for engine, task, i in by_engine if engine == "separation"}
+    # the separator edits exactly the generative route's remove and extract examples
+    assert separated == {(task, i) for task, i in generative if task != "add"}
+    for task, row in report["separation"].items():
+        assert row["n"] == 2 and row["ssim"] is not None and row["si_sdri"] is not None, task
+    assert report["separation_per_stem"]["remove"].keys() == {"Drums", "Bass"}
+    assert "separation_seconds" in report["timings"]
+    markdown = (out / "results.md").read_text()
+    assert "| | this run, separator `tiny` | 2 |" in markdown
+    assert "| remove (separator) | Bass | 1 |" in markdown
+    assert "4 on the separator `tiny`" in markdown
