@@ -54,6 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "the service's separation route, scored on the same examples")
     p.add_argument("--output", type=Path, default=None,
                    help="report directory (default var/eval/<UTC time>)")
+    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -49,6 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--soundfont", type=Path, default=None)
+    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

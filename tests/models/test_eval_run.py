@@ -2,21 +2,19 @@
 tiny preset, the paper's metrics, tiny pretrained metric models read from disk."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 from metric_models import write_tiny_audio_tagger, write_tiny_clap
 
-from cli import eval as eval_command
+from cli.main import main
 
 METRIC_KEYS = {"fad", "clap", "kl", "ssim", "si_sdr", "si_sdri"}
 
 
 def _run(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="musicedit")
-    eval_command.add_parser(parser.add_subparsers(dest="command"))
-    return eval_command.run(parser.parse_args(["eval", *argv]))
+    """`musicedit eval ...` through the installed entry point's `main`."""
+    return main(["eval", *argv])
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 accept, and it learns (in code space: the tiny codec is random)."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli import finetune as finetune_command
+from cli.main import main
 from models.loader import ADAPTER_FILE, CODEC_FILE, load_model
 from models.presets import configs, resolve_model, write_random_model
 from models.reference import edit
@@ -24,9 +23,8 @@ from musicedit.settings import Settings
 
 
 def _run(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="musicedit")
-    finetune_command.add_parser(parser.add_subparsers(dest="command"))
-    return finetune_command.run(parser.parse_args(["finetune", *argv]))
+    """`musicedit finetune ...` through the installed entry point's `main`."""
+    return main(["finetune", *argv])
 
 
 def test_finetune_writes_a_model_with_its_new_stem(tiny_files, model_cache, tmp_path, capsys):
