@@ -129,6 +129,30 @@ def load_tracks(settings: EvalSettings, stems: tp.Sequence[str]) -> tp.Sequence[
     return reader(settings.data_dir, settings.split)
 
 
+def _run_all(engine: tp.Any, examples: tp.Sequence[EditExample], handles: list[tp.Any],
+             route: str, progress: Progress | None) -> list[tuple[np.ndarray, int]]:
+    """Drive `engine` with `step()` until every handle is done; each output's audio and rate.
+
+    Raises:
+        RuntimeError: an example failed (its id, the route and the cause).
+    """
+    pending = set(range(len(handles)))
+    while pending:
+        engine.step()
+        finished = {i for i in pending if handles[i].done()}
+        pending -= finished
+        if progress is not None and finished:
+            progress.update(len(finished))
+    outputs = []
+    for ex, handle in zip(examples, handles, strict=True):
+        try:
+            out = handle.result()
+        except Exception as exc:
+            raise RuntimeError(f"example {ex.example_id} failed on the {route}: {exc}") from exc
+        outputs.append((out.audio.cpu().numpy(), out.sample_rate))
+    return outputs
+
+
 def edit_examples(engine: tp.Any, examples: tp.Sequence[EditExample], sampling: SamplingParams,
                   progress: Progress | None = None) -> list[tuple[np.ndarray, int]]:
     """Edit every example with `engine` (all submitted at once; the engine batches them).
@@ -144,21 +168,7 @@ def edit_examples(engine: tp.Any, examples: tp.Sequence[EditExample], sampling: 
     handles = [engine.submit(EditRequest(ex.example_id, ex.input, ex.sample_rate, ex.instruction,
                                          replace(sampling, seed=sampling.seed + i)))
                for i, ex in enumerate(examples)]
-    pending = set(range(len(handles)))
-    while pending:
-        engine.step()
-        finished = {i for i in pending if handles[i].done()}
-        pending -= finished
-        if progress is not None and finished:
-            progress.update(len(finished))
-    outputs = []
-    for ex, handle in zip(examples, handles, strict=False):
-        try:
-            out = handle.result()
-        except Exception as exc:
-            raise RuntimeError(f"example {ex.example_id} failed: {exc}") from exc
-        outputs.append((out.audio.cpu().numpy(), out.sample_rate))
-    return outputs
+    return _run_all(engine, examples, handles, "generative model", progress)
 
 
 def separate_examples(engine: tp.Any, examples: tp.Sequence[EditExample],
@@ -176,21 +186,7 @@ def separate_examples(engine: tp.Any, examples: tp.Sequence[EditExample],
         ex.example_id, ex.input, ex.sample_rate,
         (StemEdit(tp.cast(tp.Literal["remove", "extract"], ex.task), ex.stem),)))
         for ex in examples]
-    pending = set(range(len(handles)))
-    while pending:
-        engine.step()
-        finished = {i for i in pending if handles[i].done()}
-        pending -= finished
-        if progress is not None and finished:
-            progress.update(len(finished))
-    outputs = []
-    for ex, handle in zip(examples, handles, strict=True):
-        try:
-            out = handle.result()
-        except Exception as exc:
-            raise RuntimeError(f"example {ex.example_id} failed on the separator: {exc}") from exc
-        outputs.append((out.audio.cpu().numpy(), out.sample_rate))
-    return outputs
+    return _run_all(engine, examples, handles, "separator", progress)
 
 
 def _mean(values: tp.Iterable[float | None]) -> float | None:
