@@ -114,6 +114,8 @@ class S3Server(ChildProcess):
             # volumes from the disk (1 GiB here) and allows free-disk / size of them: ~20 on
             # a CI runner, and the 21st bucket's writes fail with InternalError. Small
             # volumes, allocated on use, and a fixed number of slots do not depend on the disk.
+            # (The volume server still takes no writes while under 1 % of the disk is free:
+            # "no volume server capacity registered yet" in weed.log means a full disk.)
             f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}", f"-volume.max={MAX_VOLUMES}",
         ]
         (self.directory / "data").mkdir(exist_ok=True)
