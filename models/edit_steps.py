@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
@@ -277,20 +277,17 @@ def _separate(engine: SeparationEngine, job_id: str, wav: np.ndarray, rate: int,
               wait: Callable[[Handle[Any], Engine], Any]) -> tuple[Stage, dict[str, Any]]:
     """One separation for the whole group, of the range and `SEPARATION_CONTEXT_SECONDS`
     around it."""
-    from models.separation import SeparationRequest, StemEdit
+    from models.separation import SeparationRequest, StemEdit, StemOperation
 
     first, last = 0, wav.shape[-1]
     if time_range is not None:
         first = max(0, math.floor((time_range[0] - SEPARATION_CONTEXT_SECONDS) * rate))
         last = min(last, math.ceil((time_range[1] + SEPARATION_CONTEXT_SECONDS) * rate))
-    edits = []
-    for step in steps:
-        if step.operation not in ("remove", "extract"):
-            raise ValueError(f"the separator cannot {step.operation} a stem")
-        edits.append(StemEdit("remove" if step.operation == "remove" else "extract", step.stem))
+    # the engine checks each operation and stem at submit (UnsupportedOperation, UnknownStem)
+    edits = tuple(StemEdit(cast(StemOperation, step.operation), step.stem) for step in steps)
     handle = engine.submit(SeparationRequest(
         job_id=job_id, wav=np.ascontiguousarray(wav[:, first:last]), sample_rate=rate,
-        edits=tuple(edits), on_progress=progress.update))
+        edits=edits, on_progress=progress.update))
     output = wait(handle, "separation")
     return (Stage(output.audio, output.sample_rate, first / rate, "linear", None),
             {"segments": output.segments})

@@ -181,10 +181,10 @@ def separate_examples(engine: tp.Any, examples: tp.Sequence[EditExample],
     Raises:
         RuntimeError: an example's separation failed (its id and the cause).
     """
-    from ..separation import SeparationRequest, StemEdit
+    from ..separation import SeparationRequest, StemEdit, StemOperation
     handles = [engine.submit(SeparationRequest(
         ex.example_id, ex.input, ex.sample_rate,
-        (StemEdit(tp.cast(tp.Literal["remove", "extract"], ex.task), ex.stem),)))
+        (StemEdit(tp.cast(StemOperation, ex.task), ex.stem),)))
         for ex in examples]
     return _run_all(engine, examples, handles, "separator", progress)
 

@@ -7,7 +7,7 @@ and :class:`~models.separation.engine.SeparationEngine` batches the segments of 
 from .engine import SeparationEngine, SeparationHandle
 from .loader import DEMUCS_CLASSES, LoadedSeparator, load_separator
 from .memory import SeparationBudgetTooSmall
-from .mixing import OPERATIONS, StemEdit, UnknownStem, UnsupportedOperation
+from .mixing import OPERATIONS, StemEdit, StemOperation, UnknownStem, UnsupportedOperation
 from .presets import SEPARATOR_NAMES, resolve_separator
 from .types import (
     SeparationConfig,
@@ -18,7 +18,7 @@ from .types import (
 )
 
 __all__ = ["SeparationEngine", "SeparationHandle", "DEMUCS_CLASSES", "LoadedSeparator",
-           "load_separator", "SeparationBudgetTooSmall", "OPERATIONS", "StemEdit",
+           "load_separator", "SeparationBudgetTooSmall", "OPERATIONS", "StemEdit", "StemOperation",
            "UnknownStem", "UnsupportedOperation", "SEPARATOR_NAMES", "resolve_separator",
            "SeparationConfig", "SeparationOutput", "SeparationRequest", "SeparationStats",
            "SeparationStep"]

@@ -157,3 +157,15 @@ def test_the_offline_cli_routes_steps_and_loads_musicgen_only_when_needed(tmp_pa
         edit_file(source, "remove the vocals", tmp_path / "x.wav", model="tiny",
                   cache_dir=model_cache, params=SamplingParams(seed=0), device="cpu",
                   separator="none")
+
+
+def test_an_add_step_routed_to_the_separator_is_refused_by_the_engine(separation):
+    """Routing never sends an add to the separator; a step that says so anyway is refused at
+    submit by the engine's own check, a ValueError naming the operation (the job fails)."""
+    from models.separation import UnsupportedOperation
+
+    step = InstructionStep(operation="add", stem="Drums", text="Music piece. Instruct: Add Drums.",
+                           engine="separation")
+    with pytest.raises(UnsupportedOperation, match="not 'add'"):
+        run_steps("job", _clip(), RATE, [step], SamplingParams(seed=1), generative=None,
+                  separation=separation, wait=_wait, progress=StepsProgress())
